@@ -1,0 +1,195 @@
+"""The typer app: every command parses its options, calls one library method,
+and hands the result to ``cli.render``. No logic lives here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from cli import render
+from cli.errors import fail, say
+from cli.run import RunArgs, execute, shell_command
+from cowfs.errors import ExitCode, RoscoeError, UsageError
+
+STATES = ("open", "committing", "committed", "aborted")
+
+app = typer.Typer(
+    name="roscoe", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    help="Transactional copy-on-write changes to a directory tree: stage a run, "
+    "review its hashed diff, then commit it atomically or throw it away.",
+)
+tx_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None,
+    help="Staged transactions: begin, run, shell, diff, show, list, abort.",
+)
+app.add_typer(tx_app, name="tx")
+
+
+def workspace():  # type: ignore[no-untyped-def]
+    from journal.workspace import Workspace
+
+    return Workspace.open()
+
+
+@app.callback()
+def main_options(
+    home: Annotated[Optional[str], typer.Option("--home", metavar="DIR",
+        help="State dir: journal, staging, blobs (default $ROSCOE_HOME, else $XDG_STATE_HOME/roscoe).")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", metavar="FILE",
+        help="Config file (default $ROSCOE_CONFIG, else $ROSCOE_HOME/config.toml).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Global options go before the subcommand (they were applied by cli.main)."""
+
+
+TxId = Annotated[str, typer.Argument(metavar="ID", help="Transaction id (or a unique prefix of 4+ chars).")]
+TxOpt = Annotated[Optional[str], typer.Option("--tx", metavar="ID", help="Use this open transaction instead of a new one.")]
+RootOpt = Annotated[Optional[str], typer.Option("--root", metavar="DIR", help="The live tree to stage (default $ROSCOE_ROOT).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@tx_app.command("begin")
+def tx_begin(
+    root: RootOpt = None,
+    message: Annotated[Optional[str], typer.Option("-m", "--message", metavar="MSG", help="What the transaction is for.")] = None,
+) -> int:
+    """Open a transaction over the root; print only its id."""
+    from cli.run import default_root
+
+    ws = workspace()
+    try:
+        tx = ws.begin(default_root(root), message)
+    finally:
+        ws.close()
+    print(tx.id)
+    return 0
+
+
+RUN_CONTEXT = {"allow_interspersed_args": False, "ignore_unknown_options": True}
+
+
+@tx_app.command("run", context_settings=RUN_CONTEXT)
+def tx_run(
+    command: Annotated[list[str], typer.Argument(metavar="-- CMD [ARG...]", help="The command to run in the overlay.")],
+    tx: TxOpt = None,
+    root: RootOpt = None,
+    message: Annotated[Optional[str], typer.Option("-m", "--message", metavar="MSG", help="Message of the new transaction.")] = None,
+    network: Annotated[str, typer.Option("--network", metavar="on|off", help="Give the run the host's network (on) or none (off).")] = "on",
+    timeout: Annotated[Optional[str], typer.Option("--timeout", metavar="SECONDS", help="Kill every process of the run after this long (exit 124).")] = None,
+    report: Annotated[Optional[str], typer.Option("--report", metavar="FILE", help="Write the run's JSON report to FILE.")] = None,
+) -> int:
+    """Run CMD inside the transaction's staged overlay (a new transaction without --tx).
+
+    CMD's stdin, stdout and stderr pass through untouched and its exit status is
+    returned; roscoe's own lines go to stderr, the first being "roscoe: tx ID".
+    roscoe's own failures exit 125, a CMD that cannot be invoked 126, not found 127.
+    """
+    try:
+        return execute(RunArgs(tx, root, message, network, timeout, report, command))
+    except RoscoeError as e:
+        return fail(e, in_run=True)
+
+
+@tx_app.command("shell")
+def tx_shell(tx: TxOpt = None, root: RootOpt = None) -> int:
+    """An interactive shell ($SHELL) inside the transaction's staged overlay."""
+    try:
+        return execute(RunArgs(tx=tx, root=root, command=shell_command()), interactive=True)
+    except RoscoeError as e:
+        return fail(e, in_run=True)
+
+
+@tx_app.command("diff")
+def tx_diff(
+    tx: TxId,
+    json_: JsonOpt = False,
+    patch: Annotated[bool, typer.Option("--patch", help="Unified diffs of changed text files.")] = False,
+    stat: Annotated[bool, typer.Option("--stat", help="One line per path and a summary.")] = False,
+) -> int:
+    """The hashed diff of the transaction against the live tree."""
+    ws = workspace()
+    try:
+        if patch and not json_:
+            record = ws.get(tx)
+            render.patches(record.id, record.root, ws.patches(record.id))
+            return 0
+        record = ws.get(tx)
+        changes = ws.diff(record.id)
+    finally:
+        ws.close()
+    if json_:
+        render.json_out(changes.to_json(record.id))
+    elif stat:
+        render.stat(changes)
+    else:
+        render.diff(record.id, changes)
+    return 0
+
+
+@tx_app.command("show")
+def tx_show(tx: TxId, json_: JsonOpt = False) -> int:
+    """State, root, backend, runs, diff summary and approvals of a transaction."""
+    ws = workspace()
+    try:
+        view = ws.show(tx)
+    finally:
+        ws.close()
+    if json_:
+        render.json_out(view.to_json())
+    else:
+        render.show(view)
+    return 0
+
+
+@tx_app.command("list")
+def tx_list(
+    state: Annotated[Optional[str], typer.Option("--state", metavar="STATE", help="Only transactions in STATE (open, committing, committed, aborted).")] = None,
+    json_: JsonOpt = False,
+) -> int:
+    """Transactions, newest first."""
+    if state is not None and state not in STATES:
+        raise UsageError(detail=f"--state {state}: expected one of {', '.join(STATES)}")
+    ws = workspace()
+    try:
+        records = ws.list(state)
+        runs = ws.run_counts()
+    finally:
+        ws.close()
+    if json_:
+        render.json_out([dict(r.to_json(), runs=runs.get(r.id, 0)) for r in records])
+    else:
+        render.tx_list(records, runs)
+    return 0
+
+
+@tx_app.command("abort")
+def tx_abort(tx: TxId) -> int:
+    """Discard the transaction's staged changes; the live tree is not touched."""
+    ws = workspace()
+    try:
+        record = ws.abort(tx)
+    finally:
+        ws.close()
+    say(f"tx {record.id} aborted; its staged changes are discarded and the live tree was not touched")
+    return 0
+
+
+def invoke(argv: list[str], *, debug: bool = False) -> int:
+    from typer._click import exceptions as click_errors
+
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="roscoe", standalone_mode=False)
+    except click_errors.UsageError as e:
+        where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        in_run = argv[:2] in (["tx", "run"], ["tx", "shell"])
+        return fail(UsageError(detail=f"{e.format_message()}{where}"), in_run=in_run, debug=debug)
+    except click_errors.ClickException as e:
+        return fail(UsageError(detail=e.format_message()), debug=debug)
+    except typer.Abort:
+        say("error: aborted")
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    return result if isinstance(result, int) else int(ExitCode.OK)

@@ -1,0 +1,39 @@
+"""The ``roscoe`` entry point: global options, the fast ``tx run`` path, then typer."""
+
+from __future__ import annotations
+
+import sys
+
+from cli.errors import fail
+from cli.options import Globals, apply, split_globals
+from cowfs.errors import RoscoeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    g = Globals()
+    in_run = argv[:2] == ["tx", "run"] or argv[:2] == ["tx", "shell"]
+    try:
+        g, rest = split_globals(argv)
+        in_run = rest[:2] in (["tx", "run"], ["tx", "shell"])
+        apply(g)
+        if rest[:2] == ["tx", "run"]:
+            from cli.run import HelpWanted, execute, parse_run_args
+
+            try:
+                return execute(parse_run_args(rest[2:]))
+            except HelpWanted:
+                pass
+        from cli.app import invoke
+
+        return invoke(rest, debug=g.debug)
+    except (RoscoeError, OSError, KeyboardInterrupt, Exception) as e:
+        return fail(e, in_run=in_run, debug=g.debug)
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

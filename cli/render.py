@@ -1,0 +1,193 @@
+"""Rendering with rich: diff tables, --stat, --patch, show and list. Output only."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from cowfs.changeset import ChangeSet
+from cowfs.patch import FilePatch
+from journal.store import TxRecord
+from journal.workspace import TxView
+
+STYLE = {
+    "added": ("A", "green"), "modified": ("M", "yellow"), "deleted": ("D", "red"),
+    "type_changed": ("T", "magenta"), "meta_changed": ("m", "cyan"),
+}
+
+
+class _Out:
+    """Prints renderables to stdout; piped output is not folded at 80 columns
+    and carries no trailing padding."""
+
+    def __init__(self) -> None:
+        tty = sys.stdout.isatty()
+        self.tty = tty
+        self.console = Console(highlight=False, width=None if tty else 200, soft_wrap=False)
+
+    def print(self, renderable: Any) -> None:
+        if self.tty:
+            self.console.print(renderable)
+            return
+        with self.console.capture() as cap:
+            self.console.print(renderable)
+        sys.stdout.write("".join(line.rstrip() + "\n" for line in cap.get().splitlines()))
+
+
+def console() -> _Out:
+    return _Out()
+
+
+def display_path(path: str) -> str:
+    """A path made safe to print: undecodable bytes and control characters escaped."""
+    out = []
+    for ch in path:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\x{code:02x}"))
+        elif ch == "\\":
+            out.append("\\\\")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def json_out(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def when(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+def summary_line(changes: ChangeSet) -> str:
+    counts = changes.counts()
+    parts = [f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n]
+    text = ", ".join(parts) if parts else "no changes"
+    return f"{text}; {human_size(changes.summary['bytes_written'])} to write; diff_hash {changes.diff_hash}"
+
+
+def diff(tx: str, changes: ChangeSet) -> None:
+    out = console()
+    if not changes.changes and not changes.unsupported:
+        out.print(f"tx {tx}: no changes against {escape(display_path(changes.root))}")
+        return
+    table = Table(title=f"tx {tx}: {escape(display_path(changes.root))}", title_justify="left", box=None)
+    table.add_column("", no_wrap=True)
+    table.add_column("path", overflow="fold")
+    table.add_column("old", justify="right", no_wrap=True)
+    table.add_column("new", justify="right", no_wrap=True)
+    table.add_column("hash old → new", no_wrap=True)
+    for c in changes.changes:
+        letter, color = STYLE[c.status]
+        old, new = c.old, c.new
+        old_desc = f"{old.type} {human_size(old.size)}" if old and old.type != "dir" else (old.type if old else "")
+        new_desc = f"{new.type} {human_size(new.size)}" if new and new.type != "dir" else (new.type if new else "")
+        if c.status == "meta_changed" and old and new:
+            old_desc, new_desc = f"mode {format(old.mode, '04o')}", f"mode {format(new.mode, '04o')}"
+        hashes = f"{(old.hash or '')[:8] if old else ''} → {(new.hash or '')[:8] if new else ''}"
+        table.add_row(Text(letter, style=color), Text(display_path(c.path), style=color), old_desc, new_desc, hashes)
+    for u in changes.unsupported:
+        table.add_row(Text("!", style="bold red"), Text(display_path(u.path), style="bold red"), "", u.type, "cannot be committed")
+    out.print(table)
+    out.print(summary_line(changes))
+
+
+def stat(changes: ChangeSet) -> None:
+    out = console()
+    width = max((len(display_path(c.path)) for c in changes.changes), default=0)
+    for c in changes.changes:
+        letter, color = STYLE[c.status]
+        size = c.new.size if c.new else (c.old.size if c.old else 0)
+        sign = "-" if c.status == "deleted" else "+"
+        detail = f"{sign}{human_size(size)}" if (c.new or c.old) and (c.new or c.old).type != "dir" else "dir"  # type: ignore[union-attr]
+        line = Text(f" {letter} ", style=color)
+        line.append(display_path(c.path).ljust(width))
+        line.append(f" | {detail}")
+        out.print(line)
+    for u in changes.unsupported:
+        out.print(Text(f" ! {display_path(u.path)} | {u.type}: cannot be committed", style="bold red"))
+    out.print(summary_line(changes))
+
+
+def patches(tx: str, root: str, items: list[FilePatch]) -> None:
+    out = console()
+    if not items:
+        out.print(f"tx {tx}: no changes against {escape(display_path(root))}")
+        return
+    for p in items:
+        c = p.change
+        letter, color = STYLE[c.status]
+        out.print(Text(f"{letter} {display_path(c.path)}", style=f"bold {color}"))
+        if p.binary:
+            out.print(f"Binary files differ ({(c.old.hash or '')[:8] if c.old else 'none'} → {(c.new.hash or '')[:8] if c.new else 'none'})")
+        elif c.status == "meta_changed" and c.old and c.new:
+            out.print(f"mode {format(c.old.mode, '04o')} → {format(c.new.mode, '04o')}, mtime {c.old.mtime_ns} → {c.new.mtime_ns}")
+        for line in p.lines:
+            style = "green" if line.startswith("+") else "red" if line.startswith("-") else "cyan" if line.startswith("@@") else None
+            out.print(Text(line.rstrip("\n"), style=style or ""))
+
+
+def show(view: TxView) -> None:
+    out = console()
+    r = view.record
+    rows = [
+        ("tx", r.id), ("state", r.state), ("root", display_path(r.root)),
+        ("backend", r.backend or "(chosen at the first run)"), ("message", r.message or ""),
+        ("by", f"{r.user}@{r.host}"), ("created", when(r.created_ns)),
+    ]
+    if view.changes is not None:
+        rows.append(("diff", summary_line(view.changes)))
+    rows.append(("approvals", "none"))
+    grid = Table.grid(padding=(0, 2))
+    for key, value in rows:
+        grid.add_row(Text(key, style="bold"), Text(value))
+    out.print(grid)
+    if view.runs:
+        table = Table(title="runs", title_justify="left", box=None)
+        for col in ("#", "command", "exit", "started", "seconds", "backend"):
+            table.add_column(col, overflow="fold")
+        for i, run in enumerate(view.runs, 1):
+            seconds = f"{(run.ended_ns - run.started_ns) / 1e9:.2f}" if run.ended_ns else "running"
+            table.add_row(
+                str(i), display_path(shlex.join(run.argv)),
+                "-" if run.exit_code is None else str(run.exit_code),
+                when(run.started_ns), seconds, run.backend,
+            )
+        out.print(table)
+
+
+def tx_list(records: list[TxRecord], runs: dict[str, int]) -> None:
+    out = console()
+    if not records:
+        out.print("no transactions")
+        return
+    table = Table(box=None)
+    for col in ("tx", "state", "created", "runs", "root", "message"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        table.add_row(r.id, r.state, when(r.created_ns), str(runs.get(r.id, 0)), display_path(r.root), r.message or "")
+    out.print(table)

@@ -1,0 +1,163 @@
+"""The change set of a transaction: what its staged layer changes in the live tree.
+
+``ChangeSet`` is built from the touched paths a stager reports, each compared
+with the live tree (read without following symlinks). Its ``diff_hash`` is the
+xxh3-128 of the canonical change list, which approvals bind to.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from cowfs import livetree
+from cowfs.entry import DIR, SUPPORTED, Entry, read_entry
+from cowfs.upper import Touch
+
+ADDED, MODIFIED, DELETED = "added", "modified", "deleted"
+TYPE_CHANGED, META_CHANGED = "type_changed", "meta_changed"
+STATUSES = (ADDED, MODIFIED, DELETED, TYPE_CHANGED, META_CHANGED)
+
+
+def path_key(rel: str) -> bytes:
+    """Sort key: the path's bytes, so order is the same whatever the encoding."""
+    return os.fsencode(rel)
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    status: str
+    old: Entry | None
+    new: Entry | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "status": self.status,
+            "old": self.old.to_json() if self.old else None,
+            "new": self.new.to_json() if self.new else None,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Change:
+        return cls(
+            d["path"], d["status"],
+            Entry.from_json(d["old"]) if d.get("old") else None,
+            Entry.from_json(d["new"]) if d.get("new") else None,
+        )
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A fifo, socket or device node a run created: reported, never committed."""
+
+    path: str
+    type: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "type": self.type}
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    root: str
+    changes: tuple[Change, ...]
+    unsupported: tuple[Unsupported, ...] = field(default=())
+
+    @property
+    def diff_hash(self) -> str:
+        h = xxhash.xxh3_128()
+        for c in self.changes:
+            new = c.new
+            fields = (
+                path_key(c.path), c.status.encode(),
+                (new.type if new else "").encode(), (new.hash or "" if new else "").encode(),
+                (format(new.mode, "04o") if new else "").encode(),
+            )
+            h.update(b"\0".join(fields) + b"\0")
+        for u in self.unsupported:
+            h.update(path_key(u.path) + b"\0unsupported\0" + u.type.encode() + b"\0\0\0")
+        return h.hexdigest()
+
+    @property
+    def summary(self) -> dict[str, int]:
+        counts = {ADDED: 0, MODIFIED: 0, DELETED: 0}
+        written = 0
+        for c in self.changes:
+            counts[c.status if c.status in counts else MODIFIED] += 1
+            if c.new is not None and c.status != META_CHANGED and c.new.type != DIR:
+                written += c.new.size
+        return {**counts, "bytes_written": written}
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATUSES, 0)
+        for c in self.changes:
+            out[c.status] += 1
+        return out
+
+    def to_json(self, tx: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "tx": tx,
+            "root": self.root,
+            "diff_hash": self.diff_hash,
+            "changes": [c.to_json() for c in self.changes],
+            "summary": self.summary,
+        }
+        if self.unsupported:
+            out["unsupported"] = [u.to_json() for u in self.unsupported]
+        return out
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+
+def compare(root: str, touches: Iterable[Touch]) -> ChangeSet:
+    """Compare each touched path's staged state with the live tree."""
+    changes: dict[str, Change] = {}
+    unsupported: list[Unsupported] = []
+
+    def delete_below(rel: str) -> None:
+        for child, old in livetree.descendants(root, rel):
+            if old.type in SUPPORTED:
+                changes[child] = Change(child, DELETED, old, None)
+            else:
+                unsupported.append(Unsupported(child, old.type))
+
+    for t in touches:
+        old = livetree.entry(root, t.rel)
+        if t.staged is None:
+            if old is None:
+                continue
+            if old.type not in SUPPORTED:
+                unsupported.append(Unsupported(t.rel, old.type))
+                continue
+            changes[t.rel] = Change(t.rel, DELETED, old, None)
+            if old.type == DIR:
+                delete_below(t.rel)
+            continue
+        new = read_entry(t.staged)
+        if new.type not in SUPPORTED:
+            unsupported.append(Unsupported(t.rel, new.type))
+            if old is not None and old.type == DIR:
+                delete_below(t.rel)
+            continue
+        if old is None:
+            changes[t.rel] = Change(t.rel, ADDED, None, new)
+        elif old.type not in SUPPORTED:
+            unsupported.append(Unsupported(t.rel, old.type))
+        elif old.type != new.type:
+            changes[t.rel] = Change(t.rel, TYPE_CHANGED, old, new)
+            if old.type == DIR:
+                delete_below(t.rel)
+        elif not new.same_content(old):
+            changes[t.rel] = Change(t.rel, MODIFIED, old, new)
+        elif not new.same_meta(old):
+            changes[t.rel] = Change(t.rel, META_CHANGED, old, new)
+    ordered = tuple(sorted(changes.values(), key=lambda c: path_key(c.path)))
+    odd = tuple(sorted({u.path: u for u in unsupported}.values(), key=lambda u: path_key(u.path)))
+    return ChangeSet(root, ordered, odd)

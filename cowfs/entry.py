@@ -1,0 +1,95 @@
+"""What one path is: ``Entry``, the fingerprint of a file, directory or symlink."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from cowfs.hashing import hash_bytes, hash_file
+
+FILE, DIR, SYMLINK = "file", "dir", "symlink"
+SUPPORTED = (FILE, DIR, SYMLINK)
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return FILE
+    if stat.S_ISDIR(mode):
+        return DIR
+    if stat.S_ISLNK(mode):
+        return SYMLINK
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "char-device"
+    if stat.S_ISBLK(mode):
+        return "block-device"
+    return "unknown"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Type, size, permission bits, mtime and content hash of one path.
+
+    ``hash`` is xxh3-128 of the bytes (symlink: of its target; dir: None);
+    a directory's size is 0 because its st_size means nothing across filesystems.
+    """
+
+    type: str
+    size: int
+    mode: int
+    mtime_ns: int
+    hash: str | None = None
+    target: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "size": self.size,
+            "mode": format(self.mode, "04o"),
+            "mtime_ns": self.mtime_ns,
+            "hash": self.hash,
+            "target": self.target,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Entry:
+        return cls(
+            type=d["type"], size=d["size"], mode=int(d["mode"], 8), mtime_ns=d["mtime_ns"],
+            hash=d.get("hash"), target=d.get("target"),
+        )
+
+    def same_content(self, other: Entry) -> bool:
+        return self.type == other.type and self.hash == other.hash and self.size == other.size
+
+    def same_meta(self, other: Entry) -> bool:
+        # A directory's mtime moves with every change to its entries: not tracked.
+        if self.type == DIR:
+            return self.mode == other.mode
+        if self.type == SYMLINK:
+            return self.mtime_ns == other.mtime_ns
+        return self.mode == other.mode and self.mtime_ns == other.mtime_ns
+
+
+def read_entry(path: str, st: os.stat_result | None = None, *, with_hash: bool = True) -> Entry:
+    """Fingerprint ``path`` (never following a final symlink)."""
+    if st is None:
+        st = os.lstat(path)
+    kind = kind_of(st.st_mode)
+    mode = stat.S_IMODE(st.st_mode)
+    if kind == FILE:
+        digest = hash_file(path) if with_hash else None
+        return Entry(FILE, st.st_size, mode, st.st_mtime_ns, digest, None, st.st_uid, st.st_gid)
+    if kind == SYMLINK:
+        target = os.readlink(path)
+        raw = os.fsencode(target)
+        return Entry(SYMLINK, len(raw), mode, st.st_mtime_ns, hash_bytes(raw), target, st.st_uid, st.st_gid)
+    if kind == DIR:
+        return Entry(DIR, 0, mode, st.st_mtime_ns, None, None, st.st_uid, st.st_gid)
+    return Entry(kind, 0, mode, st.st_mtime_ns, None, None, st.st_uid, st.st_gid)

@@ -1,0 +1,29 @@
+"""Content hashes: xxh3-128 of file bytes (streamed) and of symlink targets."""
+
+from __future__ import annotations
+
+import os
+
+import xxhash
+
+CHUNK = 1 << 20
+
+
+def hash_bytes(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def hash_fd(fd: int) -> str:
+    h = xxhash.xxh3_128()
+    while chunk := os.read(fd, CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """Hash a regular file's bytes without following a final symlink."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)

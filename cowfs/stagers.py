@@ -1,0 +1,219 @@
+"""Staging backends: how a transaction's staged layer is presented at the root.
+
+Each ``Stager`` owns ``$ROSCOE_HOME/tx/ID/`` and knows three things: the
+bubblewrap arguments that mount its view at the root's own path, what to set
+up before and tear down after a run, and which paths a run touched.
+
+- ``kernel``: kernel overlayfs through ``bwrap --overlay`` (root or user namespace).
+- ``fuse``: fuse-overlayfs mounted on ``mnt/`` and bound at the root, for lowers
+  the kernel refuses (FUSE filesystems that answer xattr probes with EIO).
+- ``copy``: a full copy of the root bound at the root; the last resort.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+
+from cowfs import upper as upperlayer
+from cowfs.errors import NoBackend
+from cowfs.upper import Touch
+
+ORDER = ("kernel", "fuse", "copy")
+
+
+def _rmtree(path: str) -> None:
+    """Remove a staging dir, including overlay work dirs left with mode 000."""
+    if not os.path.lexists(path):
+        return
+    for dirpath, dirnames, _ in os.walk(path):
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, stat.S_IRWXU)
+    shutil.rmtree(path)
+
+
+class Stager(ABC):
+    name = "base"
+
+    def __init__(self, tx_dir: str, root: str) -> None:
+        self.tx_dir = tx_dir
+        self.root = root
+
+    @property
+    def upper(self) -> str:
+        return os.path.join(self.tx_dir, "upper")
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.tx_dir, "work")
+
+    def prepare(self) -> None:
+        os.makedirs(self.upper, mode=0o755, exist_ok=True)
+        os.makedirs(self.work, mode=0o700, exist_ok=True)
+
+    def staged_path(self, rel: str) -> str:
+        """Where the staged copy of ``rel`` lives."""
+        return os.path.join(self.upper, rel)
+
+    @abstractmethod
+    def mount_args(self) -> list[str]:
+        """bwrap arguments that present the staged view at the root's path."""
+
+    def before_run(self) -> None:
+        """Set up what must exist outside the sandbox for a run."""
+
+    def after_run(self) -> None:
+        """Tear down what ``before_run`` set up; must be safe to call twice."""
+
+    @abstractmethod
+    def touches(self) -> Iterator[Touch]:
+        """Every path the runs so far touched."""
+
+    def discard(self) -> None:
+        self.after_run()
+        _rmtree(self.upper)
+        _rmtree(self.work)
+
+
+class KernelOverlay(Stager):
+    name = "kernel"
+
+    def mount_args(self) -> list[str]:
+        return ["--overlay-src", self.root, "--overlay", self.upper, self.work, self.root]
+
+    def touches(self) -> Iterator[Touch]:
+        return upperlayer.touches(str(self.upper), self.root, wh_files=False)
+
+
+class FuseOverlay(Stager):
+    name = "fuse"
+
+    @property
+    def mnt(self) -> str:
+        return os.path.join(self.tx_dir, "mnt")
+
+    def prepare(self) -> None:
+        super().prepare()
+        os.makedirs(self.mnt, mode=0o700, exist_ok=True)
+
+    def mount_args(self) -> list[str]:
+        return ["--bind", self.mnt, self.root]
+
+    def before_run(self) -> None:
+        binary = shutil.which("fuse-overlayfs")
+        if binary is None:
+            raise NoBackend(root=self.root, detail="fuse-overlayfs is not installed")
+        if any(ch in self.root + self.tx_dir for ch in ",:\\"):
+            raise NoBackend(root=self.root, detail="fuse-overlayfs cannot take a path with ',' ':' or '\\'")
+        self.prepare()
+        opts = f"lowerdir={self.root},upperdir={self.upper},workdir={self.work}"
+        done = subprocess.run(
+            [binary, "-o", opts, self.mnt], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise NoBackend(root=self.root, detail=f"fuse-overlayfs: {done.stderr.strip()}")
+
+    def after_run(self) -> None:
+        if not os.path.ismount(self.mnt):
+            return
+        unmount = ["umount", self.mnt] if os.geteuid() == 0 else ["fusermount3", "-u", self.mnt]
+        subprocess.run(unmount, capture_output=True, check=False)
+        if os.path.ismount(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True, check=False)
+
+    def touches(self) -> Iterator[Touch]:
+        return upperlayer.touches(str(self.upper), self.root, wh_files=True)
+
+
+def _signature(st: os.stat_result) -> list[int]:
+    # ctime moves on every write, chmod and rename, and no program can set it back.
+    return [st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size, st.st_mode]
+
+
+class CopyStager(Stager):
+    """A full copy of the root, with a manifest of what each copied path looked like."""
+
+    name = "copy"
+
+    @property
+    def tree(self) -> str:
+        return os.path.join(self.tx_dir, "tree")
+
+    @property
+    def manifest(self) -> str:
+        return os.path.join(self.tx_dir, "manifest.json")
+
+    def prepare(self) -> None:
+        if os.path.exists(self.manifest):
+            return
+        _rmtree(self.tree)
+        done = subprocess.run(
+            ["cp", "-a", "--reflink=auto", "--", self.root, self.tree],
+            capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            raise NoBackend(root=self.root, detail=f"copy failed: {done.stderr.strip()}")
+        signatures = {rel: _signature(st) for rel, st in self._walk()}
+        tmp = self.manifest + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(signatures, f, ensure_ascii=True)
+        os.replace(tmp, self.manifest)
+
+    def staged_path(self, rel: str) -> str:
+        return os.path.join(self.tree, rel)
+
+    def mount_args(self) -> list[str]:
+        return ["--bind", self.tree, self.root]
+
+    def before_run(self) -> None:
+        self.prepare()
+
+    def _walk(self) -> Iterator[tuple[str, os.stat_result]]:
+        base = self.tree
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            with os.scandir(os.path.join(base, rel) if rel else base) as it:
+                for d in it:
+                    child = f"{rel}/{d.name}" if rel else d.name
+                    st = d.stat(follow_symlinks=False)
+                    yield child, st
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(child)
+
+    def touches(self) -> Iterator[Touch]:
+        if not os.path.exists(self.manifest):
+            return
+        with open(self.manifest) as f:
+            before: dict[str, list[int]] = json.load(f)
+        seen: set[str] = set()
+        for rel, st in self._walk():
+            seen.add(rel)
+            if before.get(rel) != _signature(st):
+                yield Touch(rel, os.path.join(self.tree, rel))
+        for rel in sorted(set(before) - seen):
+            parent = rel.rpartition("/")[0]
+            if not parent or parent in seen:
+                yield Touch(rel, None)
+
+    def discard(self) -> None:
+        _rmtree(self.tree)
+        if os.path.exists(self.manifest):
+            os.unlink(self.manifest)
+        super().discard()
+
+
+STAGERS: dict[str, type[Stager]] = {
+    "kernel": KernelOverlay, "fuse": FuseOverlay, "copy": CopyStager,
+}
+
+
+def stager_for(name: str, tx_dir: str, root: str) -> Stager:
+    return STAGERS[name](tx_dir, root)

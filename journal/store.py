@@ -1,0 +1,296 @@
+"""The SQLite journal: ``$ROSCOE_HOME/journal.db``, its schema and its rows.
+
+WAL mode with ``synchronous=FULL`` (a committed row survives power loss); the
+schema version is ``PRAGMA user_version`` and is migrated forward on open.
+Paths are stored as BLOBs of their bytes so names that are not UTF-8 survive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cowfs.entry import Entry
+from cowfs.errors import RoscoeError, StateDirError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = [
+    # version 1
+    """
+    CREATE TABLE transactions (
+        id TEXT PRIMARY KEY,
+        root BLOB NOT NULL,
+        message TEXT,
+        state TEXT NOT NULL CHECK (state IN ('open', 'committing', 'committed', 'aborted')),
+        backend TEXT,
+        user TEXT,
+        host TEXT,
+        created_ns INTEGER NOT NULL,
+        updated_ns INTEGER NOT NULL
+    );
+    CREATE INDEX transactions_created ON transactions (created_ns);
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        tx TEXT NOT NULL REFERENCES transactions (id),
+        argv TEXT NOT NULL,
+        cwd BLOB NOT NULL,
+        backend TEXT NOT NULL,
+        started_ns INTEGER NOT NULL,
+        ended_ns INTEGER,
+        exit_code INTEGER,
+        diff_hash TEXT,
+        changes INTEGER
+    );
+    CREATE INDEX runs_tx ON runs (tx);
+    CREATE TABLE bases (
+        tx TEXT NOT NULL REFERENCES transactions (id),
+        path BLOB NOT NULL,
+        entry TEXT,
+        PRIMARY KEY (tx, path)
+    );
+    """,
+]
+
+
+class NewerJournal(RoscoeError):
+    """journal {path} has schema version {found}, newer than this roscoe understands ({known}); upgrade roscoe"""
+
+
+class JournalCorrupt(RoscoeError):
+    """journal {path} cannot be read: {reason}"""
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def _blob(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+def _text(blob: bytes) -> str:
+    return os.fsdecode(blob)
+
+
+@dataclass(frozen=True)
+class TxRecord:
+    id: str
+    root: str
+    message: str | None
+    state: str
+    backend: str | None
+    user: str | None
+    host: str | None
+    created_ns: int
+    updated_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tx": self.id, "state": self.state, "root": self.root, "message": self.message,
+            "backend": self.backend, "user": self.user, "host": self.host,
+            "created_ns": self.created_ns, "updated_ns": self.updated_ns,
+        }
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    tx: str
+    argv: list[str]
+    cwd: str
+    backend: str
+    started_ns: int
+    ended_ns: int | None
+    exit_code: int | None
+    diff_hash: str | None
+    changes: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "argv": self.argv, "cwd": self.cwd, "backend": self.backend,
+            "started_ns": self.started_ns, "ended_ns": self.ended_ns,
+            "exit_code": self.exit_code, "diff_hash": self.diff_hash, "changes": self.changes,
+        }
+
+
+def _tx(row: sqlite3.Row) -> TxRecord:
+    return TxRecord(
+        row["id"], _text(row["root"]), row["message"], row["state"], row["backend"],
+        row["user"], row["host"], row["created_ns"], row["updated_ns"],
+    )
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        row["id"], row["tx"], json.loads(row["argv"]), _text(row["cwd"]), row["backend"],
+        row["started_ns"], row["ended_ns"], row["exit_code"], row["diff_hash"], row["changes"],
+    )
+
+
+class Journal:
+    """One connection to the journal; every write is one SQLite transaction."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.home = os.path.dirname(path)
+        try:
+            os.makedirs(self.home, mode=0o700, exist_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise self.translate(e) from e
+        except OSError as e:
+            raise StateDirError(home=self.home, reason=e.strerror or str(e)) from e
+
+    def translate(self, e: sqlite3.Error) -> RoscoeError:
+        text = str(e)
+        if "full" in text:
+            return StateDirError(home=self.home, reason="disk is full; nothing was changed")
+        if "readonly" in text or "unable to open" in text:
+            return StateDirError(home=self.home, reason=text)
+        return JournalCorrupt(path=self.path, reason=text)
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise NewerJournal(path=self.path, found=version, known=SCHEMA_VERSION)
+        if version == SCHEMA_VERSION:
+            return
+        with self.write():
+            for number, script in enumerate(SCHEMA[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={number}")
+
+    def write(self) -> _WriteTx:
+        return _WriteTx(self)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transactions ---------------------------------------------------------
+
+    def insert_tx(self, tx: TxRecord) -> None:
+        with self.write():
+            self.db.execute(
+                "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?)",
+                (tx.id, _blob(tx.root), tx.message, tx.state, tx.backend, tx.user, tx.host,
+                 tx.created_ns, tx.updated_ns),
+            )
+
+    def get_tx(self, tx_id: str) -> TxRecord | None:
+        row = self.db.execute("SELECT * FROM transactions WHERE id = ?", (tx_id,)).fetchone()
+        return _tx(row) if row else None
+
+    def match_tx(self, prefix: str) -> list[str]:
+        # GLOB, not LIKE: ids are hex, and an id prefix must not act as a pattern.
+        if not prefix or any(ch in prefix for ch in "*?["):
+            return []
+        rows = self.db.execute(
+            "SELECT id FROM transactions WHERE id GLOB ? ORDER BY id LIMIT 10", (prefix + "*",)
+        )
+        return [r[0] for r in rows]
+
+    def list_tx(self, state: str | None = None) -> list[TxRecord]:
+        sql = "SELECT * FROM transactions"
+        args: tuple[Any, ...] = ()
+        if state:
+            sql += " WHERE state = ?"
+            args = (state,)
+        rows = self.db.execute(sql + " ORDER BY created_ns DESC, id DESC", args)
+        return [_tx(r) for r in rows]
+
+    def set_state(self, tx_id: str, state: str) -> None:
+        with self.write():
+            self.db.execute(
+                "UPDATE transactions SET state = ?, updated_ns = ? WHERE id = ?",
+                (state, now_ns(), tx_id),
+            )
+
+    def set_backend(self, tx_id: str, backend: str) -> None:
+        with self.write():
+            self.db.execute(
+                "UPDATE transactions SET backend = ?, updated_ns = ? WHERE id = ?",
+                (backend, now_ns(), tx_id),
+            )
+
+    # -- runs -----------------------------------------------------------------
+
+    def start_run(self, tx_id: str, argv: list[str], cwd: str, backend: str) -> int:
+        with self.write():
+            cur = self.db.execute(
+                "INSERT INTO runs (tx, argv, cwd, backend, started_ns) VALUES (?,?,?,?,?)",
+                (tx_id, json.dumps(argv), _blob(cwd), backend, now_ns()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def end_run(
+        self, run_id: int, exit_code: int, diff_hash: str | None, changes: int | None,
+        bases: dict[str, Entry | None] | None, backend: str,
+    ) -> None:
+        with self.write():
+            self.db.execute(
+                "UPDATE runs SET ended_ns = ?, exit_code = ?, diff_hash = ?, changes = ?, backend = ?"
+                " WHERE id = ?",
+                (now_ns(), exit_code, diff_hash, changes, backend, run_id),
+            )
+            if bases is not None:
+                tx_id = self.db.execute("SELECT tx FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+                self.db.execute("DELETE FROM bases WHERE tx = ?", (tx_id,))
+                self.db.executemany(
+                    "INSERT INTO bases VALUES (?,?,?)",
+                    [
+                        (tx_id, _blob(path), json.dumps(e.to_json()) if e else None)
+                        for path, e in bases.items()
+                    ],
+                )
+
+    def runs(self, tx_id: str) -> list[RunRecord]:
+        rows = self.db.execute("SELECT * FROM runs WHERE tx = ? ORDER BY id", (tx_id,))
+        return [_run(r) for r in rows]
+
+    def run_counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT tx, count(*) FROM runs GROUP BY tx")
+        return {r[0]: r[1] for r in rows}
+
+    def bases(self, tx_id: str) -> dict[str, Entry | None]:
+        rows = self.db.execute("SELECT path, entry FROM bases WHERE tx = ?", (tx_id,))
+        return {
+            _text(r[0]): Entry.from_json(json.loads(r[1])) if r[1] else None for r in rows
+        }
+
+
+class _WriteTx:
+    """``with journal.write():`` one BEGIN IMMEDIATE ... COMMIT, rolled back on error."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def __enter__(self) -> None:
+        try:
+            self.journal.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise self.journal.translate(e) from e
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        db = self.journal.db
+        if exc_type is None:
+            try:
+                db.execute("COMMIT")
+                return
+            except sqlite3.Error as e:
+                db.execute("ROLLBACK")
+                raise self.journal.translate(e) from e
+        db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise self.journal.translate(exc) from exc

@@ -1,0 +1,311 @@
+"""The transaction lifecycle over one state dir: begin, run, diff, show, list, abort.
+
+``Workspace`` ties the journal (what happened) to the stagers and sandbox of
+``cowfs`` (where it happened). The CLI calls one method per command.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cowfs import livetree, sandbox
+from cowfs.changeset import ChangeSet, compare
+from cowfs.errors import (
+    AmbiguousTransaction, NoBackend, NoSuchTransaction, RootError, SandboxError,
+    StagingCorrupt, TransactionBusy, TransactionState, UsageError,
+)
+from cowfs.home import Home
+from cowfs.stagers import ORDER, STAGERS, Stager, stager_for
+from cowfs.upper import UnsupportedUpper
+from journal.store import Journal, RunRecord, TxRecord, now_ns
+
+if TYPE_CHECKING:
+    from cowfs.patch import FilePatch
+
+OPEN, ABORTED = "open", "aborted"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    tx: str
+    root: str
+    run_id: int
+    argv: list[str]
+    cwd: str
+    backend: str
+    exit_code: int
+    timed_out: bool
+    started_ns: int
+    ended_ns: int
+    changes: ChangeSet
+
+    def report(self) -> dict[str, object]:
+        return {
+            "tx": self.tx, "root": self.root, "argv": self.argv, "cwd": self.cwd,
+            "backend": self.backend, "exit_code": self.exit_code, "timed_out": self.timed_out,
+            "started_ns": self.started_ns, "ended_ns": self.ended_ns,
+            "duration_ms": round((self.ended_ns - self.started_ns) / 1e6, 3),
+            "diff_hash": self.changes.diff_hash, "summary": self.changes.summary,
+            "unsupported": [u.to_json() for u in self.changes.unsupported],
+        }
+
+
+@dataclass(frozen=True)
+class TxView:
+    """Everything ``tx show`` tells about one transaction."""
+
+    record: TxRecord
+    runs: list[RunRecord]
+    changes: ChangeSet | None
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = self.record.to_json()
+        out["runs"] = [r.to_json() for r in self.runs]
+        out["diff"] = (
+            {"diff_hash": self.changes.diff_hash, "summary": self.changes.summary,
+             "counts": self.changes.counts(),
+             "unsupported": [u.to_json() for u in self.changes.unsupported]}
+            if self.changes is not None else None
+        )
+        out["approvals"] = []
+        return out
+
+
+def resolve_root(root: str | os.PathLike[str], home: Home) -> str:
+    given = os.fspath(root)
+    path = os.path.realpath(os.path.abspath(given))
+    if not os.path.lexists(path):
+        raise RootError(root=given, reason="does not exist")
+    if not os.path.isdir(path):
+        raise RootError(root=given, reason="is not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise RootError(root=given, reason="is not readable")
+    if path == "/":
+        raise RootError(root=given, reason="the whole filesystem cannot be a root; name the tree to stage")
+    state = os.path.realpath(home.path)
+    if sandbox.under(state, path) or sandbox.under(path, state):
+        raise RootError(root=given, reason=f"overlaps the state dir {home.path}")
+    return path
+
+
+class Workspace:
+    def __init__(self, home: Home, journal: Journal) -> None:
+        self.home = home
+        self.journal = journal
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None) -> Workspace:
+        resolved = Home.resolve(home)
+        resolved.ensure()
+        return cls(resolved, Journal(resolved.journal))
+
+    def close(self) -> None:
+        self.journal.close()
+
+    # -- lookup -----------------------------------------------------------------
+
+    def get(self, ref: str) -> TxRecord:
+        """The transaction named by ``ref``: a full id or a unique prefix of 4+ chars."""
+        found = self.journal.get_tx(ref)
+        if found is not None:
+            return found
+        matches = self.journal.match_tx(ref) if len(ref) >= 4 else []
+        if len(matches) == 1:
+            record = self.journal.get_tx(matches[0])
+            assert record is not None
+            return record
+        if len(matches) > 1:
+            raise AmbiguousTransaction(tx=ref, matches=", ".join(matches))
+        raise NoSuchTransaction(tx=ref)
+
+    def stager(self, tx: TxRecord, backend: str | None = None) -> Stager | None:
+        name = backend or tx.backend
+        return stager_for(name, self.home.tx_dir(tx.id), tx.root) if name else None
+
+    @contextmanager
+    def locked(self, tx: TxRecord, *, exclusive: bool) -> Iterator[None]:
+        """One run at a time per transaction; diffs wait for no run."""
+        tx_dir = self.home.tx_dir(tx.id)
+        os.makedirs(tx_dir, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(tx_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise TransactionBusy(tx=tx.id, pid=owner) from None
+            if exclusive:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def require_open(self, tx: TxRecord, action: str) -> None:
+        if tx.state != OPEN:
+            raise TransactionState(tx=tx.id, state=tx.state, action=action)
+
+    # -- commands ---------------------------------------------------------------
+
+    def check_invocable(self, root: str | os.PathLike[str], argv: list[str]) -> str:
+        """Resolve ``root`` and fail (127/126) now if ``argv[0]`` cannot run there."""
+        path = resolve_root(root, self.home)
+        if argv:
+            sandbox.precheck(argv[0], sandbox.sandbox_cwd(_cwd(), path), path, os.environ.get("PATH"))
+        return path
+
+    def begin(self, root: str | os.PathLike[str], message: str | None = None) -> TxRecord:
+        path = resolve_root(root, self.home)
+        now = now_ns()
+        user = os.environ.get("LOGNAME") or os.environ.get("USER") or str(os.getuid())
+        record = TxRecord(
+            id=os.urandom(6).hex(), root=path, message=message, state=OPEN,
+            backend=None, user=user, host=os.uname().nodename, created_ns=now, updated_ns=now,
+        )
+        os.makedirs(self.home.tx_dir(record.id), mode=0o700)
+        self.journal.insert_tx(record)
+        return record
+
+    def run(
+        self, ref: str, argv: list[str], *, cwd: str | None = None,
+        env: dict[str, str] | None = None, network: bool = True, timeout: float | None = None,
+    ) -> RunResult:
+        if not argv:
+            raise UsageError(detail="no command given")
+        tx = self.get(ref)
+        self.require_open(tx, "run")
+        env = dict(os.environ if env is None else env)
+        inner_cwd = sandbox.sandbox_cwd(_cwd() if cwd is None else cwd, tx.root)
+        if not os.path.isdir(tx.root):
+            raise RootError(root=tx.root, reason="no longer exists")
+        sandbox.precheck(argv[0], inner_cwd, tx.root, env.get("PATH"))
+        env["ROSCOE_TX"] = tx.id
+        env["ROSCOE_ROOT"] = tx.root
+        with self.locked(tx, exclusive=True):
+            candidates = self._candidates(tx)
+            run_id = self.journal.start_run(tx.id, argv, inner_cwd, candidates[0])
+            started = now_ns()
+            failures: list[str] = []
+            for name in candidates:
+                stager = stager_for(name, self.home.tx_dir(tx.id), tx.root)
+                try:
+                    stager.prepare()
+                    stager.before_run()
+                    outcome = sandbox.run(
+                        argv, root=tx.root, mount_args=stager.mount_args(), cwd=inner_cwd,
+                        env=env, probe=tx.backend is None, network=network, timeout=timeout,
+                    )
+                except NoBackend as e:
+                    failures.append(f"{name}: {e.fields.get('detail')}")
+                    continue
+                finally:
+                    stager.after_run()
+                if outcome.started:
+                    break
+                failures.append(f"{name}: {outcome.error or 'sandbox setup failed'}")
+                if tx.backend is not None:
+                    self.journal.end_run(run_id, 125, None, None, None, name)
+                    raise SandboxError(detail=f"{outcome.error or 'bwrap failed'}{_hint()}")
+                stager.discard()
+            else:
+                self.journal.end_run(run_id, 125, None, None, None, candidates[-1])
+                raise NoBackend(root=tx.root, detail="; ".join(failures) + _hint())
+            if tx.backend is None:
+                self.journal.set_backend(tx.id, stager.name)
+            changes = self._compare(tx, stager)
+            self.journal.end_run(
+                run_id, outcome.exit_code, changes.diff_hash, len(changes),
+                {c.path: c.old for c in changes.changes}, stager.name,
+            )
+        return RunResult(
+            tx.id, tx.root, run_id, argv, inner_cwd, stager.name, outcome.exit_code,
+            outcome.timed_out, started, now_ns(), changes,
+        )
+
+    def _candidates(self, tx: TxRecord) -> list[str]:
+        if tx.backend:
+            return [tx.backend]
+        forced = os.environ.get("ROSCOE_BACKEND")
+        if forced:
+            if forced not in STAGERS:
+                raise UsageError(detail=f"ROSCOE_BACKEND={forced}: expected one of {', '.join(ORDER)}")
+            return [forced]
+        return list(ORDER)
+
+    def _compare(self, tx: TxRecord, stager: Stager | None) -> ChangeSet:
+        if stager is None:
+            return ChangeSet(tx.root, ())
+        if not os.path.isdir(tx.root):
+            raise RootError(root=tx.root, reason="no longer exists")
+        try:
+            return compare(tx.root, stager.touches())
+        except (UnsupportedUpper, OSError) as e:
+            raise StagingCorrupt(tx=tx.id, detail=str(e)) from e
+
+    def diff(self, ref: str) -> ChangeSet:
+        tx = self.get(ref)
+        self.require_open(tx, "diff")
+        with self.locked(tx, exclusive=False):
+            return self._compare(tx, self.stager(tx))
+
+    def patches(self, ref: str) -> list[FilePatch]:
+        """The diff with unified text patches of every changed text file."""
+        from cowfs.patch import MAX_TEXT, patches
+
+        tx = self.get(ref)
+        self.require_open(tx, "diff")
+        with self.locked(tx, exclusive=False):
+            stager = self.stager(tx)
+            changes = self._compare(tx, stager)
+
+            def new_bytes(rel: str) -> bytes | None:
+                assert stager is not None
+                with open(stager.staged_path(rel), "rb") as f:
+                    return f.read(MAX_TEXT)
+
+            return list(patches(
+                changes.changes, lambda rel: livetree.read_bytes(tx.root, rel, MAX_TEXT), new_bytes,
+            ))
+
+    def show(self, ref: str) -> TxView:
+        tx = self.get(ref)
+        changes = None
+        if tx.state == OPEN:
+            with self.locked(tx, exclusive=False):
+                changes = self._compare(tx, self.stager(tx))
+        return TxView(tx, self.journal.runs(tx.id), changes)
+
+    def list(self, state: str | None = None) -> list[TxRecord]:
+        return self.journal.list_tx(state)
+
+    def run_counts(self) -> dict[str, int]:
+        return self.journal.run_counts()
+
+    def abort(self, ref: str) -> TxRecord:
+        tx = self.get(ref)
+        self.require_open(tx, "abort")
+        with self.locked(tx, exclusive=True):
+            stager = self.stager(tx)
+            if stager is not None:
+                stager.discard()
+            self.journal.set_state(tx.id, ABORTED)
+        aborted = self.journal.get_tx(tx.id)
+        assert aborted is not None
+        return aborted
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return None
+
+
+def _hint() -> str:
+    hint = sandbox.userns_hint()
+    return f" ({hint})" if hint else ""
