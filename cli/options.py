@@ -4,7 +4,6 @@ without typer so that ``tx run`` can start fast."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from cowfs.errors import UsageError
 
@@ -12,11 +11,13 @@ GLOBAL_WITH_VALUE = ("--home", "--config")
 GLOBAL_FLAGS = ("--debug",)
 
 
-@dataclass
 class Globals:
-    home: str | None = None
-    config: str | None = None
-    debug: bool = False
+    """The global options, before the subcommand."""
+
+    def __init__(self) -> None:
+        self.home: str | None = None
+        self.config: str | None = None
+        self.debug = False
 
 
 def split_globals(argv: list[str]) -> tuple[Globals, list[str]]:

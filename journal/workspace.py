@@ -10,8 +10,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections import namedtuple
 
 from cowfs import livetree, sandbox
 from cowfs.changeset import ChangeSet, compare
@@ -24,14 +23,20 @@ from cowfs.stagers import ORDER, STAGERS, Stager, stager_for
 from cowfs.upper import UnsupportedUpper
 from journal.store import Journal, RunRecord, TxRecord, now_ns
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cowfs.patch import FilePatch
 
 OPEN, ABORTED = "open", "aborted"
 
 
-@dataclass(frozen=True)
-class RunResult:
+class RunResult(namedtuple(
+    "_RunResult",
+    "tx root run_id argv cwd backend exit_code timed_out started_ns ended_ns changes",
+)):
+    """How one run ended, and what the transaction stages after it."""
+
+    __slots__ = ()
     tx: str
     root: str
     run_id: int
@@ -55,10 +60,10 @@ class RunResult:
         }
 
 
-@dataclass(frozen=True)
-class TxView:
+class TxView(namedtuple("_TxView", "record runs changes")):
     """Everything ``tx show`` tells about one transaction."""
 
+    __slots__ = ()
     record: TxRecord
     runs: list[RunRecord]
     changes: ChangeSet | None
@@ -219,7 +224,7 @@ class Workspace:
                 self.journal.set_backend(tx.id, stager.name)
             changes = self._compare(tx, stager)
             self.journal.end_run(
-                run_id, outcome.exit_code, changes.diff_hash, len(changes),
+                run_id, outcome.exit_code, changes.diff_hash, len(changes.changes),
                 {c.path: c.old for c in changes.changes}, stager.name,
             )
         return RunResult(

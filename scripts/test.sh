@@ -10,7 +10,7 @@ source scripts/lib.sh
 # backend), attr (getfattr/setfattr on overlay xattrs), rclone (a gcsfuse-like
 # mount over the GCS emulator), python3-venv (the venvs below), util-linux
 # (runuser, unshare), sqlite3 (the journal is checked with the sqlite3 CLI).
-APT_PACKAGES=(fuse-overlayfs fuse3 attr rclone python3-venv util-linux sqlite3)
+APT_PACKAGES=(fuse-overlayfs fuse3 attr rclone python3-venv util-linux sqlite3 groff-base)
 # Tests that run roscoe as an ordinary user use this account and this venv:
 # the default python3 may live under /root (mode 700), out of that user's reach.
 TEST_USER=roscoe-test
