@@ -22,9 +22,14 @@ from collections import namedtuple
 
 from cowfs.errors import CommandNotExecutable, CommandNotFound, SandboxError
 
+# The probe (first run only) looks up the root's entries and one file below
+# them: a FUSE lower that answers the overlay's xattr probes with EIO fails here,
+# before CMD runs, so the next backend can be tried.
 SHIM = (
     'p=$1; shift; '
-    'if [ -n "$p" ]; then ls -lA -- "$p" >/dev/null 2>&1 || exit 1; fi; '
+    'if [ -n "$p" ]; then ls -lA -- "$p" >/dev/null 2>&1 && '
+    '{ find "$p" -maxdepth 3 -type f -print0 -quit 2>/dev/null | xargs -0r ls -ld -- >/dev/null 2>&1; } '
+    '|| exit 1; fi; '
     'echo ready >&4; exec 4>&- 2>&3 3>&-; exec "$@"'
 )
 TIMED_OUT = 124

@@ -167,7 +167,7 @@ class Workspace:
     def begin(self, root: str | os.PathLike[str], message: str | None = None) -> TxRecord:
         path = resolve_root(root, self.home)
         now = now_ns()
-        user = os.environ.get("LOGNAME") or os.environ.get("USER") or str(os.getuid())
+        user = os.environ.get("LOGNAME") or os.environ.get("USER") or _login_name()
         record = TxRecord(
             id=os.urandom(6).hex(), root=path, message=message, state=OPEN,
             backend=None, user=user, host=os.uname().nodename, created_ns=now, updated_ns=now,
@@ -302,6 +302,15 @@ class Workspace:
         aborted = self.journal.get_tx(tx.id)
         assert aborted is not None
         return aborted
+
+
+def _login_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def _cwd() -> str | None:

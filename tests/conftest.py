@@ -111,7 +111,7 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def test_user() -> pwd.struct_passwd:
+def lookup_test_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(TEST_USER)
     except KeyError:
@@ -124,7 +124,7 @@ class UserRoscoe(Roscoe):
 
     def __init__(self, home: Path, src: Path) -> None:
         super().__init__(home, {"PYTHONPATH": str(src)})
-        self.user = test_user()
+        self.user = lookup_test_user()
         self.env.update(HOME=self.user.pw_dir, USER=TEST_USER, LOGNAME=TEST_USER)
 
     def __call__(self, *args, input=None, cwd=None, env=None, timeout=120):  # type: ignore[no-untyped-def,override]
@@ -140,7 +140,7 @@ def user_dir() -> Iterator[Path]:
     """A scratch dir under /tmp that roscoe-test owns (pytest's own tmp dirs are 0700 root)."""
     if os.geteuid() != 0:
         pytest.fail("unprivileged tests switch to the roscoe-test user and need root (CI runs as root)")
-    user = test_user()
+    user = lookup_test_user()
     path = Path(tempfile.mkdtemp(prefix="roscoe-user-", dir="/tmp"))
     os.chmod(path, 0o755)
     os.chown(path, user.pw_uid, user.pw_gid)
@@ -158,7 +158,7 @@ def unprivileged(user_dir: Path) -> UserRoscoe:
     src = user_dir / "src"
     for pkg in ("cowfs", "journal", "cli"):
         shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    user = test_user()
+    user = lookup_test_user()
     chown_tree(src, user.pw_uid, user.pw_gid)
     return UserRoscoe(user_dir / "home", src)
 

@@ -184,7 +184,8 @@ def test_the_pages_are_one_per_group():
 def test_every_group_has_its_page(path, group):
     lines = read_page(page_of(path))
     name = "-".join(("roscoe",) + path)
-    assert plain(lines[[ln.startswith(".TH") for ln in lines].index(True)]).split()[:2] == [name.upper(), "1"]
+    header = plain(next(ln for ln in lines if ln.startswith(".TH")))
+    assert header is not None and header.split()[:2] == [name.upper(), "1"]
     assert plain_text(section(lines, "NAME")).startswith(f"{name} - ")
     if path:
         top = read_page(page_of(()))
