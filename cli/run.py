@@ -101,6 +101,7 @@ def default_root(root: str | None) -> str:
 def execute(args: RunArgs, *, interactive: bool = False) -> int:
     """Run ``args.command`` in its transaction; returns the exit code to exit with."""
     from cli.errors import say
+    from cowfs.sandbox import sandbox_cwd
     from journal.workspace import Workspace
 
     network = parse_network(args.network)
@@ -118,6 +119,9 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
         say(f"tx {tx.id}")
         if interactive:
             say(f"shell in the staged overlay of {tx.root}; exit to leave (nothing lands until commit)")
+        here = _cwd()
+        if here is not None and sandbox_cwd(here, tx.root) != here:
+            say(f"note: {here} is not visible in the run (private /tmp); it starts in {tx.root}")
         result = ws.run(tx.id, args.command, network=network, timeout=timeout)
     finally:
         ws.close()
@@ -136,6 +140,13 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
     for u in result.changes.unsupported:
         say(f"warning: {u.path!r} is a {u.type}: it cannot be committed")
     return result.exit_code
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return None
 
 
 def write_report(path: str, report: dict[str, object]) -> None:

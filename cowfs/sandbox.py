@@ -103,6 +103,8 @@ def precheck(cmd: str, cwd: str, root: str, path_env: str | None) -> None:
     hidden = (root, "/tmp")
     if "/" in cmd:
         full = os.path.normpath(os.path.join(cwd, cmd))
+        if under(full, "/tmp") and not under(full, root):
+            raise CommandNotFound(cmd=f"{cmd} (a run has a private /tmp: files under /tmp outside the root are not visible in it)")
         candidates = [full]
     else:
         candidates = [os.path.join(d or ".", cmd) for d in (path_env or os.defpath).split(":")]

@@ -161,10 +161,15 @@ class Journal:
             os.makedirs(self.home, mode=0o700, exist_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
             self.db.row_factory = sqlite3.Row
+            # Check the version before anything writes (WAL mode rewrites the header).
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                self.db.close()
+                raise NewerJournal(path=self.path, found=version, known=SCHEMA_VERSION)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            self._migrate(version)
         except sqlite3.DatabaseError as e:
             raise self.translate(e) from e
         except OSError as e:
@@ -179,10 +184,7 @@ class Journal:
             return StateDirError(home=self.home, reason=text)
         return JournalCorrupt(path=self.path, reason=text)
 
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise NewerJournal(path=self.path, found=version, known=SCHEMA_VERSION)
+    def _migrate(self, version: int) -> None:
         if version == SCHEMA_VERSION:
             return
         with self.write():

@@ -19,6 +19,7 @@ show() {
 phase "Set up: Python venv at .venv with roscoe installed (pip install -e .)"
 ensure_venv .venv python3
 install_project .
+compile_bytecode
 # The venv's roscoe, without putting the venv first on PATH for the script too.
 roscoe() { "$repo/.venv/bin/roscoe" "$@"; }
 
@@ -36,7 +37,8 @@ echo "    transaction: $id"
 
 phase "Run the paralegal's reorganize.py inside the transaction's overlay"
 echo "    (it sees and edits $ROOT, but its writes land in the transaction's staging area)"
-show roscoe tx run --tx "$id" -- python3 "$repo/examples/reorganize.py" "$ROOT"
+# The script comes on stdin: a run has a private /tmp, and this repo may live under /tmp.
+show roscoe tx run --tx "$id" -- python3 - "$ROOT" <"$repo/examples/reorganize.py"
 
 phase "The hashed diff of what the script changed"
 show roscoe tx diff "$id"

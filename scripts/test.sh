@@ -22,6 +22,13 @@ ensure_apt "${APT_PACKAGES[@]}"
 phase "Project venv .venv with roscoe and its test extra"
 ensure_venv .venv python3
 install_project '.[test]'
+compile_bytecode
+
+phase "FUSE for ordinary users"
+# Debian's udev rule makes /dev/fuse 0666; a VM without udev leaves it 0600,
+# and fuse-overlayfs run by the unprivileged tests could not open it.
+chmod 0666 /dev/fuse
+echo "    /dev/fuse: $(stat -c %a /dev/fuse)"
 
 phase "Unprivileged test user '$TEST_USER'"
 if id "$TEST_USER" >/dev/null 2>&1; then

@@ -1,0 +1,41 @@
+"""The libraries stand alone: cowfs and journal never load the CLI stack, and
+the `tx run` path loads neither typer, rich nor the modules that cost start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+HEAVY = ("typer", "rich", "click", "gcsfs", "sqlite_utils", "dataclasses", "typing", "pathlib", "subprocess")
+
+
+def loaded_after(code: str, env: dict[str, str] | None = None) -> set[str]:
+    program = code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_libraries_do_not_import_the_cli_stack() -> None:
+    modules = loaded_after("import cowfs, journal, cowfs.stagers, cowfs.sandbox, journal.workspace")
+    assert {"typer", "rich", "click", "cli"} & modules == set()
+
+
+def test_tx_run_path_stays_light(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    code = (
+        "import os, sys\n"
+        "from cli.main import main\n"
+        f"code = main(['tx', 'run', '--root', {str(root)!r}, '--', 'true'])\n"
+        "assert code == 0, code\n"
+    )
+    modules = loaded_after(code, {"ROSCOE_HOME": str(tmp_path / "home")})
+    assert {m.split(".")[0] for m in modules} & set(HEAVY) == set()
