@@ -5,8 +5,10 @@ For trees of 100, 10,000 and 100,000 small files (dirs of 100 files each), one
 ``roscoe tx run`` of a shell script makes 10 changes (4 modified, 3 added,
 3 deleted, spread over the tree); then ``tx diff ID --json`` is timed N times.
 A last case makes 1,000 changes (400/300/300) in the 10,000-file tree, to show
-the cost grows with the changed paths. ``python -c pass`` (the venv's) is timed
-alongside as the interpreter floor. Every timed round runs each case once, so
+the cost grows with the changed paths. Timed alongside: ``python -c pass`` (the
+venv's; the interpreter floor) and ``roscoe tx diff NO-SUCH-TX --json`` (exit 5;
+the CLI floor: start-up, imports, journal open, no diff), so the part of each
+diff that is real work shows as "above CLI floor". Every timed round runs each case once, so
 drift hits them alike; each case gets one untimed warm-up diff first, so the
 numbers are warm page cache.
 
@@ -37,6 +39,7 @@ import _benchlib as lib  # noqa: E402
 BUDGET_RATIO = 2.0
 PER_DIR = 100
 LAYOUT = "v1: dNNNN/fNN.txt, 100 files a dir, content 'dD fF\\n'"
+NO_SUCH_TX = "000000000000"
 MANY_TREE, MANY = 10_000, (400, 300, 300)
 FEW = (4, 3, 3)  # modified, added, deleted
 
@@ -120,6 +123,7 @@ def main() -> int:
     compiled = lib.compile_packages(args.python)
     print(lib.describe_compile(compiled))
 
+    t0 = time.perf_counter()
     temp_work = args.work is None
     work = tempfile.mkdtemp(prefix="roscoe-bench-diff-") if temp_work else os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
@@ -152,16 +156,28 @@ def main() -> int:
             if "staged (" in lines[-1]:
                 backends.add(lines[-1].split("staged (", 1)[1].split(")", 1)[0])
 
+        t_trees = time.perf_counter() - t0
+
         def diff_once(name: str) -> float:
             ms, proc = lib.timed([args.roscoe, "tx", "diff", txs[name], "--json"],
                                  env=env, cwd=work, capture_stdout=True)
             lib.check_ok(f"tx diff ({name})", proc)
             return ms
 
-        def floor_once() -> float:
+        def python_floor() -> float:
             ms, proc = lib.timed([args.python, "-c", "pass"], env=env, cwd=work)
             lib.check_ok("python -c pass", proc)
             return ms
+
+        def cli_floor() -> float:
+            ms, proc = lib.timed([args.roscoe, "tx", "diff", NO_SUCH_TX, "--json"],
+                                 env=env, cwd=work, capture_stdout=True)
+            if proc.returncode != 5:
+                raise SystemExit(f"tx diff {NO_SUCH_TX}: expected exit 5 (no such transaction), "
+                                 f"got {proc.returncode}\n{proc.stderr.decode(errors='replace')}")
+            return ms
+
+        floors = {"python -c pass": python_floor, "tx diff NO-SUCH-TX": cli_floor}
 
         # warm-up, and a check that each diff is what the script did
         for name, (n, (n_mod, n_add, n_del)) in plan.items():
@@ -174,14 +190,15 @@ def main() -> int:
             if any(got.get(k) != v for k, v in want.items()) or len(diff["changes"]) != sum(want.values()):
                 raise SystemExit(f"tx diff ({name}): expected {want}, got {got} "
                                  f"with {len(diff['changes'])} changes")
-        floor_once()
+        for floor in floors.values():
+            floor()
 
-        samples: dict[str, list[float]] = {name: [] for name in plan}
-        samples["python -c pass"] = []
+        samples: dict[str, list[float]] = {name: [] for name in (*plan, *floors)}
         for _ in range(args.runs):
             for name in plan:
                 samples[name].append(diff_once(name))
-            samples["python -c pass"].append(floor_once())
+            for name, floor in floors.items():
+                samples[name].append(floor())
 
         stale = lib.recheck_bytecode(args.python)
         stats = {name: lib.summarize(s) for name, s in samples.items()}
@@ -195,16 +212,23 @@ def main() -> int:
         info = lib.machine()
         print(f"{info['date']}  nproc {info['nproc']}  kernel {info['kernel']}  euid {info['euid']}  "
               f"backend {', '.join(sorted(backends)) or '?'}  runs {args.runs} (+1 warm-up)")
-        print(f"{'roscoe tx diff ID --json':<34} {'median':>8} {'p90':>8} {'min':>8}   (ms)  "
-              f"[tx run that made the changes]")
+        cli = stats["tx diff NO-SUCH-TX"]["median_ms"]
+        print(f"{'roscoe tx diff ID --json':<34} {'median':>8} {'p90':>8} {'min':>8} {'>floor':>8}   (ms)"
+              f"  [tx run that made the changes]")
+        notes = {"python -c pass": "(interpreter floor)", "tx diff NO-SUCH-TX": "(CLI floor, exit 5)"}
         for name, s in stats.items():
-            made = f"  [{run_ms[name]:.0f} ms]" if name in run_ms else "  (interpreter floor)"
-            print(f"{name:<34} {s['median_ms']:8.1f} {s['p90_ms']:8.1f} {s['min_ms']:8.1f}{made}")
+            above = f"{s['median_ms'] - cli:8.1f}" if name in plan else f"{'':8}"
+            made = f"[{run_ms[name]:.0f} ms]" if name in run_ms else notes[name]
+            print(f"{name:<34} {s['median_ms']:8.1f} {s['p90_ms']:8.1f} {s['min_ms']:8.1f} {above}   {made}")
+        above_small = stats[small]["median_ms"] - cli
+        above_large = stats[large]["median_ms"] - cli
         for n in sizes[1:]:
             r = stats[f"{n}-files/10-changes"]["median_ms"] / stats[small]["median_ms"]
             print(f"ratio {n:,}/{sizes[0]:,} files (10 changes): {r:.2f}x")
         if follow is not None:
             print(f"ratio {sum(MANY):,}/10 changes ({MANY_TREE:,}-file tree): {follow:.2f}x")
+        print(f"above the CLI floor: {sizes[-1]:,} files {above_large:.1f} ms, {sizes[0]:,} files "
+              f"{above_small:.1f} ms (differences of medians; noisy when both are small)")
         ok = ratio <= BUDGET_RATIO
         print(f"budget: 10 changes in {sizes[-1]:,} files vs in {sizes[0]:,} files: {ratio:.2f}x "
               f"vs within {BUDGET_RATIO:.0f}x: {'PASS' if ok else 'FAIL'}")
@@ -217,6 +241,8 @@ def main() -> int:
                                                    "deleted": c[2], "tx_run_ms": run_ms[name]}
                                             for name, (n, c) in plan.items()},
                 "results": stats,
+                "cli_floor_median_ms": cli,
+                "above_cli_floor_ms": {name: round(stats[name]["median_ms"] - cli, 3) for name in plan},
                 "ratios": {"largest/smallest": round(ratio, 3),
                            f"{sum(MANY)}/10 changes": round(follow, 3) if follow else None},
                 "budget": {"ratio_at_most": BUDGET_RATIO, "pass": ok},
@@ -224,12 +250,18 @@ def main() -> int:
             print(f"wrote {args.json}")
         return 0 if (not args.check or ok) else 1
     finally:
+        t1 = time.perf_counter()
         if args.keep:
             print(f"kept {home}" + (f" and {work}" if temp_work else ""), file=sys.stderr)
         else:
             lib.rmtree(home)
             if temp_work:
                 lib.rmtree(work)
+        t2 = time.perf_counter()
+        setup = f"trees {t_trees:.1f} s, " if "t_trees" in locals() else ""
+        print(f"wall: {setup}total {t2 - t0:.1f} s, of which cleanup {t2 - t1:.1f} s"
+              + ("" if args.work else "; pass --work DIR to keep the trees for the next run"),
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -61,8 +61,8 @@ cat <<EOF
 Done. To try more, with the same state dir:
     export ROSCOE_HOME=$ROSCOE_HOME PATH=$repo/.venv/bin:\$PATH
     roscoe tx diff $id --json     # what an agent reads before asking for approval
-    roscoe tx commit $id          # apply it atomically to $ROOT
-    roscoe tx rollback $id        # ...and undo it exactly
-    roscoe tx abort $id           # or discard it instead of committing
+    roscoe tx diff $id --patch    # the text changes, line by line
+    roscoe tx shell --tx $id      # look around inside the staged tree
+    roscoe tx abort $id           # discard it; the live tree was never touched
 Remove $scratch when finished.
 EOF
