@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import shutil
-import stat
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import time
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
 PACKAGES = ("cowfs", "journal", "cli")
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # for cowfs.stagers.remove_tree, whatever python runs this
 
 # Run by the venv's python: every module of the packages whose .pyc is missing or
 # does not match its source (mtime/size or hash), i.e. that Python would compile
@@ -81,11 +82,12 @@ def compile_packages(python: str) -> dict:
     variable set, so the timed runs start like an installed roscoe's.
     """
     started = time.perf_counter()
-    subprocess.run([python, "-m", "compileall", "-q", *PACKAGES], cwd=REPO, check=True)
+    # not check=True: a repo this user cannot write to still gets measured, flagged below
+    code = subprocess.run([python, "-m", "compileall", "-q", *PACKAGES], cwd=REPO).returncode
     elapsed = time.perf_counter() - started
     check = stale_bytecode(python)
     return {
-        "command": f"{python} -m compileall -q {' '.join(PACKAGES)}",
+        "command": f"{python} -m compileall -q {' '.join(PACKAGES)}", "exit_code": code,
         "cwd": REPO, "seconds": round(elapsed, 3),
         "modules": check["modules"], "stale_after": check["stale"],
     }
@@ -95,6 +97,8 @@ def describe_compile(info: dict) -> str:
     line = (f"bytecode: ran `python -m compileall -q {' '.join(PACKAGES)}` in {info['cwd']} "
             f"({info['modules']} modules, {info['seconds'] * 1000:.0f} ms); "
             f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '(unset)')}")
+    if info["exit_code"]:
+        line += f"\n  warning: compileall exited {info['exit_code']}"
     if info["stale_after"]:
         line += f"\n  warning: still stale after compileall: {', '.join(info['stale_after'])}"
     return line
@@ -176,19 +180,17 @@ def machine() -> dict:
     }
 
 
-def rmtree(path: str) -> None:
-    """Remove a scratch dir, including overlay work dirs left with mode 000."""
+def rmtree(path: str, *, fix_modes: bool = True) -> None:
+    """Remove a scratch dir; ``fix_modes`` first makes every dir writable (overlay
+    work dirs are left with mode 000), which costs a walk of the whole tree."""
     if not os.path.lexists(path):
         return
-    for dirpath, dirnames, _ in os.walk(path):
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
-                try:
-                    os.chmod(full, stat.S_IRWXU)
-                except OSError:
-                    pass
-    shutil.rmtree(path, ignore_errors=True)
+    if fix_modes:
+        from cowfs.stagers import remove_tree
+
+        remove_tree(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
     if os.path.lexists(path):
         print(f"warning: could not remove all of {path}", file=sys.stderr)
 

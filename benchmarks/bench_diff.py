@@ -62,16 +62,20 @@ def ensure_tree(work: str, n: int) -> tuple[str, bool]:
                 return root, True
     except FileNotFoundError:
         pass
-    lib.rmtree(root)
+    lib.rmtree(root, fix_modes=False)
     os.makedirs(root)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     for d in range((n + PER_DIR - 1) // PER_DIR):
         dpath = os.path.join(root, f"d{d:04d}")
         os.mkdir(dpath)
-        for j in range(min(PER_DIR, n - d * PER_DIR)):
-            fd = os.open(os.path.join(dpath, f"f{j:02d}.txt"), flags, 0o644)
-            os.write(fd, f"d{d} f{j}\n".encode())
-            os.close(fd)
+        dfd = os.open(dpath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for j in range(min(PER_DIR, n - d * PER_DIR)):
+                fd = os.open(f"f{j:02d}.txt", flags, 0o644, dir_fd=dfd)
+                os.write(fd, f"d{d} f{j}\n".encode())
+                os.close(fd)
+        finally:
+            os.close(dfd)
     with open(marker, "w") as f:
         f.write(LAYOUT + "\n")
     return root, False
@@ -156,7 +160,7 @@ def main() -> int:
             if "staged (" in lines[-1]:
                 backends.add(lines[-1].split("staged (", 1)[1].split(")", 1)[0])
 
-        t_trees = time.perf_counter() - t0
+        t_setup = time.perf_counter() - t0
 
         def diff_once(name: str) -> float:
             ms, proc = lib.timed([args.roscoe, "tx", "diff", txs[name], "--json"],
@@ -256,9 +260,9 @@ def main() -> int:
         else:
             lib.rmtree(home)
             if temp_work:
-                lib.rmtree(work)
+                lib.rmtree(work, fix_modes=False)  # only trees are left: plain files and dirs
         t2 = time.perf_counter()
-        setup = f"trees {t_trees:.1f} s, " if "t_trees" in locals() else ""
+        setup = f"setup (trees, tx runs) {t_setup:.1f} s, " if "t_setup" in locals() else ""
         print(f"wall: {setup}total {t2 - t0:.1f} s, of which cleanup {t2 - t1:.1f} s"
               + ("" if args.work else "; pass --work DIR to keep the trees for the next run"),
               file=sys.stderr)

@@ -131,7 +131,7 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
         say(f"tx {tx.id}: timed out after {args.timeout} s; every process of the run was killed")
     counts = result.changes.counts()
     staged = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n) or "no changes"
-    cmd = shlex.join(args.command)
+    cmd = shlex.join(args.command).replace("\n", "\\n")
     cmd = cmd if len(cmd) <= 60 else cmd[:57] + "..."
     say(
         f"tx {tx.id}: {cmd!s} exited {result.exit_code}; {staged} staged"

@@ -25,7 +25,7 @@ from cowfs.upper import Touch
 ORDER = ("kernel", "fuse", "copy")
 
 
-def _rmtree(path: str) -> None:
+def remove_tree(path: str) -> None:
     """Remove a staging dir, including overlay work dirs left with mode 000."""
     if not os.path.lexists(path):
         return
@@ -78,8 +78,8 @@ class Stager(ABC):
 
     def discard(self) -> None:
         self.after_run()
-        _rmtree(self.upper)
-        _rmtree(self.work)
+        remove_tree(self.upper)
+        remove_tree(self.work)
 
 
 class KernelOverlay(Stager):
@@ -115,6 +115,7 @@ class FuseOverlay(Stager):
             raise NoBackend(root=self.root, detail="fuse-overlayfs is not installed")
         if any(ch in self.root + self.tx_dir for ch in ",:\\"):
             raise NoBackend(root=self.root, detail="fuse-overlayfs cannot take a path with ',' ':' or '\\'")
+        self.after_run()  # a run killed before its teardown may have left the mount
         self.prepare()
         opts = f"lowerdir={self.root},upperdir={self.upper},workdir={self.work}"
         done = subprocess.run(
@@ -160,7 +161,7 @@ class CopyStager(Stager):
             return
         import subprocess
 
-        _rmtree(self.tree)
+        remove_tree(self.tree)
         done = subprocess.run(
             ["cp", "-a", "--reflink=auto", "--", self.root, self.tree],
             capture_output=True, text=True, check=False,
@@ -211,7 +212,7 @@ class CopyStager(Stager):
                 yield Touch(rel, None)
 
     def discard(self) -> None:
-        _rmtree(self.tree)
+        remove_tree(self.tree)
         if os.path.exists(self.manifest):
             os.unlink(self.manifest)
         super().discard()

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from cowfs.stagers import remove_tree
+
 REPO = Path(__file__).resolve().parent.parent
 TEST_USER = "roscoe-test"
 TEST_VENV = Path("/opt/roscoe-test-venv")
@@ -161,16 +163,6 @@ def unprivileged(user_dir: Path) -> UserRoscoe:
     user = lookup_test_user()
     chown_tree(src, user.pw_uid, user.pw_gid)
     return UserRoscoe(user_dir / "home", src)
-
-
-def remove_tree(path: Path) -> None:
-    """rmtree that also clears overlay work dirs left with mode 000."""
-    for dirpath, dirnames, _ in os.walk(path):
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
-                os.chmod(full, 0o700)
-    shutil.rmtree(path, ignore_errors=False)
 
 
 def chown_tree(path: Path, uid: int, gid: int) -> None:
