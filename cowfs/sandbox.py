@@ -30,7 +30,8 @@ SHIM = (
     'if [ -n "$p" ]; then ls -lA -- "$p" >/dev/null 2>&1 && '
     '{ find "$p" -maxdepth 3 -type f -print0 -quit 2>/dev/null | xargs -0r ls -ld -- >/dev/null 2>&1; } '
     '|| exit 1; fi; '
-    'echo ready >&4; exec 4>&- 2>&3 3>&-; exec "$@"'
+    'echo ready >&4; exec 4>&- 2>&3 3>&-; '
+    'exec env --default-signal=INT,QUIT -- "$@"'
 )
 TIMED_OUT = 124
 
@@ -160,35 +161,35 @@ def run(
         (os.POSIX_SPAWN_DUP2, high[1], 4),
         (os.POSIX_SPAWN_DUP2, high[2], 2),
     ]
+    # Like system(3), ^C and ^\\ belong to the command: roscoe and bwrap ignore
+    # them (bwrap inherits SIG_IGN; killed, it would take the sandbox down) and
+    # the shim gives the command the default actions back.
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in ((signal.SIGINT, signal.SIGQUIT) if main else ())}
     try:
-        pid = os.posix_spawn(
-            bwrap, args, env, file_actions=actions,
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT),
-        )
-    except OSError as e:
-        os.close(ready_r)
-        os.close(err_mem)
-        raise SandboxError(detail=f"cannot start bwrap: {e.strerror}") from e
-    finally:
-        for fd in high:
-            os.close(fd)
-    try:
+        try:
+            pid = os.posix_spawn(
+                bwrap, args, env, file_actions=actions, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            )
+        except OSError as e:
+            raise SandboxError(detail=f"cannot start bwrap: {e.strerror}") from e
+        finally:
+            for fd in high:
+                os.close(fd)
         code, timed_out = _wait(pid, timeout)
         started = os.read(ready_r, 16) == b"ready\n"
         error = os.pread(err_mem, 1 << 16, 0).decode(errors="replace").strip()
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         os.close(ready_r)
         os.close(err_mem)
     return Outcome(started, TIMED_OUT if timed_out else code, error, timed_out)
 
 
 def _wait(pid: int, timeout: float | None) -> tuple[int, bool]:
-    """Wait for bwrap like system(3) does: the command owns ^C and ^\\, roscoe
-    reports its status. After ``timeout`` seconds bwrap is killed, and with it
+    """Wait for bwrap; after ``timeout`` seconds kill it, and with it
     (--die-with-parent, pid namespace) every process of the run."""
-    main = threading.current_thread() is threading.main_thread()
-    signals = (signal.SIGINT, signal.SIGQUIT) if main else ()
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
     timed_out = False
     try:
         if timeout is not None:
@@ -206,8 +207,5 @@ def _wait(pid: int, timeout: float | None) -> tuple[int, bool]:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         raise
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     code = os.waitstatus_to_exitcode(status)
     return (128 - code if code < 0 else code), timed_out

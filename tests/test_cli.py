@@ -363,3 +363,64 @@ def test_full_state_dir_is_a_clear_error(tmp_path: Path, root: Path) -> None:
         assert json.loads(roscoe("tx", "list", "--json").stdout)[0]["tx"] == tx
     finally:
         subprocess.run(["umount", "-l", str(home)], check=True)
+
+
+def test_a_transaction_runs_one_command_at_a_time(roscoe: Roscoe, root: Path) -> None:
+    tx = roscoe.begin(root)
+    first = subprocess.Popen(
+        [*roscoe_argv(), "tx", "run", "--tx", tx, "--", "sh", "-c", "echo started; sleep 30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=roscoe.env,
+    )
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline() == b"started\n"
+        done = roscoe("tx", "run", "--tx", tx, "--", "true")
+        assert done.returncode == 125
+        assert done.stderr == (
+            f"roscoe: tx {tx}\nroscoe: error: transaction {tx} is busy: another roscoe process"
+            f" is using it (pid {first.pid})\n"
+        ).encode()
+        done = roscoe("tx", "diff", tx)
+        assert done.returncode == 1
+    finally:
+        first.kill()
+        first.wait()
+
+
+def roscoe_argv() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "cli.main"]
+
+
+def test_interrupt_goes_to_the_command_and_roscoe_reports_its_status(roscoe: Roscoe, root: Path) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [*roscoe_argv(), "tx", "run", "--root", root, "--", "sh", "-c",
+         "trap 'echo caught; exit 42' INT; echo ready; while :; do sleep 0.1; done"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=roscoe.env, start_new_session=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    os.killpg(proc.pid, signal.SIGINT)  # what ^C does: the whole foreground group
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (42, b"caught\n")
+    assert err.decode().splitlines()[-1].endswith("exited 42; no changes staged (kernel); review: roscoe tx diff " + tx_from(err))
+
+
+def test_no_sandbox_at_all_is_a_clear_error(roscoe: Roscoe, root: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    before = snapshot(root)
+    done = roscoe("tx", "run", "--root", root, "--", "true", env={"ROSCOE_BWRAP": str(fake)})
+    assert done.returncode == 125
+    last = done.stderr.decode().splitlines()[-1]
+    assert last == (
+        f"roscoe: error: no staging backend works for root {root}: "
+        "kernel: bwrap: No permissions to create new namespace; "
+        "fuse: bwrap: No permissions to create new namespace; "
+        "copy: bwrap: No permissions to create new namespace"
+    )
+    assert snapshot(root) == before
