@@ -5,8 +5,11 @@ bubblewrap arguments that mount its view at the root's own path, what to set
 up before and tear down after a run, and which paths a run touched.
 
 - ``kernel``: kernel overlayfs through ``bwrap --overlay`` (root or user namespace).
-- ``fuse``: fuse-overlayfs mounted on ``mnt/`` and bound at the root, for lowers
-  the kernel refuses (FUSE filesystems that answer xattr probes with EIO).
+- ``kernel-bindfs``: kernel overlayfs over a bindfs view of the root without
+  xattrs, for lowers the kernel refuses (FUSE filesystems whose xattr lookups
+  answer EIO).
+- ``fuse``: fuse-overlayfs mounted on ``mnt/`` and bound at the root; only when
+  forced, for its known rename bugs (see ``FuseOverlay``).
 - ``copy``: a full copy of the root bound at the root; the last resort.
 """
 
@@ -22,7 +25,8 @@ from cowfs import upper as upperlayer
 from cowfs.errors import NoBackend
 from cowfs.upper import Touch
 
-ORDER = ("kernel", "fuse", "copy")
+# Tried in this order on a transaction's first run; "fuse" only when forced.
+ORDER = ("kernel", "kernel-bindfs", "copy")
 
 
 def remove_tree(path: str) -> None:
@@ -80,19 +84,82 @@ class Stager(ABC):
         self.after_run()
         remove_tree(self.upper)
         remove_tree(self.work)
+        for mountpoint in ("lower", "mnt"):
+            path = os.path.join(self.tx_dir, mountpoint)
+            if os.path.isdir(path) and not os.path.ismount(path):
+                os.rmdir(path)
 
 
 class KernelOverlay(Stager):
     name = "kernel"
 
+    @property
+    def lower(self) -> str:
+        return self.root
+
     def mount_args(self) -> list[str]:
-        return ["--overlay-src", self.root, "--overlay", self.upper, self.work, self.root]
+        return ["--overlay-src", self.lower, "--overlay", self.upper, self.work, self.root]
 
     def touches(self) -> Iterator[Touch]:
         return upperlayer.touches(str(self.upper), self.root, wh_files=False)
 
 
+def _fuse_mount(argv: list[str], mnt: str, root: str) -> None:
+    """Run a FUSE daemon that mounts on ``mnt``; NoBackend if it cannot."""
+    import shutil
+    import subprocess
+
+    if shutil.which(argv[0]) is None:
+        raise NoBackend(root=root, detail=f"{argv[0]} is not installed")
+    _fuse_unmount(mnt)  # a run killed before its teardown may have left the mount
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise NoBackend(root=root, detail=f"{argv[0]}: {done.stderr.strip()}")
+
+
+def _fuse_unmount(mnt: str) -> None:
+    if not os.path.ismount(mnt):
+        return
+    import subprocess
+
+    unmount = ["umount", mnt] if os.geteuid() == 0 else ["fusermount3", "-u", mnt]
+    subprocess.run(unmount, capture_output=True, check=False)
+    if os.path.ismount(mnt):
+        subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True, check=False)
+
+
+class BindfsKernelOverlay(KernelOverlay):
+    """Kernel overlayfs over a bindfs view of the root that answers no xattrs.
+
+    A FUSE lower such as gcsfuse or rclone answers the overlay's xattr lookups
+    with EIO; bindfs --xattr-none turns them into ENOTSUP, which the kernel
+    accepts, and the upper layer keeps kernel overlayfs's exact semantics.
+    """
+
+    name = "kernel-bindfs"
+
+    @property
+    def lower(self) -> str:
+        return os.path.join(self.tx_dir, "lower")
+
+    def before_run(self) -> None:
+        os.makedirs(self.lower, mode=0o700, exist_ok=True)
+        # As root, bindfs adds allow_other (the sandbox may be another user
+        # namespace); an ordinary user may not, and needs no other user to see it.
+        extra = [] if os.geteuid() == 0 else ["--no-allow-other"]
+        argv = ["bindfs", "--xattr-none", *extra, "-o", "ro", self.root, self.lower]
+        _fuse_mount(argv, self.lower, self.root)
+
+    def after_run(self) -> None:
+        _fuse_unmount(self.lower)
+
+
 class FuseOverlay(Stager):
+    """fuse-overlayfs on ``mnt/``, bound at the root. Only when asked for
+    (ROSCOE_BACKEND=fuse): Debian's 1.10 loses deletions after some renames
+    (a dir made where one was deleted, then renamed; a rename over a lower
+    file, then deleted), so it is never chosen automatically."""
+
     name = "fuse"
 
     @property
@@ -107,32 +174,14 @@ class FuseOverlay(Stager):
         return ["--bind", self.mnt, self.root]
 
     def before_run(self) -> None:
-        import shutil
-        import subprocess
-
-        binary = shutil.which("fuse-overlayfs")
-        if binary is None:
-            raise NoBackend(root=self.root, detail="fuse-overlayfs is not installed")
         if any(ch in self.root + self.tx_dir for ch in ",:\\"):
             raise NoBackend(root=self.root, detail="fuse-overlayfs cannot take a path with ',' ':' or '\\'")
-        self.after_run()  # a run killed before its teardown may have left the mount
         self.prepare()
         opts = f"lowerdir={self.root},upperdir={self.upper},workdir={self.work}"
-        done = subprocess.run(
-            [binary, "-o", opts, self.mnt], capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            raise NoBackend(root=self.root, detail=f"fuse-overlayfs: {done.stderr.strip()}")
+        _fuse_mount(["fuse-overlayfs", "-o", opts, self.mnt], self.mnt, self.root)
 
     def after_run(self) -> None:
-        if not os.path.ismount(self.mnt):
-            return
-        import subprocess
-
-        unmount = ["umount", self.mnt] if os.geteuid() == 0 else ["fusermount3", "-u", self.mnt]
-        subprocess.run(unmount, capture_output=True, check=False)
-        if os.path.ismount(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True, check=False)
+        _fuse_unmount(self.mnt)
 
     def touches(self) -> Iterator[Touch]:
         return upperlayer.touches(str(self.upper), self.root, wh_files=True)
@@ -219,7 +268,7 @@ class CopyStager(Stager):
 
 
 STAGERS: dict[str, type[Stager]] = {
-    "kernel": KernelOverlay, "fuse": FuseOverlay, "copy": CopyStager,
+    "kernel": KernelOverlay, "kernel-bindfs": BindfsKernelOverlay, "fuse": FuseOverlay, "copy": CopyStager,
 }
 
 

@@ -238,7 +238,7 @@ class Workspace:
         forced = os.environ.get("ROSCOE_BACKEND")
         if forced:
             if forced not in STAGERS:
-                raise UsageError(detail=f"ROSCOE_BACKEND={forced}: expected one of {', '.join(ORDER)}")
+                raise UsageError(detail=f"ROSCOE_BACKEND={forced}: expected one of {', '.join(STAGERS)}")
             return [forced]
         return list(ORDER)
 

@@ -20,7 +20,7 @@ from cowfs.stagers import remove_tree
 REPO = Path(__file__).resolve().parent.parent
 TEST_USER = "roscoe-test"
 TEST_VENV = Path("/opt/roscoe-test-venv")
-BACKENDS = ("kernel", "fuse", "copy")
+BACKENDS = ("kernel", "kernel-bindfs", "fuse", "copy")
 
 
 def snapshot(root: str | os.PathLike[str]) -> dict[str, tuple[object, ...]]:

@@ -85,7 +85,7 @@ def run_scenario(roscoe: Roscoe, root: Path, backend: str) -> str:
 def test_scenario_as_root(roscoe: Roscoe, root: Path, backend: str, home: Path) -> None:
     tx = run_scenario(roscoe, root, backend)
     assert roscoe("tx", "abort", tx).returncode == 0
-    assert sorted(os.listdir(home / "tx" / tx)) == ["lock"] + (["mnt"] if backend == "fuse" else [])
+    assert sorted(os.listdir(home / "tx" / tx)) == ["lock"]
 
 
 def test_scenario_as_an_ordinary_user(unprivileged: UserRoscoe, user_dir: Path, backend: str) -> None:
@@ -123,11 +123,11 @@ def fuse_lower(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 
 
-def test_fuse_lower_falls_back_to_fuse_overlayfs(roscoe: Roscoe, fuse_lower: Path) -> None:
+def test_fuse_lower_falls_back_to_kernel_over_bindfs(roscoe: Roscoe, fuse_lower: Path) -> None:
     done = roscoe("tx", "run", "--root", fuse_lower, "--", "sh", "-c", "cat case1/notes.md && printf 'x\\n' >> case1/notes.md", cwd=fuse_lower)
     assert (done.returncode, done.stdout) == (0, b"# notes\n"), done.stderr
     tx = done.stderr.decode().splitlines()[0].split()[-1]
-    assert json.loads(roscoe("tx", "show", tx, "--json").stdout)["backend"] == "fuse"
+    assert json.loads(roscoe("tx", "show", tx, "--json").stdout)["backend"] == "kernel-bindfs"
     assert changes_of(roscoe, tx) == [("case1/notes.md", "modified", "file", h(b"# notes\nx\n"))]
     assert (fuse_lower / "case1" / "notes.md").read_bytes() == b"# notes\n"
 
@@ -142,4 +142,5 @@ def test_forced_kernel_backend_on_a_refusing_lower_says_why(roscoe: Roscoe, fuse
 def test_unknown_forced_backend(roscoe: Roscoe, root: Path) -> None:
     done = roscoe("tx", "run", "--root", root, "--", "true", env={"ROSCOE_BACKEND": "zfs"})
     assert done.returncode == 125
-    assert done.stderr.decode().splitlines()[-1] == "roscoe: error: ROSCOE_BACKEND=zfs: expected one of kernel, fuse, copy"
+    assert done.stderr.decode().splitlines()[-1] == (
+        "roscoe: error: ROSCOE_BACKEND=zfs: expected one of kernel, kernel-bindfs, fuse, copy")

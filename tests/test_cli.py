@@ -420,7 +420,7 @@ def test_no_sandbox_at_all_is_a_clear_error(roscoe: Roscoe, root: Path, tmp_path
     assert last == (
         f"roscoe: error: no staging backend works for root {root}: "
         "kernel: bwrap: No permissions to create new namespace; "
-        "fuse: bwrap: No permissions to create new namespace; "
+        "kernel-bindfs: bwrap: No permissions to create new namespace; "
         "copy: bwrap: No permissions to create new namespace"
     )
     assert snapshot(root) == before

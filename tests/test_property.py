@@ -24,12 +24,19 @@ from typing import Any
 
 import pytest
 import xxhash
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from cowfs.stagers import remove_tree
 from journal.workspace import Workspace
 
-BACKENDS = ("kernel", "fuse", "copy")
+BACKENDS = ("kernel", "kernel-bindfs", "fuse", "copy")
+# fuse-overlayfs 1.10 (Debian 12) loses deletions and symlink mtimes around
+# renames (see FUSE_RENAME_BUGS): roscoe never picks it by itself, and its
+# property test leaves renames out; the cases below pin each bug with xfail.
+FUSE_RENAME_BUGS = {
+    "replace_dir_then_rename", "file_to_dir_then_rename", "rename_over_then_delete", "rename_symlink",
+}
 
 # The code that applies a sequence of ops under a root. The same source runs
 # inside the sandbox (``python -c``; /tmp is private there, so no script file)
@@ -374,12 +381,7 @@ def _force_rmtree(path: str) -> None:
             full = os.path.join(dirpath, name)
             if os.path.ismount(full):
                 subprocess.run(["fusermount3", "-u", "-z", full], capture_output=True, check=False)
-    for dirpath, dirnames, _ in os.walk(path):
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
-                os.chmod(full, 0o700)
-    shutil.rmtree(path)
+    remove_tree(path)
 
 
 @dataclass
@@ -438,7 +440,7 @@ def run_scenario(
 
 def check(scenario: dict[str, Any], backend: str, **kw: Any) -> Outcome:
     out = run_scenario(scenario, backend, **kw)
-    assert out.actual == out.expected, json.dumps(scenario, ensure_ascii=True)
+    assert out.actual == out.expected
     return out
 
 
@@ -449,6 +451,8 @@ def check(scenario: dict[str, Any], backend: str, **kw: Any) -> Outcome:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scenario=scenarios())
 def test_diff_matches_reference(backend: str, scenario: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    if backend == "fuse":
+        assume(not any(op["op"].startswith("rename") for op in scenario["ops"]))
     monkeypatch.setenv("ROSCOE_BACKEND", backend)
     check(scenario, backend)
 
@@ -525,6 +529,13 @@ CASES: dict[str, tuple[list[dict[str, Any]], list[tuple[str, str]]]] = {
         [{"op": "file_to_dir", "path": "top", "mode": 0o755}, {"op": "rename", "src": "top", "dst": "e"}],
         [("e", "added"), ("top", "deleted")],
     ),
+    # A new file renamed over a live one, then deleted: the live file is deleted.
+    # (fuse-overlayfs 1.10 writes no whiteout for this unlink: the file comes back.)
+    "rename_over_then_delete": (
+        [_file("new", b"new", mtime=M1), {"op": "rename", "src": "new", "dst": "top"},
+         {"op": "unlink", "path": "top"}],
+        [("top", "deleted")],
+    ),
     # Renaming a live symlink keeps its mtime. (fuse-overlayfs 1.10 copies a symlink
     # up without its times: the staged copy gets the time of the rename.)
     "rename_symlink": (
@@ -541,7 +552,7 @@ CASES: dict[str, tuple[list[dict[str, Any]], list[tuple[str, str]]]] = {
 
 
 def _opaque_in_upper(backend: str) -> Callable[[Workspace, str], None] | None:
-    if backend != "kernel":
+    if backend not in ("kernel", "kernel-bindfs"):
         return None
 
     def inspect(ws: Workspace, tx_id: str) -> None:
@@ -562,7 +573,9 @@ def _opaque_in_upper(backend: str) -> Callable[[Workspace, str], None] | None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_known_cases(backend: str, case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_known_cases(backend: str, case: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    if backend == "fuse" and case in FUSE_RENAME_BUGS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="fuse-overlayfs 1.10 rename bug; never chosen automatically"))
     monkeypatch.setenv("ROSCOE_BACKEND", backend)
     ops, statuses = CASES[case]
     inspect = _opaque_in_upper(backend) if case == "whiteout_then_recreate_dir" else None
