@@ -21,15 +21,15 @@ app = typer.Typer(
 )
 tx_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None,
-    help="Staged transactions: begin, run, shell, diff, show, list, abort.",
+    help="Transactions: begin, run, shell, diff, show, list, commit, rollback, log, abort.",
 )
 app.add_typer(tx_app, name="tx")
 
 
 def workspace():  # type: ignore[no-untyped-def]
-    from journal.workspace import Workspace
+    from cli.state import open_workspace
 
-    return Workspace.open()
+    return open_workspace()
 
 
 @app.callback()
@@ -78,6 +78,8 @@ def tx_run(
     network: Annotated[str, typer.Option("--network", metavar="on|off", help="Give the run the host's network (on) or none (off).")] = "on",
     timeout: Annotated[Optional[str], typer.Option("--timeout", metavar="SECONDS", help="Kill every process of the run after this long (exit 124).")] = None,
     report: Annotated[Optional[str], typer.Option("--report", metavar="FILE", help="Write the run's JSON report to FILE.")] = None,
+    commit: Annotated[bool, typer.Option("--commit", help="Commit afterwards when CMD exited 0 (asks first on a terminal).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="With --commit: do not ask.")] = False,
 ) -> int:
     """Run CMD inside the transaction's staged overlay (a new transaction without --tx).
 
@@ -86,7 +88,7 @@ def tx_run(
     roscoe's own failures exit 125, a CMD that cannot be invoked 126, not found 127.
     """
     try:
-        return execute(RunArgs(tx, root, message, network, timeout, report, command))
+        return execute(RunArgs(tx, root, message, network, timeout, report, command, commit, yes))
     except RoscoeError as e:
         return fail(e, in_run=True)
 
@@ -172,6 +174,126 @@ def tx_abort(tx: TxId) -> int:
     finally:
         ws.close()
     say(f"tx {record.id} aborted; its staged changes are discarded and the live tree was not touched")
+    return 0
+
+
+YesOpt = Annotated[bool, typer.Option("--yes", help="Do not ask first on a terminal.")]
+
+
+@tx_app.command("commit")
+def tx_commit(tx: TxId, yes: YesOpt = False) -> int:
+    """Commit the transaction's changes to the live tree, atomically.
+
+    Refuses with exit 3 when the live tree changed under the transaction
+    since its last run, and with exit 4 when it holds special files.
+    """
+    from cli.state import commit_with_prompt
+
+    ws = workspace()
+    try:
+        return commit_with_prompt(ws, ws.get(tx).id, yes=yes)
+    finally:
+        ws.close()
+
+
+@tx_app.command("rollback")
+def tx_rollback(
+    tx: TxId,
+    yes: YesOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Roll back even paths changed since the commit.")] = False,
+) -> int:
+    """Put back exactly what a committed transaction changed, as a new
+    transaction (printed on stdout) that can itself be rolled back."""
+    import sys
+
+    from journal.rollback import rollback
+
+    ws = workspace()
+    try:
+        record = ws.get(tx)
+        if sys.stdin.isatty() and sys.stderr.isatty() and not yes:
+            if not render.confirm(f"Roll back the {len(ws.journal.changes(record.id))} changes of tx {record.id} in {record.root}?"):
+                say(f"tx {record.id} not rolled back")
+                return 1
+        undone = rollback(ws, record.id, force=force)
+        rows = len(ws.journal.changes(undone.id))
+    finally:
+        ws.close()
+    print(undone.id)
+    say(f"tx {record.id} rolled back by tx {undone.id}: {rows} paths put back in {undone.root}")
+    return 0
+
+
+@tx_app.command("log")
+def tx_log(json_: JsonOpt = False) -> int:
+    """Committed history of every root, newest first (rollbacks included)."""
+    ws = workspace()
+    try:
+        records = ws.journal.committed()
+        counts = {r.id: len(ws.journal.changes(r.id)) for r in records}
+    finally:
+        ws.close()
+    if json_:
+        render.json_out([dict(r.to_json(), changes=counts[r.id]) for r in records])
+    else:
+        render.log(records, counts)
+    return 0
+
+
+@app.command("recover")
+def recover_cmd() -> int:
+    """Undo any commit a crash interrupted (every command does this first);
+    exit 6 when there was one, 0 when there was none."""
+    from cli.state import open_workspace
+
+    ws = open_workspace()
+    try:
+        found = ws.recovered
+    finally:
+        ws.close()
+    if not found:
+        say("nothing to recover")
+        return 0
+    return int(ExitCode.RECOVERED)
+
+
+@app.command("verify")
+def verify_cmd(json_: JsonOpt = False) -> int:
+    """Check the journal, the blob store and the live tree against each other;
+    exit 1 when anything is wrong."""
+    from journal.verify import verify
+
+    ws = workspace()
+    try:
+        report = verify(ws)
+    finally:
+        ws.close()
+    if json_:
+        render.json_out(report.to_json())
+    else:
+        render.verify(report)
+    return 0 if report.ok else int(ExitCode.ERROR)
+
+
+@app.command("gc")
+def gc_cmd(
+    keep_days: Annotated[float, typer.Option("--keep-days", metavar="N", help="Keep the images of transactions committed in the last N days.")],
+    json_: JsonOpt = False,
+) -> int:
+    """Drop images no rollback can need any more."""
+    from journal.gc import gc
+
+    if keep_days < 0:
+        raise UsageError(detail="--keep-days must be 0 or more")
+    ws = workspace()
+    try:
+        result = gc(ws, keep_days)
+    finally:
+        ws.close()
+    if json_:
+        render.json_out(result)
+    else:
+        say(f"gc: {len(result['dropped'])} transactions past rollback, {result['removed_blobs']} blobs removed, {result['freed_bytes']} bytes freed")  # type: ignore[arg-type]
     return 0
 
 

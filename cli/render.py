@@ -6,6 +6,8 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -191,3 +193,52 @@ def tx_list(records: list[TxRecord], runs: dict[str, int]) -> None:
     for r in records:
         table.add_row(r.id, r.state, when(r.created_ns), str(runs.get(r.id, 0)), display_path(r.root), r.message or "")
     out.print(table)
+
+
+def confirm(question: str) -> bool:
+    from rich.prompt import Confirm
+
+    return Confirm.ask(question, default=False, console=Console(stderr=True))
+
+
+@contextmanager
+def progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr; yields ``advance(done, total)``."""
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
+
+
+def log(records: list[TxRecord], counts: dict[str, int]) -> None:
+    out = console()
+    if not records:
+        out.print("no committed transactions")
+        return
+    table = Table(box=None)
+    for col in ("tx", "committed", "by", "changes", "root", "message"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        note = r.message or ""
+        if r.images_dropped:
+            note += " (images dropped: no rollback)"
+        table.add_row(r.id, when(r.committed_ns), f"{r.user}@{r.host}", str(counts.get(r.id, 0)), display_path(r.root), note)
+    out.print(table)
+
+
+def verify(report: Any) -> None:
+    out = console()
+    checked = report.checked
+    summary = f"checked {checked['transactions']} committed transactions, {checked['blobs']} blobs, {checked['paths']} live paths"
+    if report.ok:
+        out.print(f"ok: {summary}")
+        return
+    for p in report.problems:
+        where = " ".join(x for x in (f"tx {p.tx}" if p.tx else "", display_path(p.path) if p.path else "") if x)
+        out.print(Text(f"{p.kind}: {where + ': ' if where else ''}{p.detail}", style="red"))
+    out.print(f"{len(report.problems)} problems; {summary}")

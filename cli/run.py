@@ -23,6 +23,8 @@ RUN_OPTIONS: dict[str, tuple[str, bool]] = {
     "--network": ("network", True),
     "--timeout": ("timeout", True),
     "--report": ("report", True),
+    "--commit": ("commit", False),
+    "--yes": ("yes", False),
 }
 
 
@@ -36,11 +38,12 @@ class RunArgs:
     def __init__(
         self, tx: str | None = None, root: str | None = None, message: str | None = None,
         network: str = "on", timeout: str | None = None, report: str | None = None,
-        command: list[str] | None = None,
+        command: list[str] | None = None, commit: bool = False, yes: bool = False,
     ) -> None:
         self.tx, self.root, self.message = tx, root, message
         self.network, self.timeout, self.report = network, timeout, report
         self.command = command or []
+        self.commit, self.yes = commit, yes
 
 
 def parse_run_args(argv: list[str]) -> RunArgs:
@@ -59,7 +62,13 @@ def parse_run_args(argv: list[str]) -> RunArgs:
             raise HelpWanted
         if name not in RUN_OPTIONS:
             raise UsageError(detail=f"tx run: no such option: {name} (see roscoe tx run --help)")
-        attr, _ = RUN_OPTIONS[name]
+        attr, takes_value = RUN_OPTIONS[name]
+        if not takes_value:
+            if eq:
+                raise UsageError(detail=f"tx run: option {name} takes no value")
+            setattr(args, attr, True)
+            i += 1
+            continue
         if not eq:
             if i + 1 >= len(argv):
                 raise UsageError(detail=f"tx run: option {name} needs a value")
@@ -101,12 +110,11 @@ def default_root(root: str | None) -> str:
 def execute(args: RunArgs, *, interactive: bool = False) -> int:
     """Run ``args.command`` in its transaction; returns the exit code to exit with."""
     from cli.errors import say
-    from cowfs.sandbox import sandbox_cwd
-    from journal.workspace import Workspace
+    from cli.state import open_workspace
 
     network = parse_network(args.network)
     timeout = parse_timeout(args.timeout)
-    ws = Workspace.open()
+    ws = open_workspace()
     try:
         if args.tx:
             tx = ws.get(args.tx)
@@ -119,34 +127,39 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
         say(f"tx {tx.id}")
         if interactive:
             say(f"shell in the staged overlay of {tx.root}; exit to leave (nothing lands until commit)")
-        here = _cwd()
-        if here is not None and sandbox_cwd(here, tx.root) != here:
-            say(f"note: {here} is not visible in the run (private /tmp); it starts in {tx.root}")
         result = ws.run(tx.id, args.command, network=network, timeout=timeout)
+        if args.report:
+            write_report(args.report, result.report())
+        summarize(tx.id, args, result)
+        if args.commit:
+            if result.exit_code != 0:
+                say(f"tx {tx.id} not committed: the command exited {result.exit_code}; it stays open")
+                return result.exit_code
+            from cli.state import commit_with_prompt
+
+            committed = commit_with_prompt(ws, tx.id, yes=args.yes)
+            return committed if committed != 0 else result.exit_code
     finally:
         ws.close()
-    if args.report:
-        write_report(args.report, result.report())
+    return result.exit_code
+
+
+def summarize(tx_id: str, args: RunArgs, result) -> None:  # type: ignore[no-untyped-def]
+    """roscoe's closing lines of a run, on stderr."""
+    from cli.errors import say
+
     if result.timed_out:
-        say(f"tx {tx.id}: timed out after {args.timeout} s; every process of the run was killed")
+        say(f"tx {tx_id}: timed out after {args.timeout} s; every process of the run was killed")
     counts = result.changes.counts()
     staged = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n) or "no changes"
     cmd = shlex.join(args.command).replace("\n", "\\n")
     cmd = cmd if len(cmd) <= 60 else cmd[:57] + "..."
     say(
-        f"tx {tx.id}: {cmd!s} exited {result.exit_code}; {staged} staged"
-        f" ({result.backend}); review: roscoe tx diff {tx.id}"
+        f"tx {tx_id}: {cmd!s} exited {result.exit_code}; {staged} staged"
+        f" ({result.backend}); review: roscoe tx diff {tx_id}"
     )
     for u in result.changes.unsupported:
         say(f"warning: {u.path!r} is a {u.type}: it cannot be committed")
-    return result.exit_code
-
-
-def _cwd() -> str | None:
-    try:
-        return os.getcwd()
-    except FileNotFoundError:
-        return None
 
 
 def write_report(path: str, report: dict[str, object]) -> None:

@@ -121,6 +121,23 @@ class ChangeSet(namedtuple("_ChangeSet", "root changes unsupported", defaults=((
         return out
 
 
+def classify(old: Entry | None, new: Entry | None) -> str | None:
+    """The status of a path going from ``old`` to ``new`` (None: no change)."""
+    if old is None and new is None:
+        return None
+    if old is None:
+        return ADDED
+    if new is None:
+        return DELETED
+    if old.type != new.type:
+        return TYPE_CHANGED
+    if not new.same_content(old):
+        return MODIFIED
+    if not new.same_meta(old):
+        return META_CHANGED
+    return None
+
+
 def compare(root: str, touches: Iterable[Touch]) -> ChangeSet:
     """Compare each touched path's staged state with the live tree."""
     changes: dict[str, Change] = {}

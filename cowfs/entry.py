@@ -79,6 +79,14 @@ class Entry(_Entry):
             hash=d.get("hash"), target=d.get("target"),
         )
 
+    def to_record(self) -> dict[str, Any]:
+        """The journal's form: the contract's fields plus the owner."""
+        return {**self.to_json(), "uid": self.uid, "gid": self.gid}
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> Entry:
+        return cls.from_json(d)._replace(uid=d.get("uid"), gid=d.get("gid"))
+
     def same_content(self, other: Entry) -> bool:
         return self.type == other.type and self.hash == other.hash and self.size == other.size
 

@@ -99,3 +99,20 @@ class StagingCorrupt(RoscoeError):
 
 class ConfigError(UsageError):
     """config {path}: {reason}"""
+
+
+class Conflict(RoscoeError):
+    """{what}: the live tree changed under transaction {tx}; nothing was written. Changed: {paths}"""
+
+    exit_code = ExitCode.CONFLICT
+
+
+class Refused(RoscoeError):
+    """transaction {tx} cannot be committed: {reason}"""
+
+    exit_code = ExitCode.REFUSED
+
+
+class CommitFailed(RoscoeError):
+    """commit of {tx} failed at {path}: {reason}; {outcome}"""
+

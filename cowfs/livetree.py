@@ -1,77 +1,47 @@
 """Read-only access to the live tree that never follows a symlink inside it.
 
-A path relative to the root is resolved one component at a time with
+Paths are resolved by ``cowfs.durable`` one component at a time with
 ``O_NOFOLLOW | O_DIRECTORY`` opens, so a symlink planted in the live tree can
-never redirect a read (or, later, a write) outside the path it names.
+never redirect a read outside the path it names.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
 
+from cowfs import durable
 from cowfs.entry import Entry, kind_of
 from cowfs.hashing import hash_bytes, hash_fd
 
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
-
-
 def split(rel: str) -> list[str]:
-    return [part for part in rel.split("/") if part]
-
-
-@contextmanager
-def parent_fd(root: str, rel: str) -> Iterator[int | None]:
-    """Yield an fd of the real directory holding ``rel``, or None if a component
-    of its parent is absent or is not a real directory."""
-    parts = split(rel)
-    fd = os.open(root, DIR_FLAGS)
-    try:
-        for part in parts[:-1]:
-            try:
-                nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                if e.errno in _ABSENT:
-                    os.close(fd)
-                    fd = -1
-                    yield None
-                    return
-                raise
-            os.close(fd)
-            fd = nxt
-        yield fd
-    finally:
-        if fd >= 0:
-            os.close(fd)
+    return durable.split(rel)
 
 
 def lstat(root: str, rel: str) -> os.stat_result | None:
     """lstat of ``rel`` under ``root`` without following symlinks on the way."""
-    with parent_fd(root, rel) as fd:
+    with durable.parent_dir(root, rel) as fd:
         if fd is None:
             return None
         try:
             return os.lstat(split(rel)[-1], dir_fd=fd)
         except OSError as e:
-            if e.errno in _ABSENT:
+            if e.errno in durable.ABSENT:
                 return None
             raise
 
 
 def entry(root: str, rel: str) -> Entry | None:
     """The fingerprint (with content hash) of ``rel`` in the live tree, or None."""
-    with parent_fd(root, rel) as fd:
+    with durable.parent_dir(root, rel) as fd:
         if fd is None:
             return None
         name = split(rel)[-1]
         try:
             st = os.lstat(name, dir_fd=fd)
         except OSError as e:
-            if e.errno in _ABSENT:
+            if e.errno in durable.ABSENT:
                 return None
             raise
         return _entry_at(fd, name, st)
@@ -97,14 +67,14 @@ def _entry_at(dir_fd: int, name: str, st: os.stat_result) -> Entry:
 
 def children(root: str, rel: str) -> list[str]:
     """Names in the live directory ``rel`` ([] when it is not a real directory)."""
-    with parent_fd(root, rel) as fd:
+    with durable.parent_dir(root, rel) as fd:
         if fd is None:
             return []
         parts = split(rel)
         try:
-            dfd = os.open(parts[-1], DIR_FLAGS, dir_fd=fd) if parts else os.dup(fd)
+            dfd = os.open(parts[-1], durable.DIR_FLAGS, dir_fd=fd) if parts else os.dup(fd)
         except OSError as e:
-            if e.errno in _ABSENT:
+            if e.errno in durable.ABSENT:
                 return []
             raise
         try:
@@ -127,13 +97,13 @@ def descendants(root: str, rel: str) -> Iterator[tuple[str, Entry]]:
 
 def read_bytes(root: str, rel: str, limit: int) -> bytes | None:
     """Up to ``limit`` bytes of the live regular file ``rel`` (None if not one)."""
-    with parent_fd(root, rel) as fd:
+    with durable.parent_dir(root, rel) as fd:
         if fd is None:
             return None
         try:
             file_fd = os.open(split(rel)[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         except OSError as e:
-            if e.errno in _ABSENT:
+            if e.errno in durable.ABSENT:
                 return None
             raise
         try:

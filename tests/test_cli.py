@@ -272,10 +272,16 @@ def test_pid_namespace_leaves_no_process_behind(roscoe: Roscoe, root: Path) -> N
 def test_outside_the_root_is_read_only_and_tmp_is_private(roscoe: Roscoe, root: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
-    script = f"touch {outside}/x 2>/dev/null; echo $?; echo private > /tmp/roscoe-private; cat /tmp/roscoe-private; ls {root} >/dev/null && echo root-visible"
+    (outside / "script.sh").write_text("echo from-host-tmp\n")
+    script = (
+        f"sh {outside}/script.sh; echo private > {outside}/x; cat {outside}/x;"
+        " echo private > /tmp/roscoe-private; cat /tmp/roscoe-private;"
+        f" ls {root} >/dev/null && echo root-visible"
+    )
     done = roscoe("tx", "run", "--root", root, "--", "sh", "-c", script)
-    assert (done.returncode, done.stdout) == (0, b"1\nprivate\nroot-visible\n")
-    assert list(outside.iterdir()) == []
+    assert (done.returncode, done.stdout) == (0, b"from-host-tmp\nprivate\nprivate\nroot-visible\n"), done.stderr
+    # /tmp is the host's, seen through a layer that dies with the run
+    assert sorted(p.name for p in outside.iterdir()) == ["script.sh"]
     assert not Path("/tmp/roscoe-private").exists()
     done = roscoe("tx", "run", "--root", root, "--", "sh", "-c", "touch /etc/roscoe-test-x")
     assert done.returncode == 1

@@ -1,0 +1,46 @@
+"""Opening the state dir for a command: the workspace, after recovery, with
+what recovery did said on stderr."""
+
+from __future__ import annotations
+
+from cli.errors import say
+
+
+def open_workspace():  # type: ignore[no-untyped-def]
+    from journal.workspace import Workspace
+
+    ws = Workspace.open()
+    for r in ws.recovered:
+        say(
+            f"recovered the interrupted commit of tx {r.tx}: its {r.paths} paths under {r.root}"
+            f" are as they were before it; the transaction is {r.state}"
+        )
+    return ws
+
+
+def commit_with_prompt(ws, tx_id: str, *, yes: bool) -> int:  # type: ignore[no-untyped-def]
+    """Commit ``tx_id``: on a terminal show the diff and ask first (unless
+    ``yes``), with a progress bar while it applies. Returns the exit code."""
+    import sys
+
+    from journal.commit import commit
+
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    if interactive and not yes:
+        from cli import render
+
+        changes = ws.diff(tx_id)
+        render.diff(tx_id, changes)
+        if not render.confirm(f"Commit these {len(changes.changes)} changes to {changes.root}?"):
+            say(f"tx {tx_id} not committed; it stays open")
+            return 1
+    if interactive:
+        from cli import render
+
+        with render.progress("committing") as advance:
+            record = commit(ws, tx_id, progress=advance)
+    else:
+        record = commit(ws, tx_id)
+    rows = len(ws.journal.changes(record.id))
+    say(f"tx {record.id} committed: {rows} changes to {record.root} (roscoe tx rollback {record.id} undoes it)")
+    return 0

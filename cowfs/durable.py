@@ -1,0 +1,241 @@
+"""Durability and no-follow access to trees: the one module that opens, writes,
+renames, removes and fsyncs anything in the live tree or the blob store.
+
+Every path is resolved one component at a time from a directory fd with
+``O_NOFOLLOW``, so a symlink planted in the live tree can never redirect a
+read or a write. New content is written to a temp name in its directory,
+fsynced, then renamed over its target; directories are fsynced after their
+entries change. Directories are never renamed (gcsfuse cannot do it
+atomically): they are created and removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+FUSE_MAGIC = 0x65735546
+CHUNK = 1 << 20
+
+
+class NotADirectoryOnPath(OSError):
+    """A component of a path is missing or is not a real directory (maybe a symlink)."""
+
+
+def split(rel: str) -> list[str]:
+    return [part for part in rel.split("/") if part]
+
+
+def open_dir(root: str, rel: str) -> int:
+    """An fd of the real directory ``root/rel``, never through a symlink.
+
+    Raises NotADirectoryOnPath when a component is missing or not a directory.
+    """
+    fd = os.open(root, DIR_FLAGS)
+    for part in split(rel):
+        try:
+            nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in ABSENT:
+                raise NotADirectoryOnPath(e.errno, f"not a directory on the way: {rel}", part) from None
+            raise
+        os.close(fd)
+        fd = nxt
+    return fd
+
+
+@contextmanager
+def parent_dir(root: str, rel: str) -> Iterator[int | None]:
+    """The fd of the real directory holding ``rel``, or None if it has none."""
+    parent = "/".join(split(rel)[:-1])
+    try:
+        fd = open_dir(root, parent)
+    except NotADirectoryOnPath:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def basename(rel: str) -> str:
+    return split(rel)[-1]
+
+
+def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.lstat(name, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in ABSENT:
+            return None
+        raise
+
+
+def fsync_fd(fd: int) -> None:
+    os.fsync(fd)
+
+
+def fsync_dir(root: str, rel: str) -> None:
+    fd = open_dir(root, rel)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_fuse(path: str) -> bool:
+    """True on a FUSE filesystem, where syncfs may not reach the server."""
+    import ctypes
+
+    buf = ctypes.create_string_buffer(128)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return True
+    return int.from_bytes(buf.raw[:8], "little") == FUSE_MAGIC
+
+
+def write_file(
+    dir_fd: int, name: str, temp: str, source: Iterator[bytes], *, mode: int, mtime_ns: int,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """Write ``source`` to ``temp`` in ``dir_fd``, set its mode, owner and mtime,
+    fsync it, then rename it over ``name``: the target is old or new, never half."""
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        for chunk in source:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(dir_fd, temp)
+        raise
+    os.close(fd)
+    rename(dir_fd, temp, name)
+
+
+def write_symlink(
+    dir_fd: int, name: str, temp: str, target: str, *, mtime_ns: int, owner: tuple[int, int] | None = None,
+) -> None:
+    os.symlink(target, temp, dir_fd=dir_fd)
+    try:
+        if owner is not None:
+            os.chown(temp, *owner, dir_fd=dir_fd, follow_symlinks=False)
+        os.utime(temp, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+    except BaseException:
+        _unlink_quietly(dir_fd, temp)
+        raise
+    rename(dir_fd, temp, name)
+
+
+def rename(dir_fd: int, src: str, dst: str) -> None:
+    """Rename within one directory; refuses to move a directory."""
+    st = os.lstat(src, dir_fd=dir_fd)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "roscoe never renames a directory", src)
+    os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def make_dir(dir_fd: int, name: str, mode: int = 0o700) -> None:
+    os.mkdir(name, mode, dir_fd=dir_fd)
+
+
+def remove(dir_fd: int, name: str) -> None:
+    """Unlink a file or symlink, or remove an empty directory."""
+    st = os.lstat(name, dir_fd=dir_fd)
+    if stat.S_ISDIR(st.st_mode):
+        os.rmdir(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def set_meta(
+    dir_fd: int, name: str, *, mode: int | None, mtime_ns: int | None, owner: tuple[int, int] | None = None,
+) -> None:
+    """Set mode, owner and mtime of a file or directory (or owner and mtime of a
+    symlink) without following a symlink."""
+    st = os.lstat(name, dir_fd=dir_fd)
+    if stat.S_ISLNK(st.st_mode):
+        if owner is not None:
+            os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
+        if mtime_ns is not None:
+            os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        return
+    flags = (DIR_FLAGS if stat.S_ISDIR(st.st_mode) else FILE_READ) | os.O_NONBLOCK
+    fd = os.open(name, flags & ~os.O_DIRECTORY if not stat.S_ISDIR(st.st_mode) else flags, dir_fd=dir_fd)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        if mode is not None:
+            os.fchmod(fd, mode)
+        if mtime_ns is not None:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def read_chunks(dir_fd: int, name: str) -> Iterator[bytes]:
+    """The bytes of a regular file, in chunks, never through a symlink."""
+    fd = os.open(name, FILE_READ, dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", name)
+        while chunk := os.read(fd, CHUNK):
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+def save_new(path: str, source: Iterator[bytes], *, mode: int = 0o444) -> None:
+    """Write a new file at ``path`` (temp in the same dir, fsync, rename, fsync
+    the dir) unless it exists: the blob store's way to add a blob."""
+    directory, name = os.path.split(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(directory, DIR_FLAGS)
+    try:
+        temp = f".{name}.{os.getpid()}.tmp"
+        write_file(fd, name, temp, source, mode=mode, mtime_ns=0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def link_new(src: str, path: str) -> bool:
+    """Hard-link ``src`` as ``path`` (same filesystem), fsyncing the directory.
+    False when linking is not possible here (then copy instead)."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        os.link(src, path, follow_symlinks=False)
+    except FileExistsError:
+        return True
+    except OSError as e:
+        if e.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
+            return False
+        raise
+    fd = os.open(directory, DIR_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True

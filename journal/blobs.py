@@ -1,0 +1,102 @@
+"""The content-addressed blob store: pre- and post-images of committed files.
+
+``$ROSCOE_HOME/blobs/ab/cdef...`` holds the bytes whose xxh3-128 is
+``abcdef...``: each stored once, fsynced before the journal names it, and
+checked against its name whenever it is read back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import xxhash
+
+from cowfs import durable
+from cowfs.errors import RoscoeError
+
+
+class BlobCorrupt(RoscoeError):
+    """blob {digest} is {problem} (blob store {store}); its image cannot be trusted"""
+
+
+class BlobStore:
+    def __init__(self, path: str) -> None:
+        self.root = path
+
+    def path(self, digest: str) -> str:
+        return os.path.join(self.root, digest[:2], digest[2:])
+
+    def has(self, digest: str) -> bool:
+        return os.path.exists(self.path(digest))
+
+    def put_link(self, src: str, digest: str) -> bool:
+        """Store the file at ``src`` (already hashed to ``digest``) by hard link;
+        False when it cannot be linked (the caller copies instead)."""
+        if self.has(digest):
+            return True
+        # The run never fsynced what it wrote: make the bytes durable first.
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return durable.link_new(src, self.path(digest))
+
+    def put_stream(self, chunks: Iterator[bytes], digest: str) -> None:
+        """Store bytes that must hash to ``digest``; refuses them otherwise."""
+        if self.has(digest):
+            for _ in chunks:
+                pass
+            return
+        h = xxhash.xxh3_128()
+
+        def hashed() -> Iterator[bytes]:
+            for chunk in chunks:
+                h.update(chunk)
+                yield chunk
+            if h.hexdigest() != digest:
+                raise BlobCorrupt(digest=digest, problem=f"not what was read (read {h.hexdigest()})", store=self.root)
+
+        durable.save_new(self.path(digest), hashed())
+
+    def read(self, digest: str) -> Iterator[bytes]:
+        """The blob's bytes; raises BlobCorrupt at the end if they do not hash to its name."""
+        h = xxhash.xxh3_128()
+        try:
+            fd = os.open(self.path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobCorrupt(digest=digest, problem="missing", store=self.root) from None
+        try:
+            while chunk := os.read(fd, durable.CHUNK):
+                h.update(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+        if h.hexdigest() != digest:
+            raise BlobCorrupt(digest=digest, problem=f"damaged (its bytes hash to {h.hexdigest()})", store=self.root)
+
+    def check(self, digest: str) -> str | None:
+        """None when the blob is present and whole, else what is wrong with it."""
+        try:
+            for _ in self.read(digest):
+                pass
+        except BlobCorrupt as e:
+            return str(e.fields["problem"])
+        return None
+
+    def digests(self) -> Iterator[str]:
+        if not os.path.isdir(self.root):
+            return
+        for fan in sorted(os.listdir(self.root)):
+            sub = os.path.join(self.root, fan)
+            if len(fan) == 2 and os.path.isdir(sub):
+                for name in sorted(os.listdir(sub)):
+                    if not name.startswith("."):
+                        yield fan + name
+
+    def remove(self, digest: str) -> None:
+        try:
+            os.unlink(self.path(digest))
+        except FileNotFoundError:
+            pass

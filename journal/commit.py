@@ -1,0 +1,213 @@
+"""The commit protocol: a transaction's change set lands on the live tree all
+at once or not at all.
+
+1. lock the root (one committer per root);
+2. refuse what can never be committed (fifos, sockets, devices);
+3. conflict check: every changed live path still matches the base recorded
+   when the last run ended (exit 3, nothing written);
+4. images: the old bytes of every changed file (read once, and checked
+   against its base hash while copied) and the new bytes (hard-linked from
+   the staging layer) go to the blob store, fsynced;
+5. intent: every change with its before and after state, journaled in one
+   SQLite transaction with synchronous=FULL; the transaction is `committing`;
+6. apply: ``cowfs.converge`` makes every path its new state (temp file,
+   fsync, rename; directories created and removed, never renamed; fsync of
+   every touched directory);
+7. the commit record: one row update to `committed`. That is the commit point.
+
+A crash before step 7 is undone by ``journal.recovery`` (all-old, always);
+a failure in step 6 is undone on the spot. Rollback (``journal.rollback``)
+reuses steps 4-7 with a new transaction whose new states are the old ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from cowfs import durable
+from cowfs.changeset import ChangeSet
+from cowfs.converge import converge, remove_temps
+from cowfs.entry import FILE, Entry
+from cowfs.errors import CommitFailed, Conflict, Refused, RoscoeError
+from journal.blobs import BlobCorrupt, BlobStore
+from journal.faults import checkpoint
+from journal.rootlock import root_lock
+from journal.store import ChangeRow, Journal, TxRecord
+
+Progress = Callable[[int, int], None]
+
+
+def blob_store(home: str) -> BlobStore:
+    return BlobStore(os.path.join(home, "blobs"))
+
+
+def owners_kept() -> bool:
+    """Owners are restored only when roscoe runs as root (it cannot chown otherwise)."""
+    return os.geteuid() == 0
+
+
+def read_live(root: str, path: str) -> Iterator[bytes]:
+    with durable.parent_dir(root, path) as fd:
+        if fd is None:
+            raise FileNotFoundError(2, "vanished", path)
+        yield from durable.read_chunks(fd, durable.basename(path))
+
+
+def capture_old(blobs: BlobStore, root: str, path: str, old: Entry) -> str:
+    """Copy the live file's bytes into the blob store, checking they still hash
+    to what the diff saw; a mismatch means the live file changed: a conflict."""
+    assert old.hash is not None
+    blobs.put_stream(read_live(root, path), old.hash)
+    return old.hash
+
+
+def apply_journaled(
+    journal: Journal, blobs: BlobStore, tx: TxRecord, rows: list[ChangeRow], diff_hash: str, *,
+    known: dict[str, Entry | None] | None, progress: Progress | None = None,
+) -> None:
+    """Steps 5-7 for ``rows``, whose images are already in ``blobs``."""
+    journal.record_intent(tx.id, rows, diff_hash)
+    checkpoint("after-intent")
+    total = len(rows)
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        checkpoint("apply")
+        if progress is not None:
+            progress(min(done, total), total)
+
+    try:
+        converge(
+            tx.root, [(r.path, r.new) for r in rows], content=lambda p, e: blobs.read(e.hash or ""),
+            tag=tx.id, owners=owners_kept(), step=step, known=known,
+        )
+    except (OSError, RoscoeError) as e:
+        problem = undo(journal, blobs, tx, rows)
+        where = getattr(e, "filename", None) or "a path"
+        reason = e.message if isinstance(e, RoscoeError) else (e.strerror or str(e))
+        outcome = "the live tree was put back as it was" if problem is None else (
+            f"the live tree could not be put back yet ({problem}): run `roscoe recover`")
+        raise CommitFailed(tx=tx.id, path=where, reason=reason, outcome=outcome) from e
+    checkpoint("before-record")
+    journal.mark_committed(tx.id)
+    checkpoint("after-record")
+
+
+def undo(journal: Journal, blobs: BlobStore, tx: TxRecord, rows: list[ChangeRow]) -> str | None:
+    """Put every path of ``rows`` back to its old state and leave `committing`
+    (an undone rollback is aborted; an undone commit is open again). Returns
+    None when done, else why it could not be done yet."""
+    try:
+        remove_temps(tx.root, [r.path for r in rows], tx.id)
+        converge(
+            tx.root, [(r.path, r.old) for r in rows], content=lambda p, e: blobs.read(e.hash or ""),
+            tag=tx.id, owners=owners_kept(), step=lambda: checkpoint("undo"),
+        )
+        remove_temps(tx.root, [r.path for r in rows], tx.id)
+    except RoscoeError as e:
+        return e.message
+    except OSError as e:
+        return f"{e.filename or 'a path'}: {e.strerror or e}"
+    checkpoint("before-reopen")
+    journal.reopen(tx.id, "aborted" if tx.rolls_back else "open")
+    return None
+
+
+def check_bases(changes: ChangeSet, bases: dict[str, Entry | None]) -> list[str]:
+    """Paths whose live state is no longer the one recorded when the last run ended."""
+    moved = []
+    for c in changes.changes:
+        if c.path not in bases:
+            moved.append(c.path)
+            continue
+        base = bases[c.path]
+        if not same_state(c.old, base):
+            moved.append(c.path)
+    return moved
+
+
+def same_state(a: Entry | None, b: Entry | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.type, a.size, a.mode, a.hash, a.target) == (b.type, b.size, b.mode, b.hash, b.target) and (
+        a.type == "dir" or a.mtime_ns == b.mtime_ns)
+
+
+def commit(ws: object, ref: str, *, progress: Progress | None = None) -> TxRecord:
+    """Commit an open transaction; returns its record, now `committed`."""
+    from journal.workspace import Workspace
+
+    assert isinstance(ws, Workspace)
+    tx = ws.get(ref)
+    ws.require_open(tx, "commit")
+    blobs = blob_store(ws.home.path)
+    with ws.locked(tx, exclusive=True), root_lock(ws.home.path, tx.root):
+        tx = ws.get(tx.id)
+        ws.require_open(tx, "commit")
+        stager = ws.stager(tx)
+        changes = ws._compare(tx, stager)
+        if changes.unsupported:
+            odd = ", ".join(f"{u.path} ({u.type})" for u in changes.unsupported)
+            raise Refused(tx=tx.id, reason=f"special files can never be committed: {odd}")
+        moved = check_bases(changes, ws.journal.bases(tx.id))
+        if moved:
+            raise Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved))
+        checkpoint("before-images")
+        rows: list[ChangeRow] = []
+        for seq, c in enumerate(changes.changes):
+            old_blob = new_blob = None
+            try:
+                if c.old is not None and c.old.type == FILE:
+                    old_blob = capture_old(blobs, tx.root, c.path, c.old)
+            except (BlobCorrupt, FileNotFoundError, durable.NotADirectoryOnPath):
+                raise Conflict(what="commit refused", tx=tx.id, paths=c.path) from None
+            if c.new is not None and c.new.type == FILE:
+                assert stager is not None and c.new.hash is not None
+                staged = stager.staged_path(c.path)
+                if not blobs.put_link(staged, c.new.hash):
+                    with open(staged, "rb") as f:
+                        blobs.put_stream(iter(lambda: f.read(durable.CHUNK), b""), c.new.hash)
+                new_blob = c.new.hash
+            rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, new_blob))
+        checkpoint("after-images")
+        known = {c.path: c.old for c in changes.changes}
+        try:
+            apply_journaled(ws.journal, blobs, tx, rows, changes.diff_hash, known=known, progress=progress)
+        except CommitFailed:
+            unshare(blobs, stager, rows)
+            raise
+        if stager is not None:
+            stager.discard()
+        ws.remove_tx_dir(tx.id)
+    done = ws.journal.get_tx(tx.id)
+    assert done is not None
+    return done
+
+
+def unshare(blobs: BlobStore, stager: object, rows: list[ChangeRow]) -> None:
+    """A transaction open again must not write into blobs through hard links:
+    give each staged file that is a blob its own copy."""
+    from cowfs.stagers import Stager
+
+    if not isinstance(stager, Stager):
+        return
+    for r in rows:
+        if not r.new_blob:
+            continue
+        staged = stager.staged_path(r.path)
+        try:
+            if os.stat(staged).st_ino != os.stat(blobs.path(r.new_blob)).st_ino:
+                continue
+        except FileNotFoundError:
+            continue
+        st = os.lstat(staged)
+        temp = staged + ".roscoe-unshare"
+        with open(temp, "wb") as out:
+            for chunk in blobs.read(r.new_blob):
+                out.write(chunk)
+        os.chmod(temp, st.st_mode & 0o7777)
+        os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(temp, staged)

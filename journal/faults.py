@@ -1,0 +1,39 @@
+"""Fault hooks between the steps of commit, recovery and rollback.
+
+``ROSCOE_FAULT=STEP`` (or ``STEP#N``: the Nth time STEP is reached) stops the
+process there as a crash would: ``os._exit`` by default, a real SIGKILL with
+``ROSCOE_FAULT_ACTION=kill``. Tests use it to crash at every step and check
+that recovery leaves the live tree all-old or all-new. Steps are named
+``commit:...``, ``recover:...`` and ``rollback:...``; see STEPS.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+FAULT_EXIT = 70
+
+STEPS = (
+    "before-images",   # conflict check done, nothing written anywhere
+    "after-images",    # pre- and post-images durable in the blob store
+    "after-intent",    # the changes journaled, state committing
+    "apply",           # after each change to the live tree (use STEP#N)
+    "before-record",   # the live tree is all new, directories fsynced
+    "after-record",    # committed; staging not yet removed
+)
+
+_seen: dict[str, int] = {}
+
+
+def checkpoint(step: str) -> None:
+    want = os.environ.get("ROSCOE_FAULT")
+    if not want:
+        return
+    _seen[step] = _seen.get(step, 0) + 1
+    name, _, nth = want.partition("#")
+    if name != step or (nth and int(nth) != _seen[step]):
+        return
+    if os.environ.get("ROSCOE_FAULT_ACTION") == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(FAULT_EXIT)

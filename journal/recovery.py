@@ -1,0 +1,55 @@
+"""Recovery: finish what a crash interrupted, before anything else runs.
+
+A transaction left `committing` (its intent journaled, no commit record) by a
+process that is gone is undone: every path it touched is put back to its old
+state from the journal and the blob store, its temp files are removed, and it
+is open again (a rollback that never finished is aborted). The undo is state
+based, so a crash during recovery is recovered by running it again. A commit
+still in progress (its root lock held by a live process) is left alone.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+from cowfs.errors import RoscoeError
+from journal.faults import checkpoint
+from journal.rootlock import held_by_someone, root_lock
+
+
+class RecoveryFailed(RoscoeError):
+    """the interrupted commit of {tx} could not be undone yet ({reason}); the journal keeps everything needed: run `roscoe recover` again once that is fixed"""
+
+
+class Recovered(namedtuple("_Recovered", "tx root paths state")):
+    """One interrupted commit that recovery undid, and the state it is in now."""
+
+    __slots__ = ()
+
+
+def recover(ws: object) -> list[Recovered]:
+    """Undo every interrupted commit; the list of what was undone."""
+    from journal.commit import blob_store, undo, unshare
+    from journal.workspace import Workspace
+
+    assert isinstance(ws, Workspace)
+    found: list[Recovered] = []
+    for tx in ws.journal.in_state("committing"):
+        if held_by_someone(ws.home.path, tx.root):
+            continue
+        with root_lock(ws.home.path, tx.root):
+            current = ws.journal.get_tx(tx.id)
+            if current is None or current.state != "committing":
+                continue
+            rows = ws.journal.changes(tx.id)
+            blobs = blob_store(ws.home.path)
+            ws.journal.log_event(tx.id, "recover-start", {"paths": len(rows)})
+            checkpoint("recover-start")
+            problem = undo(ws.journal, blobs, current, rows)
+            if problem is not None:
+                raise RecoveryFailed(tx=tx.id, reason=problem)
+            unshare(blobs, ws.stager(current), rows)
+            ws.journal.log_event(tx.id, "recover-done", {"paths": len(rows)})
+            after = ws.journal.get_tx(tx.id)
+            found.append(Recovered(tx.id, tx.root, len(rows), after.state if after else "gone"))
+    return found

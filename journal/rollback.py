@@ -1,0 +1,74 @@
+"""Rollback: put back exactly what a committed transaction changed.
+
+A rollback is a transaction of its own (``rolls_back`` names the one it
+undoes) whose new states are the old states the journal kept, committed
+through the same protocol, so it is atomic, recoverable, and can itself be
+rolled back. It refuses (exit 3) when the live tree no longer holds what the
+transaction wrote, naming the paths and the later transactions that changed
+them, unless forced.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cowfs import livetree
+from cowfs.changeset import Change, ChangeSet, classify
+from cowfs.converge import matches
+from cowfs.entry import FILE
+from cowfs.errors import Conflict, RoscoeError, RootError, TransactionState
+from journal.blobs import BlobCorrupt
+from journal.faults import checkpoint
+from journal.rootlock import root_lock
+from journal.store import ChangeRow, TxRecord
+
+
+class ImagesDropped(RoscoeError):
+    """transaction {tx} is too old to roll back: `roscoe gc` dropped its images"""
+
+
+def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxRecord:  # type: ignore[no-untyped-def]
+    """Roll back the committed transaction ``ref``; returns the new rollback transaction."""
+    from journal.commit import apply_journaled, blob_store, capture_old
+    from journal.workspace import Workspace, new_record
+
+    assert isinstance(ws, Workspace)
+    target = ws.get(ref)
+    if target.state != "committed":
+        raise TransactionState(tx=target.id, state=target.state, action="rollback")
+    if target.images_dropped:
+        raise ImagesDropped(tx=target.id)
+    if not os.path.isdir(target.root):
+        raise RootError(root=target.root, reason="no longer exists")
+    blobs = blob_store(ws.home.path)
+    written = ws.journal.changes(target.id)
+    with root_lock(ws.home.path, target.root):
+        live = {r.path: livetree.entry(target.root, r.path) for r in written}
+        moved = [r.path for r in written if not matches(live[r.path], r.new, owners=False)]
+        if moved and not force:
+            later = ws.journal.later_commits_touching(target, moved)
+            since = f" (changed since by {', '.join(later)})" if later else ""
+            raise Conflict(
+                what=f"rollback of {target.id} refused (--force overrides)", tx=target.id,
+                paths=", ".join(moved) + since,
+            )
+        for r in written:
+            if r.old is not None and r.old.type == FILE and not blobs.has(r.old_blob or ""):
+                raise BlobCorrupt(digest=r.old_blob, problem="missing", store=blobs.root)
+        tx = new_record(target.root, f"rollback of {target.id}", rolls_back=target.id)
+        ws.journal.insert_tx(tx)
+        checkpoint("before-images")
+        rows: list[ChangeRow] = []
+        for r in written:
+            current, wanted = live[r.path], r.old
+            status = classify(current, wanted)
+            if status is None:
+                continue
+            old_blob = capture_old(blobs, tx.root, r.path, current) if current and current.type == FILE else None
+            rows.append(ChangeRow(len(rows), r.path, status, current, wanted, old_blob, r.old_blob))
+        checkpoint("after-images")
+        diff_hash = ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows)).diff_hash
+        apply_journaled(ws.journal, blobs, tx, rows, diff_hash, known=live, progress=progress)
+    done = ws.journal.get_tx(tx.id)
+    assert done is not None
+    return done
