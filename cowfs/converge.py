@@ -87,7 +87,10 @@ def converge(
             touched.add(parent(path))
             done += 1
             step()
-    # 2. create, parents first
+    # 2. create, parents first: directories now, files and symlinks to temp
+    # names; then one flush, then the renames that make them appear.
+    batch = durable.batches_syncs(root)
+    pending: list[tuple[str, str]] = []
     for path, target in order:
         current = now[path]
         if target is None:
@@ -96,17 +99,27 @@ def converge(
         temp = temp_name(tag, index[path])
         if target.type == DIR and current is None:
             _at(root, path, lambda fd, name: durable.make_dir(fd, name))
-        elif target.type == FILE and not (current is not None and current.hash == target.hash):
+            touched.add(parent(path))
+            done += 1
+            step()
+            continue
+        if target.type == FILE and not (current is not None and current.hash == target.hash):
             chunks = content(path, target)
             _at(root, path, lambda fd, name: durable.write_file(
-                fd, name, temp, chunks, mode=target.mode, mtime_ns=target.mtime_ns, owner=owner))
+                fd, None, temp, chunks, mode=target.mode, mtime_ns=target.mtime_ns, owner=owner,
+                sync=not batch))
         elif target.type == SYMLINK and not (current is not None and current.target == target.target):
             assert target.target is not None
             link = target.target
             _at(root, path, lambda fd, name: durable.write_symlink(
-                fd, name, temp, link, mtime_ns=target.mtime_ns, owner=owner))
+                fd, None, temp, link, mtime_ns=target.mtime_ns, owner=owner))
         else:
             continue
+        pending.append((path, temp))
+    if batch and pending:
+        durable.sync_filesystem(root)
+    for path, temp in pending:
+        _at(root, path, lambda fd, name: durable.rename(fd, temp, name))
         touched.add(parent(path))
         done += 1
         step()
@@ -129,6 +142,9 @@ def converge(
         _at(root, path, lambda fd, name: durable.set_meta(fd, name, mode=mode, mtime_ns=mtime, owner=owner))
         done += 1
         step()
+    if batch:
+        durable.sync_filesystem(root)
+        return done
     for directory in sorted(touched | {p for p, t in order if t is not None and t.type == DIR}, key=path_key):
         try:
             durable.fsync_dir(root, directory)

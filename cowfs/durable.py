@@ -91,23 +91,51 @@ def fsync_dir(root: str, rel: str) -> None:
         os.close(fd)
 
 
+def _libc():  # type: ignore[no-untyped-def]
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def is_fuse(path: str) -> bool:
     """True on a FUSE filesystem, where syncfs may not reach the server."""
     import ctypes
 
     buf = ctypes.create_string_buffer(128)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.statfs(os.fsencode(path), buf) != 0:
+    if _libc().statfs(os.fsencode(path), buf) != 0:
         return True
     return int.from_bytes(buf.raw[:8], "little") == FUSE_MAGIC
 
 
+def batches_syncs(path: str) -> bool:
+    """Whether writes under ``path`` may skip their own fsync and be made durable
+    together by one ``syncfs``: yes on local filesystems, no on FUSE (gcsfuse
+    uploads on fsync or close; syncfs may never reach the server)."""
+    return not is_fuse(path)
+
+
+def sync_filesystem(path: str) -> None:
+    """syncfs(2): every dirty page and inode of the filesystem holding ``path``
+    is on disk when this returns (Linux waits, and reports write errors)."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc().syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
 def write_file(
-    dir_fd: int, name: str, temp: str, source: Iterator[bytes], *, mode: int, mtime_ns: int,
-    owner: tuple[int, int] | None = None,
+    dir_fd: int, name: str | None, temp: str, source: Iterator[bytes], *, mode: int, mtime_ns: int,
+    owner: tuple[int, int] | None = None, sync: bool = True,
 ) -> None:
     """Write ``source`` to ``temp`` in ``dir_fd``, set its mode, owner and mtime,
-    fsync it, then rename it over ``name``: the target is old or new, never half."""
+    fsync it (unless the caller syncs the filesystem itself), then rename it
+    over ``name`` (unless None: the caller renames later). The target is old or
+    new, never half."""
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
         for chunk in source:
@@ -118,17 +146,20 @@ def write_file(
             os.fchown(fd, *owner)
         os.fchmod(fd, mode)
         os.utime(fd, ns=(mtime_ns, mtime_ns))
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(dir_fd, temp)
         raise
     os.close(fd)
-    rename(dir_fd, temp, name)
+    if name is not None:
+        rename(dir_fd, temp, name)
 
 
 def write_symlink(
-    dir_fd: int, name: str, temp: str, target: str, *, mtime_ns: int, owner: tuple[int, int] | None = None,
+    dir_fd: int, name: str | None, temp: str, target: str, *, mtime_ns: int,
+    owner: tuple[int, int] | None = None,
 ) -> None:
     os.symlink(target, temp, dir_fd=dir_fd)
     try:
@@ -138,7 +169,8 @@ def write_symlink(
     except BaseException:
         _unlink_quietly(dir_fd, temp)
         raise
-    rename(dir_fd, temp, name)
+    if name is not None:
+        rename(dir_fd, temp, name)
 
 
 def rename(dir_fd: int, src: str, dst: str) -> None:
@@ -206,23 +238,26 @@ def _unlink_quietly(dir_fd: int, name: str) -> None:
         pass
 
 
-def save_new(path: str, source: Iterator[bytes], *, mode: int = 0o444) -> None:
+def save_new(path: str, source: Iterator[bytes], *, mode: int = 0o444, sync: bool = True) -> None:
     """Write a new file at ``path`` (temp in the same dir, fsync, rename, fsync
-    the dir) unless it exists: the blob store's way to add a blob."""
+    the dir; with ``sync=False`` the caller syncs the filesystem instead): the
+    blob store's way to add a blob."""
     directory, name = os.path.split(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd = os.open(directory, DIR_FLAGS)
     try:
         temp = f".{name}.{os.getpid()}.tmp"
-        write_file(fd, name, temp, source, mode=mode, mtime_ns=0)
-        os.fsync(fd)
+        write_file(fd, name, temp, source, mode=mode, mtime_ns=0, sync=sync)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def link_new(src: str, path: str) -> bool:
-    """Hard-link ``src`` as ``path`` (same filesystem), fsyncing the directory.
-    False when linking is not possible here (then copy instead)."""
+def link_new(src: str, path: str, *, sync: bool = True) -> bool:
+    """Hard-link ``src`` as ``path`` (same filesystem), fsyncing the file and
+    the directory unless the caller syncs the filesystem itself. False when
+    linking is not possible here (then copy instead)."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     try:
@@ -233,9 +268,11 @@ def link_new(src: str, path: str) -> bool:
         if e.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
             return False
         raise
-    fd = os.open(directory, DIR_FLAGS)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if sync:
+        for target, flags in ((path, FILE_READ), (directory, DIR_FLAGS)):
+            fd = os.open(target, flags)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     return True

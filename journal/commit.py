@@ -39,7 +39,9 @@ Progress = Callable[[int, int], None]
 
 
 def blob_store(home: str) -> BlobStore:
-    return BlobStore(os.path.join(home, "blobs"))
+    path = os.path.join(home, "blobs")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return BlobStore(path, batch=durable.batches_syncs(path))
 
 
 def owners_kept() -> bool:
@@ -172,6 +174,7 @@ def commit(ws: object, ref: str, *, progress: Progress | None = None) -> TxRecor
                         blobs.put_stream(iter(lambda: f.read(durable.CHUNK), b""), c.new.hash)
                 new_blob = c.new.hash
             rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, new_blob))
+        blobs.sync()
         checkpoint("after-images")
         known = {c.path: c.old for c in changes.changes}
         try:

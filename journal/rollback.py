@@ -66,6 +66,7 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
                 continue
             old_blob = capture_old(blobs, tx.root, r.path, current) if current and current.type == FILE else None
             rows.append(ChangeRow(len(rows), r.path, status, current, wanted, old_blob, r.old_blob))
+        blobs.sync()
         checkpoint("after-images")
         diff_hash = ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows)).diff_hash
         apply_journaled(ws.journal, blobs, tx, rows, diff_hash, known=live, progress=progress)
