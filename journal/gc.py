@@ -14,7 +14,7 @@ import time
 GRACE_NS = 3600 * 10**9
 
 
-def gc(ws: object, keep_days: float) -> dict[str, object]:
+def gc(ws: object, keep_days: float, *, grace_ns: int = GRACE_NS) -> dict[str, object]:
     from journal.commit import blob_store
     from journal.workspace import Workspace
 
@@ -29,7 +29,7 @@ def gc(ws: object, keep_days: float) -> dict[str, object]:
             continue
         path = blobs.path(digest)
         st = os.lstat(path)
-        if now - st.st_ctime_ns < GRACE_NS:
+        if now - st.st_ctime_ns < grace_ns:
             continue
         blobs.remove(digest)
         removed += 1
