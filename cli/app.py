@@ -191,7 +191,7 @@ def tx_commit(tx: TxId, yes: YesOpt = False) -> int:
 
     ws = workspace()
     try:
-        return commit_with_prompt(ws, ws.get(tx).id, yes=yes)
+        return 0 if commit_with_prompt(ws, ws.get(tx).id, yes=yes) else int(ExitCode.ERROR)
     finally:
         ws.close()
 

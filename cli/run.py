@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 
-from cowfs.errors import UsageError
+from cowfs.errors import RoscoeError, UsageError
 
 # option -> (attribute, takes a value)
 RUN_OPTIONS: dict[str, tuple[str, bool]] = {
@@ -135,10 +135,14 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
             if result.exit_code != 0:
                 say(f"tx {tx.id} not committed: the command exited {result.exit_code}; it stays open")
                 return result.exit_code
+            from cli.errors import fail
             from cli.state import commit_with_prompt
 
-            committed = commit_with_prompt(ws, tx.id, yes=args.yes)
-            return committed if committed != 0 else result.exit_code
+            try:
+                commit_with_prompt(ws, tx.id, yes=args.yes)
+            except RoscoeError as e:
+                return fail(e)  # the commit's own code (1, 3, 4) wins over CMD's 0
+            return result.exit_code
     finally:
         ws.close()
     return result.exit_code

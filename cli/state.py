@@ -18,9 +18,10 @@ def open_workspace():  # type: ignore[no-untyped-def]
     return ws
 
 
-def commit_with_prompt(ws, tx_id: str, *, yes: bool) -> int:  # type: ignore[no-untyped-def]
+def commit_with_prompt(ws, tx_id: str, *, yes: bool) -> bool:  # type: ignore[no-untyped-def]
     """Commit ``tx_id``: on a terminal show the diff and ask first (unless
-    ``yes``), with a progress bar while it applies. Returns the exit code."""
+    ``yes``), with a progress bar while it applies. False when the person
+    declined (the transaction stays open)."""
     import sys
 
     from journal.commit import commit
@@ -33,7 +34,7 @@ def commit_with_prompt(ws, tx_id: str, *, yes: bool) -> int:  # type: ignore[no-
         render.diff(tx_id, changes)
         if not render.confirm(f"Commit these {len(changes.changes)} changes to {changes.root}?"):
             say(f"tx {tx_id} not committed; it stays open")
-            return 1
+            return False
     if interactive:
         from cli import render
 
@@ -43,4 +44,4 @@ def commit_with_prompt(ws, tx_id: str, *, yes: bool) -> int:  # type: ignore[no-
         record = commit(ws, tx_id)
     rows = len(ws.journal.changes(record.id))
     say(f"tx {record.id} committed: {rows} changes to {record.root} (roscoe tx rollback {record.id} undoes it)")
-    return 0
+    return True

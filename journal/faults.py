@@ -1,10 +1,10 @@
 """Fault hooks between the steps of commit, recovery and rollback.
 
-``ROSCOE_FAULT=STEP`` (or ``STEP#N``: the Nth time STEP is reached) stops the
-process there as a crash would: ``os._exit`` by default, a real SIGKILL with
-``ROSCOE_FAULT_ACTION=kill``. Tests use it to crash at every step and check
-that recovery leaves the live tree all-old or all-new. Steps are named
-``commit:...``, ``recover:...`` and ``rollback:...``; see STEPS.
+``ROSCOE_FAULT=STEP`` (or ``STEP#N``: the Nth time STEP is reached in the
+process) stops the process there as a crash would: ``os._exit(70)`` by
+default, a real SIGKILL with ``ROSCOE_FAULT_ACTION=kill``. Tests use it to
+crash at every step and check that recovery leaves the live tree all-old or
+all-new. The steps are in STEPS; commit and rollback share them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ STEPS = (
     "before-images",   # conflict check done, nothing written anywhere
     "after-images",    # pre- and post-images durable in the blob store
     "after-intent",    # the changes journaled, state committing
-    "apply",           # after each change to the live tree (use STEP#N)
-    "before-record",   # the live tree is all new, directories fsynced
+    "apply",           # after each change to the live tree (use apply#N)
+    "before-record",   # the live tree is all new and synced
     "after-record",    # committed; staging not yet removed
+    "recover-start",   # recovery found an interrupted commit, nothing undone yet
+    "undo",            # after each change put back, by recovery or a failed apply
+    "before-reopen",   # everything put back; the transaction not yet reopened
 )
 
 _seen: dict[str, int] = {}
