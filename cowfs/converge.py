@@ -158,7 +158,13 @@ def _at(root: str, path: str, action: Callable[[int, str], None]) -> None:
     with durable.parent_dir(root, path) as fd:
         if fd is None:
             raise durable.NotADirectoryOnPath(2, f"parent of {path!r} is missing or not a directory", path)
-        action(fd, durable.basename(path))
+        try:
+            action(fd, durable.basename(path))
+        except durable.NotADirectoryOnPath:
+            raise
+        except OSError as e:
+            # Errors name the path in the tree, not a temp file or a bare name.
+            raise type(e)(e.errno, e.strerror, path) from e
 
 
 def remove_temps(root: str, paths: Sequence[str], tag: str) -> int:

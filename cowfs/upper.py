@@ -59,14 +59,17 @@ def touches(upper: str, root: str, *, wh_files: bool) -> Iterator[Touch]:
     """Every path the run touched, read from ``upper``; ``wh_files`` turns on
     fuse-overlayfs's ``.wh.`` naming (never on for the kernel, where a file may
     really be called ``.wh.x``)."""
-    yield from _walk(upper, "", root, wh_files)
+    yield from _walk(upper, "", root, wh_files, False)
 
 
-def _walk(dirpath: str, rel: str, root: str, wh_files: bool) -> Iterator[Touch]:
+def _walk(dirpath: str, rel: str, root: str, wh_files: bool, inside_opaque: bool) -> Iterator[Touch]:
     with os.scandir(dirpath) as it:
         items = list(it)
     names = {d.name for d in items}
-    opaque = bool(rel) and (_is_opaque(dirpath) or (wh_files and not names.isdisjoint(WH_OPAQUE)))
+    # Below an opaque directory nothing of the lower layer shows: every upper
+    # directory there hides its live namesake's children too, marked or not.
+    opaque = bool(rel) and (
+        inside_opaque or _is_opaque(dirpath) or (wh_files and not names.isdisjoint(WH_OPAQUE)))
     present: set[str] = set()
     for d in items:
         name = d.name
@@ -90,7 +93,7 @@ def _walk(dirpath: str, rel: str, root: str, wh_files: bool) -> Iterator[Touch]:
         present.add(name)
         yield Touch(child, d.path)
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk(d.path, child, root, wh_files)
+            yield from _walk(d.path, child, root, wh_files, opaque)
     if opaque:
         for name in livetree.children(root, rel):
             if name not in present:

@@ -299,7 +299,7 @@ class Workspace:
     def show(self, ref: str) -> TxView:
         tx = self.get(ref)
         changes = None
-        if tx.state == OPEN:
+        if tx.state == OPEN and os.path.isdir(tx.root):
             with self.locked(tx, exclusive=False):
                 changes = self._compare(tx, self.stager(tx))
         elif tx.state == "committed":

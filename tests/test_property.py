@@ -512,6 +512,11 @@ CASES: dict[str, tuple[list[dict[str, Any]], list[tuple[str, str]]]] = {
         [("d", "deleted"), ("d/ln", "deleted"), ("d/sub", "deleted"), ("d/sub/y", "deleted"),
          ("d/x", "deleted")],
     ),
+    # Re-made inside a re-made dir, d/sub shows nothing of the live d/sub.
+    "recreate_dir_with_same_named_subdir": (
+        [{"op": "rmtree", "path": "d"}, _dir("d"), _dir("d/sub"), _file("d/sub/other", b"other")],
+        [("d/ln", "deleted"), ("d/sub/other", "added"), ("d/sub/y", "deleted"), ("d/x", "deleted")],
+    ),
     "whiteout_then_recreate_dir": (
         [{"op": "rmtree", "path": "d"}, _dir("d"), _file("d/x", b"x"),
          _file("d/new", b"different"), _dir("d/sub"), _file("d/sub/y", b"changed")],

@@ -151,3 +151,11 @@ def test_special_files_are_unsupported(tmp_path: Path) -> None:
     cs = compare(str(live), touches(str(upper), str(live), wh_files=False))
     assert cs.changes == ()
     assert [(u.path, u.type) for u in cs.unsupported] == [("dev", "char-device"), ("fifo", "fifo")]
+
+
+def test_a_dir_inside_an_opaque_dir_hides_its_live_namesake_too(tmp_path: Path) -> None:
+    live, upper = layers(tmp_path)
+    (upper / "d" / "sub").mkdir(parents=True)
+    os.setxattr(upper / "d", "user.overlay.opaque", b"y")
+    (upper / "d" / "sub" / "other.txt").write_text("o")
+    assert diff(live, upper) == [("d/a.txt", "deleted"), ("d/sub/b.txt", "deleted"), ("d/sub/other.txt", "added")]
