@@ -19,8 +19,6 @@ import time
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
 PACKAGES = ("cowfs", "journal", "cli")
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)  # for cowfs.stagers.remove_tree, whatever python runs this
 
 # Run by the venv's python: every module of the packages whose .pyc is missing or
 # does not match its source (mtime/size or hash), i.e. that Python would compile
@@ -185,12 +183,17 @@ def rmtree(path: str, *, fix_modes: bool = True) -> None:
     work dirs are left with mode 000), which costs a walk of the whole tree."""
     if not os.path.lexists(path):
         return
-    if fix_modes:
-        from cowfs.stagers import remove_tree
-
-        remove_tree(path)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
+    # Standard library only (not cowfs.stagers.remove_tree): the scripts run
+    # under any python3, where roscoe's dependencies may not be installed.
+    for dirpath, dirnames, _ in (os.walk(path) if fix_modes else ()):
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                try:
+                    os.chmod(full, 0o700)
+                except OSError:
+                    pass
+    shutil.rmtree(path, ignore_errors=True)
     if os.path.lexists(path):
         print(f"warning: could not remove all of {path}", file=sys.stderr)
 
