@@ -52,7 +52,7 @@ def converge(
     root: str,
     targets: Sequence[tuple[str, Entry | None]],
     *,
-    content: Callable[[str, Entry], Iterator[bytes]],
+    content: Callable[[str, Entry], Iterator[bytes] | str],
     tag: str,
     owners: bool,
     step: Callable[[], None] = lambda: None,
@@ -60,111 +60,149 @@ def converge(
 ) -> int:
     """Make every ``(path, target)`` true in the live tree under ``root``.
 
-    ``content(path, entry)`` yields a target file's bytes; ``tag`` names this
+    ``content(path, entry)`` yields a target file's bytes (or names a file
+    whose bytes are already verified, copied in the kernel); ``tag`` names this
     transaction's temp files; ``step`` is called after every change to the
     tree (fault hooks and progress); ``known`` gives the current state of
     paths just read and hashed, so they are not read again. Returns the
     number of changes made.
     """
-    order = sorted(targets, key=lambda t: path_key(t[0]))
-    index = {path: i for i, (path, _) in enumerate(order)}
-    now: dict[str, Entry | None] = {
-        path: known[path] if known is not None and path in known else livetree.entry(root, path)
-        for path, _ in order
-    }
-    touched: set[str] = set()
-    done = 0
-
-    def parent(path: str) -> str:
-        return path.rpartition("/")[0]
-
-    # 1. remove, children first
-    for path, target in reversed(order):
-        current = now[path]
-        if current is not None and (target is None or current.type != target.type):
-            _at(root, path, lambda fd, name: durable.remove(fd, name))
-            now[path] = None
-            touched.add(parent(path))
-            done += 1
-            step()
-    # 2. create, parents first: directories now, files and symlinks to temp
-    # names; then one flush, then the renames that make them appear.
-    batch = durable.batches_syncs(root)
-    pending: list[tuple[str, str]] = []
-    for path, target in order:
-        current = now[path]
-        if target is None:
-            continue
-        owner = (target.uid, target.gid) if owners and target.uid is not None else None
-        temp = temp_name(tag, index[path])
-        if target.type == DIR and current is None:
-            _at(root, path, lambda fd, name: durable.make_dir(fd, name))
-            touched.add(parent(path))
-            done += 1
-            step()
-            continue
-        if target.type == FILE and not (current is not None and current.hash == target.hash):
-            chunks = content(path, target)
-            _at(root, path, lambda fd, name: durable.write_file(
-                fd, None, temp, chunks, mode=target.mode, mtime_ns=target.mtime_ns, owner=owner,
-                sync=not batch))
-        elif target.type == SYMLINK and not (current is not None and current.target == target.target):
-            assert target.target is not None
-            link = target.target
-            _at(root, path, lambda fd, name: durable.write_symlink(
-                fd, None, temp, link, mtime_ns=target.mtime_ns, owner=owner))
-        else:
-            continue
-        pending.append((path, temp))
-    if batch and pending:
-        durable.sync_filesystem(root)
-    for path, temp in pending:
-        _at(root, path, lambda fd, name: durable.rename(fd, temp, name))
-        touched.add(parent(path))
-        done += 1
-        step()
-    # 3. modes, mtimes, owners, children first
-    for path, target in reversed(order):
-        if target is None:
-            continue
-        st = livetree.lstat(root, path)
-        if st is None:
-            raise durable.NotADirectoryOnPath(2, f"{path!r} vanished while it was being written", path)
-        if (
-            (target.type == SYMLINK or stat.S_IMODE(st.st_mode) == target.mode)
-            and (target.type == DIR or st.st_mtime_ns == target.mtime_ns)
-            and (not owners or target.uid is None or (st.st_uid, st.st_gid) == (target.uid, target.gid))
-        ):
-            continue
-        owner = (target.uid, target.gid) if owners and target.uid is not None else None
-        mtime = None if target.type == DIR else target.mtime_ns
-        mode = None if target.type == SYMLINK else target.mode
-        _at(root, path, lambda fd, name: durable.set_meta(fd, name, mode=mode, mtime_ns=mtime, owner=owner))
-        done += 1
-        step()
-    if batch:
-        durable.sync_filesystem(root)
-        return done
-    for directory in sorted(touched | {p for p, t in order if t is not None and t.type == DIR}, key=path_key):
-        try:
-            durable.fsync_dir(root, directory)
-        except durable.NotADirectoryOnPath:
-            continue
-    return done
+    run = _Convergence(root, targets, content, tag, owners, step, known)
+    try:
+        run.remove()
+        run.create()
+        run.set_meta()
+        run.flush()
+    finally:
+        run.dirs.close()
+    return run.done
 
 
-def _at(root: str, path: str, action: Callable[[int, str], None]) -> None:
+class _Convergence:
+    """The state of one ``converge``: targets in path order, what is there now,
+    the directories touched, open directory fds."""
+
+    def __init__(  # type: ignore[no-untyped-def]
+        self, root: str, targets, content, tag: str, owners: bool, step, known,
+    ) -> None:
+        self.root, self.content, self.tag, self.owners, self.step = root, content, tag, owners, step
+        self.order = sorted(targets, key=lambda t: path_key(t[0]))
+        self.index = {path: i for i, (path, _) in enumerate(self.order)}
+        self.now: dict[str, Entry | None] = {
+            path: known[path] if known is not None and path in known else livetree.entry(root, path)
+            for path, _ in self.order
+        }
+        self.touched: set[str] = set()
+        self.dirs = durable.DirFds(root)
+        self.batch = durable.batches_syncs(root)
+        self.done = 0
+
+    def changed(self, path: str) -> None:
+        self.touched.add(parent(path))
+        self.done += 1
+        self.step()
+
+    def owner(self, target: Entry) -> tuple[int, int] | None:
+        return (target.uid, target.gid) if self.owners and target.uid is not None else None
+
+    def remove(self) -> None:
+        """Pass 1, children first: what has no target, or a target of another type."""
+        for path, target in reversed(self.order):
+            current = self.now[path]
+            if current is not None and (target is None or current.type != target.type):
+                _at(self.dirs, path, durable.remove)
+                if current.type == DIR:
+                    self.dirs.forget(path)
+                self.now[path] = None
+                self.changed(path)
+
+    def create(self) -> None:
+        """Pass 2, parents first: directories now; files and symlinks to temp
+        names, then one flush, then the renames that make them appear."""
+        pending: list[tuple[str, str]] = []
+        for path, target in self.order:
+            current = self.now[path]
+            if target is None:
+                continue
+            temp = temp_name(self.tag, self.index[path])
+            owner = self.owner(target)
+            if target.type == DIR and current is None:
+                _at(self.dirs, path, durable.make_dir)
+                self.changed(path)
+                continue
+            if target.type == FILE and not (current is not None and current.hash == target.hash):
+                source = self.content(path, target)
+                _at(self.dirs, path, lambda fd, name: durable.write_file(
+                    fd, None, temp, source, mode=target.mode, mtime_ns=target.mtime_ns, owner=owner,
+                    sync=not self.batch))
+            elif target.type == SYMLINK and not (current is not None and current.target == target.target):
+                link = target.target or ""
+                _at(self.dirs, path, lambda fd, name: durable.write_symlink(
+                    fd, None, temp, link, mtime_ns=target.mtime_ns, owner=owner))
+            else:
+                continue
+            pending.append((path, temp))
+        if self.batch and pending:
+            durable.sync_filesystem(self.root)
+        for path, temp in pending:
+            _at(self.dirs, path, lambda fd, name: durable.rename(fd, temp, name))
+            self.changed(path)
+
+    def set_meta(self) -> None:
+        """Pass 3, children first (a read-only directory is made so last):
+        modes, file and symlink mtimes, owners."""
+        for path, target in reversed(self.order):
+            if target is None:
+                continue
+            try:
+                st = durable.lstat_at(self.dirs.get(parent(path)), durable.basename(path))
+            except durable.NotADirectoryOnPath:
+                st = None
+            if st is None:
+                raise durable.NotADirectoryOnPath(2, f"{path!r} vanished while it was being written", path)
+            owner = self.owner(target)
+            if (
+                (target.type == SYMLINK or stat.S_IMODE(st.st_mode) == target.mode)
+                and (target.type == DIR or st.st_mtime_ns == target.mtime_ns)
+                and (owner is None or (st.st_uid, st.st_gid) == owner)
+            ):
+                continue
+            mtime = None if target.type == DIR else target.mtime_ns
+            mode = None if target.type == SYMLINK else target.mode
+            _at(self.dirs, path, lambda fd, name: durable.set_meta(fd, name, mode=mode, mtime_ns=mtime, owner=owner))
+            self.done += 1
+            self.step()
+
+    def flush(self) -> None:
+        """Make the directory changes durable: one syncfs, or an fsync per directory on FUSE."""
+        if self.batch:
+            durable.sync_filesystem(self.root)
+            return
+        made = {p for p, t in self.order if t is not None and t.type == DIR}
+        for directory in sorted(self.touched | made, key=path_key):
+            try:
+                os.fsync(self.dirs.get(directory))
+            except durable.NotADirectoryOnPath:
+                continue
+
+
+def parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _at(dirs: durable.DirFds, path: str, action: Callable[[int, str], None]) -> None:
     """Run ``action(dir_fd, name)`` in the real directory that holds ``path``."""
-    with durable.parent_dir(root, path) as fd:
-        if fd is None:
-            raise durable.NotADirectoryOnPath(2, f"parent of {path!r} is missing or not a directory", path)
-        try:
-            action(fd, durable.basename(path))
-        except durable.NotADirectoryOnPath:
-            raise
-        except OSError as e:
-            # Errors name the path in the tree, not a temp file or a bare name.
-            raise type(e)(e.errno, e.strerror, path) from e
+    try:
+        fd = dirs.get(parent(path))
+    except durable.NotADirectoryOnPath:
+        raise durable.NotADirectoryOnPath(2, f"parent of {path!r} is missing or not a directory", path) from None
+    try:
+        action(fd, durable.basename(path))
+    except durable.NotADirectoryOnPath:
+        raise
+    except OSError as e:
+        # Errors name the path in the tree, not a temp file or a bare name.
+        raise type(e)(e.errno, e.strerror, path) from e
 
 
 def remove_temps(root: str, paths: Sequence[str], tag: str) -> int:

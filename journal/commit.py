@@ -66,9 +66,15 @@ def capture_old(blobs: BlobStore, root: str, path: str, old: Entry) -> str:
 
 def apply_journaled(
     journal: Journal, blobs: BlobStore, tx: TxRecord, rows: list[ChangeRow], diff_hash: str, *,
-    known: dict[str, Entry | None] | None, progress: Progress | None = None,
+    known: dict[str, Entry | None] | None, progress: Progress | None = None, fresh: bool = False,
 ) -> None:
-    """Steps 5-7 for ``rows``, whose images are already in ``blobs``."""
+    """Steps 5-7 for ``rows``, whose images are already in ``blobs``. With
+    ``fresh``, the new images were hashed by this very commit, so they are
+    copied in the kernel instead of read and checked again."""
+
+    def content(path: str, entry: Entry) -> Iterator[bytes] | str:
+        return blobs.path(entry.hash or "") if fresh else blobs.read(entry.hash or "")
+
     journal.record_intent(tx.id, rows, diff_hash)
     checkpoint("after-intent")
     total = len(rows)
@@ -83,7 +89,7 @@ def apply_journaled(
 
     try:
         converge(
-            tx.root, [(r.path, r.new) for r in rows], content=lambda p, e: blobs.read(e.hash or ""),
+            tx.root, [(r.path, r.new) for r in rows], content=content,
             tag=tx.id, owners=owners_kept(), step=step, known=known,
         )
     except (OSError, RoscoeError) as e:
@@ -178,7 +184,8 @@ def commit(ws: object, ref: str, *, progress: Progress | None = None) -> TxRecor
         checkpoint("after-images")
         known = {c.path: c.old for c in changes.changes}
         try:
-            apply_journaled(ws.journal, blobs, tx, rows, changes.diff_hash, known=known, progress=progress)
+            apply_journaled(
+                ws.journal, blobs, tx, rows, changes.diff_hash, known=known, progress=progress, fresh=True)
         except CommitFailed:
             unshare(blobs, stager, rows)
             raise
