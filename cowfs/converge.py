@@ -186,6 +186,29 @@ class _Convergence:
                 continue
 
 
+def obstacles(root: str, targets: Sequence[tuple[str, Entry | None]]) -> list[str]:
+    """Paths ``converge`` could not make true without touching paths outside
+    ``targets``: a directory to remove that holds entries the targets do not
+    name, or a path to create whose parent is neither a directory now nor one
+    the targets make."""
+    wanted = dict(targets)
+    blocked = []
+    for path, target in sorted(targets, key=lambda t: path_key(t[0])):
+        st = livetree.lstat(root, path)
+        if st is not None and stat.S_ISDIR(st.st_mode) and (target is None or target.type != DIR):
+            names = livetree.children(root, path)
+            if any(f"{path}/{name}" not in wanted for name in names):
+                blocked.append(path)
+                continue
+        up = parent(path)
+        if target is not None and up:
+            made = wanted.get(up)
+            there = livetree.lstat(root, up)
+            if not (made is not None and made.type == DIR) and not (there is not None and stat.S_ISDIR(there.st_mode)):
+                blocked.append(path)
+    return blocked
+
+
 def parent(path: str) -> str:
     return path.rpartition("/")[0]
 

@@ -43,6 +43,11 @@ class Home(namedtuple("_Home", "path")):
     def tx_dir(self, tx: str) -> str:
         return os.path.join(self.path, "tx", tx)
 
+    def linked_images(self, tx: str) -> str:
+        """Where a commit lists the staged files it is about to hard-link into
+        the blob store, before it links them, so a crash cannot forget them."""
+        return os.path.join(self.tx_dir(tx), "linked-images.json")
+
     def ensure(self) -> None:
         try:
             os.makedirs(os.path.join(self.path, "tx"), mode=0o700, exist_ok=True)

@@ -22,6 +22,7 @@ reuses steps 4-7 with a new transaction whose new states are the old ones.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 
@@ -30,6 +31,7 @@ from cowfs.changeset import ChangeSet
 from cowfs.converge import converge, remove_temps
 from cowfs.entry import FILE, Entry
 from cowfs.errors import CommitFailed, Conflict, Refused, RoscoeError
+from cowfs.stagers import Stager
 from journal.blobs import BlobCorrupt, BlobStore
 from journal.faults import checkpoint
 from journal.rootlock import root_lock
@@ -67,15 +69,17 @@ def capture_old(blobs: BlobStore, root: str, path: str, old: Entry) -> str:
 def apply_journaled(
     journal: Journal, blobs: BlobStore, tx: TxRecord, rows: list[ChangeRow], diff_hash: str, *,
     known: dict[str, Entry | None] | None, progress: Progress | None = None, fresh: bool = False,
+    new: bool = False,
 ) -> None:
     """Steps 5-7 for ``rows``, whose images are already in ``blobs``. With
     ``fresh``, the new images were hashed by this very commit, so they are
-    copied in the kernel instead of read and checked again."""
+    copied in the kernel instead of read and checked again. With ``new``,
+    ``tx`` (a rollback) is journaled together with its intent."""
 
     def content(path: str, entry: Entry) -> Iterator[bytes] | str:
         return blobs.path(entry.hash or "") if fresh else blobs.read(entry.hash or "")
 
-    journal.record_intent(tx.id, rows, diff_hash)
+    journal.record_intent(tx.id, rows, diff_hash, new=tx if new else None)
     checkpoint("after-intent")
     total = len(rows)
     done = 0
@@ -164,30 +168,19 @@ def commit(ws: object, ref: str, *, progress: Progress | None = None) -> TxRecor
         if moved:
             raise Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved))
         checkpoint("before-images")
-        rows: list[ChangeRow] = []
-        for seq, c in enumerate(changes.changes):
-            old_blob = new_blob = None
-            try:
-                if c.old is not None and c.old.type == FILE:
-                    old_blob = capture_old(blobs, tx.root, c.path, c.old)
-            except (BlobCorrupt, FileNotFoundError, durable.NotADirectoryOnPath):
-                raise Conflict(what="commit refused", tx=tx.id, paths=c.path) from None
-            if c.new is not None and c.new.type == FILE:
-                assert stager is not None and c.new.hash is not None
-                staged = stager.staged_path(c.path)
-                if not blobs.put_link(staged, c.new.hash):
-                    with open(staged, "rb") as f:
-                        blobs.put_stream(iter(lambda: f.read(durable.CHUNK), b""), c.new.hash)
-                new_blob = c.new.hash
-            rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, new_blob))
-        blobs.sync()
-        checkpoint("after-images")
-        known = {c.path: c.old for c in changes.changes}
+        links = ws.home.linked_images(tx.id)
+        release_links(blobs, stager, links)
+        durable.save_new(links, iter([json.dumps(
+            [[c.path, c.new.hash] for c in changes.changes if c.new is not None and c.new.type == FILE],
+            ensure_ascii=True).encode()]), mode=0o600)
         try:
+            rows = store_images(blobs, tx, stager, changes)
+            checkpoint("after-images")
+            known = {c.path: c.old for c in changes.changes}
             apply_journaled(
                 ws.journal, blobs, tx, rows, changes.diff_hash, known=known, progress=progress, fresh=True)
-        except CommitFailed:
-            unshare(blobs, stager, rows)
+        except BaseException:
+            release_links(blobs, stager, links)
             raise
         if stager is not None:
             stager.discard()
@@ -197,27 +190,56 @@ def commit(ws: object, ref: str, *, progress: Progress | None = None) -> TxRecor
     return done
 
 
-def unshare(blobs: BlobStore, stager: object, rows: list[ChangeRow]) -> None:
-    """A transaction open again must not write into blobs through hard links:
-    give each staged file that is a blob its own copy."""
-    from cowfs.stagers import Stager
-
-    if not isinstance(stager, Stager):
-        return
-    for r in rows:
-        if not r.new_blob:
-            continue
-        staged = stager.staged_path(r.path)
+def store_images(blobs: BlobStore, tx: TxRecord, stager: object, changes: ChangeSet) -> list[ChangeRow]:
+    """Step 4: old bytes copied from the live tree (checked against the hash the
+    diff saw: a mismatch is a conflict), new bytes hard-linked from staging;
+    all durable before this returns."""
+    rows: list[ChangeRow] = []
+    for seq, c in enumerate(changes.changes):
+        old_blob = new_blob = None
         try:
-            if os.stat(staged).st_ino != os.stat(blobs.path(r.new_blob)).st_ino:
-                continue
-        except FileNotFoundError:
-            continue
-        st = os.lstat(staged)
-        temp = staged + ".roscoe-unshare"
-        with open(temp, "wb") as out:
-            for chunk in blobs.read(r.new_blob):
-                out.write(chunk)
-        os.chmod(temp, st.st_mode & 0o7777)
-        os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        os.replace(temp, staged)
+            if c.old is not None and c.old.type == FILE:
+                old_blob = capture_old(blobs, tx.root, c.path, c.old)
+        except (BlobCorrupt, FileNotFoundError, durable.NotADirectoryOnPath):
+            raise Conflict(what="commit refused", tx=tx.id, paths=c.path) from None
+        if c.new is not None and c.new.type == FILE:
+            assert isinstance(stager, Stager) and c.new.hash is not None
+            staged = stager.staged_path(c.path)
+            if not blobs.put_link(staged, c.new.hash):
+                with open(staged, "rb") as f:
+                    blobs.put_stream(iter(lambda: f.read(durable.CHUNK), b""), c.new.hash)
+            new_blob = c.new.hash
+        rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, new_blob))
+    blobs.sync()
+    return rows
+
+
+def release_links(blobs: BlobStore, stager: object, links: str) -> None:
+    """A transaction that stays open must never write into a blob through a
+    hard link: give each staged file listed in ``links`` its own copy again."""
+    if not os.path.exists(links):
+        return
+    with open(links, encoding="utf-8") as f:
+        pairs = json.load(f)
+    if isinstance(stager, Stager):
+        for path, digest in pairs:
+            unshare(blobs, stager, path, digest)
+    os.unlink(links)
+
+
+def unshare(blobs: BlobStore, stager: Stager, path: str, digest: str) -> None:
+    """Replace the staged ``path`` by a copy if it is the blob ``digest`` itself."""
+    staged = stager.staged_path(path)
+    try:
+        if os.stat(staged).st_ino != os.stat(blobs.path(digest)).st_ino:
+            return
+    except FileNotFoundError:
+        return
+    st = os.lstat(staged)
+    temp = staged + ".roscoe-unshare"
+    with open(temp, "wb") as out:
+        for chunk in blobs.read(digest):
+            out.write(chunk)
+    os.chmod(temp, st.st_mode & 0o7777)
+    os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(temp, staged)

@@ -29,7 +29,7 @@ class Recovered(namedtuple("_Recovered", "tx root paths state")):
 
 def recover(ws: object) -> list[Recovered]:
     """Undo every interrupted commit; the list of what was undone."""
-    from journal.commit import blob_store, undo, unshare
+    from journal.commit import blob_store, release_links, undo
     from journal.workspace import Workspace
 
     assert isinstance(ws, Workspace)
@@ -48,7 +48,7 @@ def recover(ws: object) -> list[Recovered]:
             problem = undo(ws.journal, blobs, current, rows)
             if problem is not None:
                 raise RecoveryFailed(tx=tx.id, reason=problem)
-            unshare(blobs, ws.stager(current), rows)
+            release_links(blobs, ws.stager(current), ws.home.linked_images(tx.id))
             ws.journal.log_event(tx.id, "recover-done", {"paths": len(rows)})
             after = ws.journal.get_tx(tx.id)
             found.append(Recovered(tx.id, tx.root, len(rows), after.state if after else "gone"))

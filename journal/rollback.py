@@ -14,7 +14,7 @@ import os
 
 from cowfs import livetree
 from cowfs.changeset import Change, ChangeSet, classify
-from cowfs.converge import matches
+from cowfs.converge import matches, obstacles
 from cowfs.entry import FILE
 from cowfs.errors import Conflict, RoscoeError, RootError, TransactionState
 from journal.blobs import BlobCorrupt
@@ -52,11 +52,17 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
                 what=f"rollback of {target.id} refused (--force overrides)", tx=target.id,
                 paths=", ".join(moved) + since,
             )
+        blocked = obstacles(target.root, [(r.path, r.old) for r in written])
+        if blocked:
+            raise Conflict(
+                what=f"rollback of {target.id} refused: it would have to touch paths it never wrote",
+                tx=target.id, paths=", ".join(blocked),
+            )
         for r in written:
             if r.old is not None and r.old.type == FILE and not blobs.has(r.old_blob or ""):
                 raise BlobCorrupt(digest=r.old_blob, problem="missing", store=blobs.root)
-        tx = new_record(target.root, f"rollback of {target.id}", rolls_back=target.id)
-        ws.journal.insert_tx(tx)
+        # Journaled with its intent: a crash before that leaves no trace of it.
+        tx = new_record(target.root, f"rollback of {target.id}", rolls_back=target.id)._replace(state="committing")
         checkpoint("before-images")
         rows: list[ChangeRow] = []
         for r in written:
@@ -69,7 +75,7 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
         blobs.sync()
         checkpoint("after-images")
         diff_hash = ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows)).diff_hash
-        apply_journaled(ws.journal, blobs, tx, rows, diff_hash, known=live, progress=progress)
+        apply_journaled(ws.journal, blobs, tx, rows, diff_hash, known=live, progress=progress, new=True)
     done = ws.journal.get_tx(tx.id)
     assert done is not None
     return done

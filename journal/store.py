@@ -259,12 +259,15 @@ class Journal:
 
     def insert_tx(self, tx: TxRecord) -> None:
         with self.write():
-            self.db.execute(
-                "INSERT INTO transactions (id, root, message, state, backend, user, host, created_ns,"
-                " updated_ns, rolls_back) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (tx.id, _blob(tx.root), tx.message, tx.state, tx.backend, tx.user, tx.host,
-                 tx.created_ns, tx.updated_ns, tx.rolls_back),
-            )
+            self._insert_tx(tx)
+
+    def _insert_tx(self, tx: TxRecord) -> None:
+        self.db.execute(
+            "INSERT INTO transactions (id, root, message, state, backend, user, host, created_ns,"
+            " updated_ns, rolls_back) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (tx.id, _blob(tx.root), tx.message, tx.state, tx.backend, tx.user, tx.host,
+             tx.created_ns, tx.updated_ns, tx.rolls_back),
+        )
 
     def get_tx(self, tx_id: str) -> TxRecord | None:
         row = self.db.execute("SELECT * FROM transactions WHERE id = ?", (tx_id,)).fetchone()
@@ -304,10 +307,15 @@ class Journal:
 
     # -- the commit protocol ----------------------------------------------------
 
-    def record_intent(self, tx_id: str, rows: list[ChangeRow], diff_hash: str) -> None:
+    def record_intent(
+        self, tx_id: str, rows: list[ChangeRow], diff_hash: str, *, new: TxRecord | None = None,
+    ) -> None:
         """Journal every change with its images and enter ``committing``: durable
-        (synchronous=FULL) before the first byte of the live tree changes."""
+        (synchronous=FULL) before the first byte of the live tree changes.
+        ``new`` is a transaction (a rollback) that exists from this moment on."""
         with self.write():
+            if new is not None:
+                self._insert_tx(new)
             self.db.execute("DELETE FROM changes WHERE tx = ?", (tx_id,))
             self.db.executemany(
                 "INSERT INTO changes VALUES (?,?,?,?,?,?,?,?)",

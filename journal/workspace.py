@@ -203,6 +203,7 @@ class Workspace:
         env["ROSCOE_TX"] = tx.id
         env["ROSCOE_ROOT"] = tx.root
         with self.locked(tx, exclusive=True):
+            self._release_links(tx)
             candidates = self._candidates(tx)
             run_id = self.journal.start_run(tx.id, argv, inner_cwd, candidates[0])
             started = now_ns()
@@ -242,6 +243,15 @@ class Workspace:
             tx.id, tx.root, run_id, argv, inner_cwd, stager.name, outcome.exit_code,
             outcome.timed_out, started, now_ns(), changes,
         )
+
+    def _release_links(self, tx: TxRecord) -> None:
+        """A commit that died after linking staged files into the blob store
+        leaves them listed: unlink them before a run can write into a blob."""
+        links = self.home.linked_images(tx.id)
+        if os.path.exists(links):
+            from journal.commit import blob_store, release_links
+
+            release_links(blob_store(self.home.path), self.stager(tx), links)
 
     def _candidates(self, tx: TxRecord) -> list[str]:
         if tx.backend:
