@@ -249,6 +249,8 @@ def recover_cmd() -> int:
     ws = open_workspace()
     try:
         found = ws.recovered
+        for tx_id in ws.clean_finished():
+            say(f"removed the leftover staging dir of finished tx {tx_id}")
     finally:
         ws.close()
     if not found:

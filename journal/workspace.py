@@ -160,6 +160,21 @@ class Workspace:
 
         remove_tree(self.home.tx_dir(tx_id))
 
+    def clean_finished(self) -> list[str]:
+        """Remove staging dirs left by transactions that are no longer open
+        (a crash right after a commit record leaves one)."""
+        removed = []
+        base = os.path.join(self.home.path, "tx")
+        for tx_id in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            tx = self.journal.get_tx(tx_id)
+            if tx is not None and tx.state in ("committed", ABORTED):
+                stager = self.stager(tx)
+                if stager is not None:
+                    stager.after_run()
+                self.remove_tx_dir(tx_id)
+                removed.append(tx_id)
+        return removed
+
     def recover(self) -> list[object]:
         """Undo interrupted commits (see journal.recovery); cheap when there are none."""
         if not self.journal.in_state("committing"):

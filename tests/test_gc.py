@@ -70,3 +70,17 @@ def test_a_version_1_journal_is_migrated(roscoe: Roscoe, root: Path, home: Path)
     db = sqlite3.connect(home / "journal.db")
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert {"changes", "events"} <= {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def test_recover_removes_the_staging_a_crash_after_the_commit_record_left(roscoe: Roscoe, root: Path, home: Path) -> None:
+    tx = roscoe.begin(root)
+    assert roscoe("tx", "run", "--tx", tx, "--", "sh", "-c", "echo x > x.txt", cwd=root).returncode == 0
+    done = roscoe("tx", "commit", tx, "--yes", env={"ROSCOE_FAULT": "after-record"})
+    assert done.returncode == 70
+    assert (home / "tx" / tx / "upper" / "x.txt").exists()
+    done = roscoe("recover")
+    assert (done.returncode, done.stderr) == (0, (
+        f"roscoe: removed the leftover staging dir of finished tx {tx}\nroscoe: nothing to recover\n").encode())
+    assert not (home / "tx" / tx).exists()
+    assert (root / "x.txt").read_text() == "x\n"
+    assert roscoe("verify").returncode == 0
