@@ -99,17 +99,8 @@ for path, size in json.load(sys.stdin):
 
 
 def remove(path: str) -> None:
-    """Remove a scratch dir, overlay work dirs (mode 000) included. Standard
-    library only: ``lib.rmtree(fix_modes=True)`` imports ``cowfs``, which needs
-    xxhash, so it fails under a python without the venv's packages."""
-    if not os.path.lexists(path):
-        return
-    for dirpath, dirnames, _ in os.walk(path):
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
-                os.chmod(full, stat.S_IRWXU)
-    lib.rmtree(path, fix_modes=False)
+    """Remove a scratch dir, overlay work dirs (mode 000) included."""
+    lib.rmtree(path)
 
 
 def write_random(path: str, size: int) -> None:

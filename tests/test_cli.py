@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import xxhash
 
 from tests.conftest import Roscoe, snapshot
