@@ -15,17 +15,13 @@ from cowfs import durable
 from cowfs.entry import Entry, kind_of
 from cowfs.hashing import hash_bytes, hash_fd
 
-def split(rel: str) -> list[str]:
-    return durable.split(rel)
-
-
 def lstat(root: str, rel: str) -> os.stat_result | None:
     """lstat of ``rel`` under ``root`` without following symlinks on the way."""
     with durable.parent_dir(root, rel) as fd:
         if fd is None:
             return None
         try:
-            return os.lstat(split(rel)[-1], dir_fd=fd)
+            return os.lstat(durable.split(rel)[-1], dir_fd=fd)
         except OSError as e:
             if e.errno in durable.ABSENT:
                 return None
@@ -37,7 +33,7 @@ def entry(root: str, rel: str) -> Entry | None:
     with durable.parent_dir(root, rel) as fd:
         if fd is None:
             return None
-        name = split(rel)[-1]
+        name = durable.split(rel)[-1]
         try:
             st = os.lstat(name, dir_fd=fd)
         except OSError as e:
@@ -70,7 +66,7 @@ def children(root: str, rel: str) -> list[str]:
     with durable.parent_dir(root, rel) as fd:
         if fd is None:
             return []
-        parts = split(rel)
+        parts = durable.split(rel)
         try:
             dfd = os.open(parts[-1], durable.DIR_FLAGS, dir_fd=fd) if parts else os.dup(fd)
         except OSError as e:
@@ -101,7 +97,7 @@ def read_bytes(root: str, rel: str, limit: int) -> bytes | None:
         if fd is None:
             return None
         try:
-            file_fd = os.open(split(rel)[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            file_fd = os.open(durable.split(rel)[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         except OSError as e:
             if e.errno in durable.ABSENT:
                 return None

@@ -12,7 +12,8 @@ at once or not at all.
    SQLite transaction with synchronous=FULL; the transaction is `committing`;
 6. apply: ``cowfs.converge`` makes every path its new state (temp file,
    fsync, rename; directories created and removed, never renamed; fsync of
-   every touched directory);
+   every touched directory; on a local disk one syncfs per batch instead of
+   an fsync per file, on FUSE an fsync per file);
 7. the commit record: one row update to `committed`. That is the commit point.
 
 A crash before step 7 is undone by ``journal.recovery`` (all-old, always);
