@@ -1,4 +1,5 @@
-"""The ``roscoe`` entry point: global options, the fast ``tx run`` path, then typer."""
+"""The ``roscoe`` entry point: global options, the typer-free paths an agent
+calls most (``tx run``, ``tx diff ID --json``, ``tx commit ID``), then typer."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
                 return execute(parse_run_args(rest[2:]))
             except HelpWanted:
                 pass
+        from cli.agent import fast_path
+
+        code = fast_path(rest)
+        if code is not None:
+            return code
         from cli.app import invoke
 
         return invoke(rest, debug=g.debug)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -15,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from cli.state import write_json
 from cowfs.changeset import ChangeSet
 from cowfs.patch import FilePatch
 from journal.store import TxRecord
@@ -65,7 +65,7 @@ def display_path(path: str) -> str:
 
 
 def json_out(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    write_json(data)
 
 
 def human_size(n: int | None) -> str:

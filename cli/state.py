@@ -3,7 +3,15 @@ what recovery did said on stderr."""
 
 from __future__ import annotations
 
+import json
+import sys
+
 from cli.errors import say
+
+
+def write_json(data: object) -> None:
+    """The JSON every --json prints: one document, indented, on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 def open_workspace():  # type: ignore[no-untyped-def]

@@ -39,3 +39,22 @@ def test_tx_run_path_stays_light(tmp_path: Path) -> None:
     )
     modules = loaded_after(code, {"ROSCOE_HOME": str(tmp_path / "home")})
     assert {m.split(".")[0] for m in modules} & set(HEAVY) == set()
+
+
+def test_diff_json_and_commit_stay_light(tmp_path: Path) -> None:
+    """An agent reads `tx diff ID --json` and runs `tx commit ID` on every
+    transaction: neither loads typer or rich."""
+    root = tmp_path / "root"
+    root.mkdir()
+    code = (
+        "from cli.main import main\n"
+        "from journal.workspace import Workspace\n"
+        f"ws = Workspace.open({str(tmp_path / 'home')!r})\n"
+        f"tx = ws.begin({str(root)!r}).id\n"
+        "ws.run(tx, ['sh', '-c', 'echo x > x'], cwd=" + repr(str(root)) + ")\n"
+        "ws.close()\n"
+        "assert main(['tx', 'diff', tx, '--json']) == 0\n"
+        "assert main(['tx', 'commit', tx, '--yes']) == 0\n"
+    )
+    modules = loaded_after(code, {"ROSCOE_HOME": str(tmp_path / "home")})
+    assert {m.split(".")[0] for m in modules} & {"typer", "rich", "click"} == set()
