@@ -117,18 +117,6 @@ def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
         raise
 
 
-def fsync_fd(fd: int) -> None:
-    os.fsync(fd)
-
-
-def fsync_dir(root: str, rel: str) -> None:
-    fd = open_dir(root, rel)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _libc():  # type: ignore[no-untyped-def]
     import ctypes
 
