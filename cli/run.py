@@ -7,8 +7,10 @@ same options (for ``--help`` and the man page); a test keeps the two in step.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -22,10 +24,22 @@ RUN_OPTIONS: dict[str, tuple[str, bool]] = {
     "--message": ("message", True),
     "--network": ("network", True),
     "--timeout": ("timeout", True),
+    "--memory": ("memory", True),
+    "--pids": ("pids", True),
+    "--env": ("env", True),
+    "--clean-env": ("clean_env", False),
+    "--writable": ("writable", True),
     "--report": ("report", True),
     "--commit": ("commit", False),
     "--yes": ("yes", False),
 }
+REPEATABLE = {"env", "writable"}
+# What --clean-env keeps of roscoe's own environment (ROSCOE_TX and ROSCOE_ROOT
+# are always set for the run).
+CLEAN_ENV = ("PATH", "HOME", "LANG", "TERM")
+CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
+MAX_TIMEOUT = 2_147_483  # poll(2) counts milliseconds in an int: about 24 days
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class HelpWanted(Exception):
@@ -39,11 +53,15 @@ class RunArgs:
         self, tx: str | None = None, root: str | None = None, message: str | None = None,
         network: str = "on", timeout: str | None = None, report: str | None = None,
         command: list[str] | None = None, commit: bool = False, yes: bool = False,
+        memory: str | None = None, pids: str | None = None, env: list[str] | None = None,
+        clean_env: bool = False, writable: list[str] | None = None,
     ) -> None:
         self.tx, self.root, self.message = tx, root, message
         self.network, self.timeout, self.report = network, timeout, report
         self.command = command or []
         self.commit, self.yes = commit, yes
+        self.memory, self.pids, self.clean_env = memory, pids, clean_env
+        self.env, self.writable = env, writable
 
 
 def parse_run_args(argv: list[str]) -> RunArgs:
@@ -74,7 +92,10 @@ def parse_run_args(argv: list[str]) -> RunArgs:
                 raise UsageError(detail=f"tx run: option {name} needs a value")
             value = argv[i + 1]
             i += 1
-        setattr(args, attr, value)
+        if attr in REPEATABLE:
+            setattr(args, attr, [*(getattr(args, attr) or []), value])
+        else:
+            setattr(args, attr, value)
         i += 1
     args.command = argv[i:]
     if not args.command:
@@ -91,7 +112,39 @@ def parse_timeout(value: str | None) -> float | None:
         raise UsageError(detail=f"--timeout {value}: expected a number of seconds") from None
     if not seconds > 0:
         raise UsageError(detail=f"--timeout {value}: must be more than 0")
+    if not seconds <= MAX_TIMEOUT:
+        raise UsageError(detail=f"--timeout {value}: must be at most {MAX_TIMEOUT} (about 24 days)")
     return seconds
+
+
+def parse_limits(args: RunArgs):  # type: ignore[no-untyped-def]
+    """--memory and --pids as a cowfs.limits.Limits."""
+    from cowfs.limits import NO_LIMITS, Limits, parse_pids, parse_size
+
+    if args.memory is None and args.pids is None:
+        return NO_LIMITS
+    return Limits(
+        parse_size(args.memory) if args.memory is not None else None,
+        parse_pids(args.pids) if args.pids is not None else None,
+    )
+
+
+def run_env(args: RunArgs, base: dict[str, str] | os._Environ[str] = os.environ) -> dict[str, str]:
+    """The run's environment: roscoe's own (or, with --clean-env, only
+    CLEAN_ENV of it) plus every --env KEY=VAL."""
+    if args.clean_env:
+        env = {k: base[k] for k in CLEAN_ENV if k in base}
+        env.setdefault("PATH", CLEAN_PATH)
+    else:
+        env = dict(base)
+    for pair in args.env or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not ENV_NAME.fullmatch(key):
+            raise UsageError(detail=f"--env {pair}: expected KEY=VALUE with KEY a variable name")
+        if key in ("ROSCOE_TX", "ROSCOE_ROOT"):
+            raise UsageError(detail=f"--env {pair}: {key} is set by roscoe for every run")
+        env[key] = value
+    return env
 
 
 def parse_network(value: str) -> bool:
@@ -111,9 +164,12 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
     """Run ``args.command`` in its transaction; returns the exit code to exit with."""
     from cli.errors import say
     from cli.state import open_workspace
+    from cowfs.sandbox import writable_binds
 
     network = parse_network(args.network)
     timeout = parse_timeout(args.timeout)
+    limits = parse_limits(args)
+    env = run_env(args)
     ws = open_workspace()
     try:
         if args.tx:
@@ -121,13 +177,20 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
             if args.root and os.path.realpath(args.root) != tx.root:
                 raise UsageError(detail=f"--root {args.root} is not the root of tx {tx.id} ({tx.root})")
             ws.require_open(tx, "run")
+            writable_binds(args.writable or (), tx.root, ws.home.path)
         else:
             root = ws.check_invocable(default_root(args.root), args.command)
+            writable_binds(args.writable or (), root, ws.home.path)  # before a transaction exists
             tx = ws.begin(root, args.message)
         say(f"tx {tx.id}")
+        command = args.command
         if interactive:
             say(f"shell in the staged overlay of {tx.root}; exit to leave (nothing lands until commit)")
-        result = ws.run(tx.id, args.command, network=network, timeout=timeout)
+            command = prompt_shell(command, tx.id, env)
+        result = ws.run(
+            tx.id, command, env=env, network=network, timeout=timeout, limits=limits,
+            writable=args.writable or (),
+        )
         if args.report:
             write_report(args.report, result.report())
         summarize(tx.id, args, result)
@@ -154,6 +217,16 @@ def summarize(tx_id: str, args: RunArgs, result) -> None:  # type: ignore[no-unt
 
     if result.timed_out:
         say(f"tx {tx_id}: timed out after {args.timeout} s; every process of the run was killed")
+    enforced = result.limits
+    if enforced is not None and enforced.memory is not None:
+        from cowfs.limits import human
+
+        if enforced.by == "rlimit":
+            say(f"warning: --memory {args.memory}: no memory cgroup can be made here; each process of the"
+                f" run was held to {human(enforced.memory)} of address space instead (RLIMIT_AS)")
+        if enforced.oom_kills:
+            say(f"tx {tx_id}: out of memory: the kernel killed {enforced.oom_kills} process(es) of the run"
+                f" for going over --memory {args.memory}")
     counts = result.changes.counts()
     staged = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n) or "no changes"
     cmd = shlex.join(args.command).replace("\n", "\\n")
@@ -178,3 +251,29 @@ def write_report(path: str, report: dict[str, object]) -> None:
 def shell_command() -> list[str]:
     shell = os.environ.get("SHELL") or "/bin/sh"
     return [shell, "-i"] if sys.stdin.isatty() else [shell]
+
+
+def prompt_shell(command: list[str], tx_id: str, env: dict[str, str]) -> list[str]:
+    """The shell with a prompt that names the transaction.
+
+    sh and most shells take PS1 from the environment; bash's ~/.bashrc sets
+    its own, so bash gets an rc file (in memory, inherited as an fd) that
+    reads ~/.bashrc first and then sets the prompt.
+    """
+    env["PS1"] = f"roscoe:{tx_id}$ "
+    name = os.path.basename(command[0])
+    if name in ("sh", "dash") and "-i" in command:
+        # no job control: on exit dash would hand the terminal back to roscoe's
+        # process group, which the run's pid namespace cannot name, and exit 2
+        return [*command, "+m"]
+    if name != "bash" or "-i" not in command:
+        return command
+    rc = (
+        '[ -f /etc/bash.bashrc ] && . /etc/bash.bashrc; [ -f ~/.bashrc ] && . ~/.bashrc\n'
+        f"PS1='roscoe:{tx_id}:\\w\\$ '\n"
+    )
+    mem = os.memfd_create("roscoe-bashrc", os.MFD_CLOEXEC)
+    os.write(mem, rc.encode())
+    fd = fcntl.fcntl(mem, fcntl.F_DUPFD, 10)  # inherited by bwrap and the shell, clear of fds 2-6
+    os.close(mem)
+    return [command[0], "--rcfile", f"/proc/self/fd/{fd}", *command[1:]]

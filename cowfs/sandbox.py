@@ -20,18 +20,35 @@ import signal
 import threading
 from collections import namedtuple
 
-from cowfs.errors import CommandNotExecutable, CommandNotFound, SandboxError
+from cowfs.errors import CommandNotExecutable, CommandNotFound, SandboxError, UsageError
+from cowfs.limits import NO_LIMITS, Enforced, Limits, RunCgroup
 
-# The probe (first run only) looks up the root's entries and one file below
-# them: a FUSE lower that answers the overlay's xattr probes with EIO fails here,
-# before CMD runs, so the next backend can be tried.
+# The shim first joins the run's cgroup (by writing 0 to the cgroup.procs files
+# it inherits at fds 5 and 6, so nothing of CMD runs outside it) or sets the
+# RLIMIT_AS fallback. The probe (first run only) looks up the root's entries and
+# one file below them: a FUSE lower that answers the overlay's xattr probes with
+# EIO fails here, before CMD runs, so the next backend can be tried.
 SHIM = (
-    'p=$1; shift; '
+    'p=$1 j=$2 v=$3; shift 3; '
+    'for f in $j; do { echo 0 >&"$f"; } 2>/dev/null || { echo "$JOIN_FAILED" >&2; exit 1; }; done; '
+    'if [ -n "$j" ]; then exec 5>&- 6>&-; fi; '
+    'if [ -n "$v" ]; then ulimit -v "$v" || exit 1; fi; '
     'if [ -n "$p" ]; then ls -lA -- "$p" >/dev/null 2>&1 && '
     '{ find "$p" -maxdepth 3 -type f -print0 -quit 2>/dev/null | xargs -0r ls -ld -- >/dev/null 2>&1; } '
     '|| exit 1; fi; '
     'echo ready >&4; exec 4>&- 2>&3 3>&-; '
     'exec env --default-signal=INT,QUIT -- "$@"'
+)
+JOIN_FAILED = "roscoe: cannot join the run's cgroup"
+SHIM = SHIM.replace("$JOIN_FAILED", JOIN_FAILED)
+JOIN_FDS = (5, 6)
+# A run as root keeps the capabilities that work on files (Docker's default set
+# less mknod, raw and low-port sockets, setpcap and setfcap): no CAP_SYS_ADMIN,
+# so no mount, umount or remount; no CAP_MKNOD, so no device node to reach a
+# disk; no CAP_DAC_READ_SEARCH, so no open_by_handle_at out of the tree.
+ROOT_CAPS = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE",
 )
 TIMED_OUT = 124
 
@@ -120,14 +137,16 @@ def precheck(cmd: str, cwd: str, root: str, path_env: str | None) -> None:
     raise CommandNotFound(cmd=cmd)
 
 
-class Outcome(namedtuple("_Outcome", "started exit_code error timed_out")):
-    """How a sandboxed run ended. ``started`` is False when bwrap failed before CMD."""
+class Outcome(namedtuple("_Outcome", "started exit_code error timed_out enforced")):
+    """How a sandboxed run ended. ``started`` is False when bwrap failed before CMD;
+    ``enforced`` says how its limits were kept and whether memory ran out."""
 
     __slots__ = ()
     started: bool
     exit_code: int
     error: str
     timed_out: bool
+    enforced: Enforced
 
 
 # /tmp in a run: the host's /tmp with writes kept in a tmpfs that dies with the
@@ -136,44 +155,99 @@ class Outcome(namedtuple("_Outcome", "started exit_code error timed_out")):
 # it ("failed to clone lowerpath"); then /tmp is an empty private tmpfs.
 TMP_OVERLAY = ["--overlay-src", "/tmp", "--tmp-overlay", "/tmp"]
 TMP_EMPTY = ["--tmpfs", "/tmp"]
+KERNEL_FILESYSTEMS = ("/proc", "/dev", "/sys")
+
+
+def writable_binds(paths: list[str] | tuple[str, ...], root: str, state_dir: str) -> list[str]:
+    """bwrap arguments that make each of ``paths`` (outside the root) writable.
+
+    A path that overlaps the root would bypass the overlay, and one that
+    overlaps the state dir would let the run rewrite its own journal: both
+    are refused, as are the kernel's own filesystems.
+    """
+    args: list[str] = []
+    state = os.path.realpath(state_dir)
+    for given in paths:
+        path = os.path.realpath(given)
+        if not os.path.exists(path):
+            raise UsageError(detail=f"--writable {given}: does not exist")
+        for what, other in (("the root", root), ("the state dir", state)):
+            if under(path, other) or under(other, path):
+                raise UsageError(detail=f"--writable {given}: overlaps {what} {other}")
+        if any(under(path, k) for k in KERNEL_FILESYSTEMS):
+            raise UsageError(detail=f"--writable {given}: {path} is on a kernel filesystem")
+        args += ["--bind", path, path]
+    return args
 
 
 def run(
     argv: list[str], *, root: str, mount_args: list[str], cwd: str, env: dict[str, str],
     probe: bool, network: bool = True, timeout: float | None = None,
+    limits: Limits = NO_LIMITS, binds: list[str] | None = None,
 ) -> Outcome:
-    outcome = _run(argv, root, mount_args, TMP_OVERLAY, cwd, env, probe, network, timeout)
-    if not outcome.started and "/newroot/tmp " in outcome.error:
-        if under(cwd, "/tmp") and not under(cwd, root):
-            cwd = root
-        outcome = _run(argv, root, mount_args, TMP_EMPTY, cwd, env, probe, network, timeout)
+    """Run ``argv`` in the sandbox; ``binds`` come from ``writable_binds``."""
+    cgroup = RunCgroup.create(limits) if limits else None
+    if cgroup is None and limits.pids is not None:
+        raise SandboxError(detail=(
+            f"--pids {limits.pids} needs a pids cgroup, and none can be made here "
+            "(run as root, or from a cgroup v2 subtree delegated to you)"
+        ))
+    try:
+        extra = list(binds or [])
+        outcome = _run(argv, root, mount_args, TMP_OVERLAY, extra, cwd, env, probe, network, timeout, limits, cgroup)
+        if not outcome.started and "/newroot/tmp " in outcome.error:
+            if under(cwd, "/tmp") and not under(cwd, root):
+                cwd = root
+            outcome = _run(argv, root, mount_args, TMP_EMPTY, extra, cwd, env, probe, network, timeout, limits, cgroup)
+        if cgroup is not None:
+            outcome = outcome._replace(enforced=outcome.enforced._replace(oom_kills=cgroup.oom_kills()))
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
+    if not outcome.started and JOIN_FAILED in outcome.error:
+        raise SandboxError(detail=JOIN_FAILED.removeprefix("roscoe: "))
     return outcome
 
 
 def _run(
-    argv: list[str], root: str, mount_args: list[str], tmp: list[str], cwd: str, env: dict[str, str],
-    probe: bool, network: bool, timeout: float | None,
+    argv: list[str], root: str, mount_args: list[str], tmp: list[str], binds: list[str], cwd: str,
+    env: dict[str, str], probe: bool, network: bool, timeout: float | None, limits: Limits,
+    cgroup: RunCgroup | None,
 ) -> Outcome:
     bwrap = bwrap_path()
     args = [bwrap]
     if os.geteuid() != 0:
-        args.append("--unshare-user")
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *tmp, *mount_args]
-    args += ["--unshare-pid", "--die-with-parent", "--chdir", cwd]
+        args.append("--unshare-user")  # bwrap then drops every capability itself
+    else:
+        args += ["--cap-drop", "ALL"]
+        for cap in ROOT_CAPS:
+            args += ["--cap-add", cap]
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *tmp, *binds, *mount_args]
+    args += ["--unshare-pid", "--unshare-ipc", "--die-with-parent", "--chdir", cwd]
     if not network:
         args.append("--unshare-net")
-    args += ["--", "/bin/sh", "-c", SHIM, "roscoe-run", root if probe else "", *argv]
+    join = JOIN_FDS[:len(cgroup.procs_fds)] if cgroup is not None else ()
+    rlimit = ""
+    if cgroup is None and limits.memory is not None:
+        rlimit = str(limits.memory // 1024)  # ulimit -v counts KiB
+    args += ["--", "/bin/sh", "-c", SHIM, "roscoe-run", root if probe else "", " ".join(map(str, join)), rlimit, *argv]
+    enforced = Enforced(
+        limits.memory, limits.pids, cgroup.version if cgroup is not None else ("rlimit" if rlimit else None), 0,
+    )
 
     # bwrap's own messages land in memory, never between CMD's stderr lines; the
-    # shim finds the real stderr at fd 3 and the ready pipe at fd 4.
+    # shim finds the real stderr at fd 3, the ready pipe at fd 4 and the
+    # cgroup.procs files to join at fds 5 and 6.
     err_mem = os.memfd_create("roscoe-bwrap-stderr", os.MFD_CLOEXEC)
     ready_r, ready_w = os.pipe()
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (2, ready_w, err_mem)]
+    sources = [2, ready_w, err_mem, *(cgroup.procs_fds if cgroup is not None else ())]
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in sources]
     os.close(ready_w)
     actions = [
         (os.POSIX_SPAWN_DUP2, high[0], 3),
         (os.POSIX_SPAWN_DUP2, high[1], 4),
         (os.POSIX_SPAWN_DUP2, high[2], 2),
+        *((os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(high[3:], join)),
     ]
     # Like system(3), ^C and ^\\ belong to the command: roscoe and bwrap ignore
     # them (bwrap inherits SIG_IGN; killed, it would take the sandbox down) and
@@ -198,7 +272,7 @@ def _run(
             signal.signal(s, handler)
         os.close(ready_r)
         os.close(err_mem)
-    return Outcome(started, TIMED_OUT if timed_out else code, error, timed_out)
+    return Outcome(started, TIMED_OUT if timed_out else code, error, timed_out, enforced)
 
 
 def _wait(pid: int, timeout: float | None) -> tuple[int, bool]:
@@ -213,7 +287,7 @@ def _wait(pid: int, timeout: float | None) -> tuple[int, bool]:
                 poller.register(pidfd, select.POLLIN)
                 if not poller.poll(int(timeout * 1000)):
                     timed_out = True
-                    os.kill(pid, signal.SIGKILL)
+                    _kill_run(pid)
             finally:
                 os.close(pidfd)
         _, status = os.waitpid(pid, 0)
@@ -223,3 +297,29 @@ def _wait(pid: int, timeout: float | None) -> tuple[int, bool]:
         raise
     code = os.waitstatus_to_exitcode(status)
     return (128 - code if code < 0 else code), timed_out
+
+
+def _kill_run(pid: int) -> None:
+    """Kill bwrap and the init of the run's pid namespace, and return once that
+    init is gone: the kernel takes every other process of the namespace down
+    before it lets the init finish exiting."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            inits = [int(c) for c in f.read().split()]
+    except OSError:
+        inits = []
+    pidfds = []
+    for child in inits:
+        try:
+            pidfds.append(os.pidfd_open(child))
+            os.kill(child, signal.SIGKILL)
+        except OSError:
+            continue
+    os.kill(pid, signal.SIGKILL)
+    for fd in pidfds:
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(5000)
+        finally:
+            os.close(fd)

@@ -9,8 +9,10 @@ source scripts/lib.sh
 # Debian packages the tests drive: bindfs, fuse-overlayfs and fuse3 (the staging
 # backends for FUSE lowers), attr (getfattr/setfattr on overlay xattrs), rclone (a gcsfuse-like
 # mount over the GCS emulator), python3-venv (the venvs below), util-linux
-# (runuser, unshare), sqlite3 (the journal is checked with the sqlite3 CLI).
-APT_PACKAGES=(fuse-overlayfs fuse3 bindfs attr rclone python3-venv util-linux sqlite3 groff-base)
+# (runuser, unshare), sqlite3 (the journal is checked with the sqlite3 CLI),
+# chromium (the browser Playwright drives in tests/test_workloads.py; Playwright's
+# own browser download is not reachable), procps (pgrep, in the sandbox tests).
+APT_PACKAGES=(fuse-overlayfs fuse3 bindfs attr rclone python3-venv util-linux sqlite3 groff-base chromium procps)
 # Tests that run roscoe as an ordinary user use this account and this venv:
 # the default python3 may live under /root (mode 700), out of that user's reach.
 TEST_USER=roscoe-test
