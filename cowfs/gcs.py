@@ -1,0 +1,347 @@
+"""The GCS target: a root whose commits go to ``gs://BUCKET/PREFIX`` through
+the JSON API (gcsfs's session, credentials and event loop), while runs keep
+reading the tree through its mount (gcsfuse in production, rclone in tests).
+
+How the tree maps to objects, the way gcsfuse lays it out:
+
+- a file ``a/b.txt`` is the object ``PREFIX/a/b.txt``: its bytes, a content
+  type, and its mtime in the metadata keys ``gcsfuse_mtime`` (what gcsfuse
+  reads) and ``mtime`` (what rclone reads), both RFC 3339 with nanoseconds;
+- a symlink is an empty object with the metadata key ``gcsfuse_symlink_target``
+  (rclone shows it as an empty file);
+- a directory is the placeholder object ``PREFIX/a/`` (what gcsfuse's mkdir
+  makes; without one a directory exists only implicitly, through the objects
+  below it). An added directory gets a placeholder; a deleted one loses its
+  placeholder if it had one, and its children are deleted one by one (the
+  diff lists them); a directory's mode change is nothing to a bucket;
+- permission bits and owners are not stored: a bucket cannot keep them.
+
+Every write and delete is conditional on the generation the caller saw
+(``ifGenerationMatch``, 0: must not exist); a failed precondition is a
+``PreconditionFailed``. gcsfs is imported on first use only (it costs ~1 s):
+never on the path of a local root. ``STORAGE_EMULATOR_HOST`` points it at an
+emulator, where roscoe connects anonymously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from urllib.parse import quote
+
+from cowfs.errors import RoscoeError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+URL = re.compile(r"gs://([a-z0-9][-a-z0-9_.]{1,221}[a-z0-9])(?:/(.*))?")
+SYMLINK_KEY = "gcsfuse_symlink_target"
+MTIME_KEYS = ("gcsfuse_mtime", "mtime")
+DEFAULT_TYPE = "application/octet-stream"
+LEASE_DIR = ".roscoe/leases"
+
+
+class GcsError(RoscoeError):
+    """{url}: {reason}"""
+
+
+class NoSuchBucket(GcsError):
+    """{url}: bucket {bucket} does not exist (or these credentials cannot see it)"""
+
+
+class NoCredentials(GcsError):
+    """{url}: no Google credentials found ({reason}); run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or point STORAGE_EMULATOR_HOST at an emulator"""
+
+
+class GcsUnreachable(GcsError):
+    """{url}: cannot reach the GCS API at {endpoint} ({reason}); nothing was left half-written: run `roscoe recover` once it is reachable if a commit was interrupted"""
+
+
+class PreconditionFailed(Exception):
+    """An object was not at the generation a conditional request named."""
+
+    def __init__(self, key: str, expected: int) -> None:
+        super().__init__(f"{key} is no longer at generation {expected}")
+        self.key, self.expected = key, expected
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``gs://BUCKET[/PREFIX]`` as (bucket, prefix without slashes at either end)."""
+    m = URL.fullmatch(url.rstrip("/") if url.count("/") > 2 else url)
+    if m is None:
+        raise UsageError(detail=f"target {url!r}: expected a URL gs://BUCKET[/PREFIX]")
+    return m.group(1), (m.group(2) or "").strip("/")
+
+
+def rfc3339(ns: int) -> str:
+    """An mtime as gcsfuse writes it (Go's RFC3339Nano, UTC, no trailing zeros)."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if frac:
+        text += "." + f"{frac:09d}".rstrip("0")
+    return text + "Z"
+
+
+def md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def state_of(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What roscoe keeps of an object resource: enough to restore it exactly and
+    to recognise it again (generation, md5, content type, metadata)."""
+    if obj is None:
+        return None
+    metadata = dict(obj.get("metadata") or {})
+    name = obj["name"]
+    kind = "dir" if name.endswith("/") else "symlink" if SYMLINK_KEY in metadata else "file"
+    return {
+        "kind": kind, "generation": int(obj["generation"]), "md5": obj.get("md5Hash"),
+        "size": int(obj.get("size", 0)), "content_type": obj.get("contentType") or DEFAULT_TYPE,
+        "metadata": metadata,
+    }
+
+
+def same_object(current: dict[str, Any] | None, wanted: dict[str, Any] | None) -> bool:
+    """Whether ``current`` (a state_of) already holds ``wanted``'s bytes and metadata."""
+    if current is None or wanted is None:
+        return current is wanted
+    return (current.get("md5"), current.get("content_type"), current.get("metadata") or {}) == (
+        wanted.get("md5"), wanted.get("content_type"), wanted.get("metadata") or {})
+
+
+def _fault(step: str) -> None:
+    """Test hook: ``ROSCOE_GCS_FAULT=network@N`` makes the Nth API request of the
+    process (and every one after it) fail as an unreachable network would."""
+    want = os.environ.get("ROSCOE_GCS_FAULT", "")
+    if not want.startswith("network@"):
+        return
+    _COUNT[0] += 1
+    if _COUNT[0] >= int(want.partition("@")[2]):
+        raise ConnectionError(f"injected network failure at {step}")
+
+
+_COUNT = [0]
+
+
+class GcsTarget:
+    """One ``gs://BUCKET/PREFIX`` target, talked to through gcsfs's session."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.bucket, self.prefix = parse_url(url)
+        self._fs: Any = None
+        self.concurrency = int(os.environ.get("ROSCOE_GCS_CONCURRENCY", "32"))
+        self.retries = int(os.environ.get("ROSCOE_GCS_RETRIES", "4"))
+        self.timeout = float(os.environ.get("ROSCOE_GCS_TIMEOUT", "60"))
+
+    # -- connection ---------------------------------------------------------------
+
+    @property
+    def fs(self) -> Any:
+        if self._fs is None:
+            self._fs = connect(self.url)
+        return self._fs
+
+    @property
+    def endpoint(self) -> str:
+        return os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+
+    def key(self, rel: str, *, dir: bool = False) -> str:
+        name = f"{self.prefix}/{rel}" if self.prefix else rel
+        return name + "/" if dir else name
+
+    def lease_key(self) -> str:
+        """The lease object of this target's root: outside the prefix, so a mount
+        of the prefix never shows it."""
+        tag = hashlib.sha256(self.prefix.encode()).hexdigest()[:16]
+        return f"{LEASE_DIR}/{tag}"
+
+    def run(self, coro: Awaitable[Any]) -> Any:
+        """Run ``coro`` in gcsfs's event loop and return its result."""
+        from fsspec.asyn import sync
+
+        return sync(self.fs.loop, lambda: coro)
+
+    async def request(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, data: bytes | None = None,
+        headers: dict[str, str] | None = None, ok404: bool = False,
+    ) -> tuple[int, bytes]:
+        """One API call with bounded retries of transient failures. Returns
+        (status, body); 412 raises PreconditionFailed's caller-side marker (status
+        412 is returned), 404 is returned when ``ok404``; other errors raise."""
+        import aiohttp
+
+        fs = self.fs
+        url = path if path.startswith("http") else f"{fs._location}/storage/v1/{path}"
+        delay = 0.2
+        for attempt in range(self.retries):
+            try:
+                _fault(f"{method} {path}")
+                await fs._set_session()
+                async with fs.session.request(
+                    method, url, params={k: str(v) for k, v in (params or {}).items()}, data=data,
+                    headers=fs._get_headers(headers), timeout=aiohttp.ClientTimeout(total=self.timeout),
+                ) as r:
+                    body = await r.read()
+                    status = r.status
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as e:
+                if attempt + 1 == self.retries:
+                    raise GcsUnreachable(url=self.url, endpoint=self.endpoint, reason=str(e) or type(e).__name__) from e
+                await asyncio.sleep(delay)
+                delay *= 2.5
+                continue
+            if status in (429, 500, 502, 503, 504) and attempt + 1 < self.retries:
+                await asyncio.sleep(delay)
+                delay *= 2.5
+                continue
+            if status < 300 or status == 412 or (status == 404 and ok404):
+                return status, body
+            raise self._error(status, body)
+        raise AssertionError("unreachable")
+
+    def _error(self, status: int, body: bytes) -> GcsError:
+        try:
+            message = json.loads(body)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = body.decode(errors="replace")[:200]
+        if status in (401, 403):
+            return NoCredentials(url=self.url, reason=f"HTTP {status}: {message}")
+        if status == 404:
+            return NoSuchBucket(url=self.url, bucket=self.bucket)
+        return GcsError(url=self.url, reason=f"HTTP {status}: {message}")
+
+    def check(self) -> None:
+        """Fail with a clear error unless the bucket exists and answers."""
+        self.run(self._check())
+
+    async def _check(self) -> None:
+        status, _ = await self.request("GET", f"b/{quote(self.bucket, safe='')}", ok404=True)
+        if status == 404:
+            raise NoSuchBucket(url=self.url, bucket=self.bucket)
+
+    # -- objects ------------------------------------------------------------------
+
+    def _object_path(self, key: str) -> str:
+        return f"b/{quote(self.bucket, safe='')}/o/{quote(key, safe='')}"
+
+    async def stat(self, key: str) -> dict[str, Any] | None:
+        """The object resource of ``key`` as state_of gives it, or None."""
+        status, body = await self.request("GET", self._object_path(key), ok404=True)
+        if status == 404:
+            return None
+        return state_of(json.loads(body))
+
+    def stat_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+        keys = sorted(set(keys))
+        if not keys:
+            return {}
+
+        async def all_of() -> list[dict[str, Any] | None]:
+            await self._check()
+            return await self.gather([lambda k=k: self.stat(k) for k in keys])
+
+        return dict(zip(keys, self.run(all_of())))
+
+    def generations(self, keys: Iterable[str]) -> dict[str, int]:
+        """The current generation of each key (0: no such object)."""
+        return {k: (s["generation"] if s else 0) for k, s in self.stat_many(keys).items()}
+
+    async def read(self, key: str, generation: int) -> bytes:
+        """The bytes of ``key`` at exactly ``generation``; PreconditionFailed if it is gone."""
+        status, body = await self.request(
+            "GET", self._object_path(key), params={"alt": "media", "generation": generation}, ok404=True)
+        if status in (404, 412):
+            raise PreconditionFailed(key, generation)
+        return body
+
+    async def write(
+        self, key: str, data: bytes, *, if_generation: int, content_type: str, metadata: dict[str, str],
+    ) -> int:
+        """Upload ``key`` (multipart, so the emulator honours the precondition too)
+        if it is at ``if_generation`` (0: absent); its new generation. A retry
+        whose first attempt landed finds its own bytes there and succeeds."""
+        resource = json.dumps({"name": key, "contentType": content_type, "metadata": metadata})
+        body = (
+            b"--==roscoe==\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n" + resource.encode()
+            + b"\r\n--==roscoe==\r\nContent-Type: " + content_type.encode() + b"\r\n\r\n" + data
+            + b"\r\n--==roscoe==--"
+        )
+        url = f"{self.fs._location}/upload/storage/v1/b/{quote(self.bucket, safe='')}/o"
+        status, reply = await self.request(
+            "POST", url, params={"uploadType": "multipart", "ifGenerationMatch": if_generation},
+            data=body, headers={"Content-Type": 'multipart/related; boundary="==roscoe=="'},
+        )
+        if status == 412:
+            now = await self.stat(key)
+            wanted = {"md5": md5_b64(data), "content_type": content_type, "metadata": metadata}
+            if now is not None and same_object(now, wanted):
+                return int(now["generation"])
+            raise PreconditionFailed(key, if_generation)
+        return int(json.loads(reply)["generation"])
+
+    async def delete(self, key: str, *, if_generation: int) -> None:
+        """Delete ``key`` if it is at ``if_generation``. (fake-gcs-server ignores
+        preconditions on delete; real GCS answers 412.) Already gone is done."""
+        status, _ = await self.request(
+            "DELETE", self._object_path(key), params={"ifGenerationMatch": if_generation}, ok404=True)
+        if status == 412:
+            raise PreconditionFailed(key, if_generation)
+
+    async def gather(self, jobs: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+        """Run ``jobs`` with at most ``concurrency`` in flight; results in order.
+        The first failure is raised after every started job has finished."""
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(job: Callable[[], Awaitable[Any]]) -> Any:
+            async with limit:
+                return await job()
+
+        results = await asyncio.gather(*(one(j) for j in jobs), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
+
+    # -- the lease ------------------------------------------------------------------
+
+    async def lease_read(self) -> tuple[dict[str, Any] | None, int]:
+        key = self.lease_key()
+        now = await self.stat(key)
+        if now is None:
+            return None, 0
+        status, body = await self.request(
+            "GET", self._object_path(key), params={"alt": "media", "generation": now["generation"]}, ok404=True)
+        if status != 200:
+            return None, 0
+        try:
+            return json.loads(body), int(now["generation"])
+        except ValueError:
+            return {}, int(now["generation"])
+
+    async def lease_write(self, holder: dict[str, Any], if_generation: int) -> int:
+        return await self.write(
+            self.lease_key(), json.dumps(holder, sort_keys=True).encode(), if_generation=if_generation,
+            content_type="application/json", metadata={"roscoe_lease": "1"})
+
+
+def connect(url: str) -> Any:
+    """A GCSFileSystem: anonymous on an emulator, else Google's default
+    credentials (refusing to go on without any)."""
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    try:
+        import gcsfs
+    except ImportError as e:  # pragma: no cover - gcsfs is a dependency
+        raise GcsError(url=url, reason=f"gcsfs is not installed ({e})") from e
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)
+    fs = gcsfs.GCSFileSystem(skip_instance_cache=True)
+    if getattr(fs.credentials, "method", None) == "anon":
+        raise NoCredentials(url=url, reason="only anonymous access is possible")
+    return fs

@@ -1,0 +1,171 @@
+"""Commits to a GCS target through the API, against fake-gcs-server and an
+rclone mount of it (the run reads through the mount): exact objects and
+metadata, conditional writes, conflicts, crashes, recovery and rollback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Roscoe
+from tests.gcs_server import FakeGcs, fake_gcs, rclone_mount
+
+MTIME = "2023-11-14T22:13:20.5Z"
+MTIME_NS = 1_700_000_000_500_000_000
+SEED = {
+    "projects/case1/notes.md": b"# notes\n",
+    "projects/case1/Pleadings/complaint.txt": b"COMPLAINT\n",
+    "projects/case2/intake.txt": b"intake\n",
+    "projects/case2/empty/": b"",
+}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeGcs]:
+    with fake_gcs() as s:
+        yield s
+
+
+class Bucket:
+    """One test's bucket, seeded, mounted with rclone at ``mnt``; ``root`` is
+    the mount of ``gs://NAME/projects``."""
+
+    def __init__(self, server: FakeGcs, name: str, mnt: Path) -> None:
+        self.server, self.name, self.mnt = server, name, mnt
+        self.root = mnt / "projects"
+        self.url = f"gs://{name}/projects"
+
+    def contents(self) -> dict[str, tuple[bytes, dict[str, str]]]:
+        return {k: v for k, v in self.server.contents(self.name).items() if not k.startswith(".roscoe/")}
+
+    def generations(self) -> dict[str, int]:
+        return {k: int(v["generation"]) for k, v in self.server.objects(self.name).items()  # type: ignore[call-overload]
+                if not k.startswith(".roscoe/")}
+
+    def put(self, key: str, data: bytes) -> None:
+        self.server.put(self.name, key, data, {"gcsfuse_mtime": MTIME, "mtime": MTIME}, "text/plain")
+
+    def settle(self, path: str, data: bytes | None) -> None:
+        """Wait until the mount shows ``path`` with ``data`` (None: absent)."""
+        deadline = time.monotonic() + 10
+        p = self.root / path
+        while True:
+            try:
+                now: bytes | None = p.read_bytes()
+            except FileNotFoundError:
+                now = None
+            if now == data:
+                return
+            assert time.monotonic() < deadline, f"the mount never showed {path} as {data!r}"
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def bucket(server: FakeGcs, tmp_path: Path) -> Iterator[Bucket]:
+    name = f"roscoe-{uuid.uuid4().hex[:12]}"
+    server.make_bucket(name)
+    for key, data in SEED.items():
+        server.put(name, key, data, {} if key.endswith("/") else {"gcsfuse_mtime": MTIME, "mtime": MTIME},
+                   "text/plain")
+    with rclone_mount(server, name, tmp_path / "mnt") as mnt:
+        b = Bucket(server, name, mnt)
+        b.settle("case1/notes.md", b"# notes\n")
+        yield b
+
+
+@pytest.fixture
+def gcs_env(server: FakeGcs) -> dict[str, str]:
+    return {"STORAGE_EMULATOR_HOST": server.url, "ROSCOE_GCS_RETRIES": "2", "ROSCOE_GCS_LEASE_WAIT": "20"}
+
+
+@pytest.fixture
+def groscoe(home: Path, gcs_env: dict[str, str]) -> Roscoe:
+    return Roscoe(home, gcs_env)
+
+
+def tx_of(done: subprocess.CompletedProcess[bytes]) -> str:
+    return done.stderr.decode().splitlines()[0].split()[-1]
+
+
+def begin_and_run(roscoe: Roscoe, bucket: Bucket, script: str) -> str:
+    tx = roscoe.begin(bucket.root, "--target", bucket.url)
+    done = roscoe("tx", "run", "--tx", tx, "--", "sh", "-c", script, cwd=bucket.root)
+    assert done.returncode == 0, done.stderr
+    return tx
+
+
+SCRIPT = " && ".join([
+    "printf 'more\\n' >> case1/notes.md",
+    "rm case2/intake.txt",
+    "mkdir -p case3/deep && printf 'new\\n' > case3/deep/new.txt",
+    "touch -d @1700000000.25 case3/deep/new.txt",
+    "ln -s ../case1/notes.md case3/link",
+])
+
+
+def test_commit_writes_objects_as_gcsfuse_lays_them_out(groscoe: Roscoe, bucket: Bucket) -> None:
+    before = bucket.generations()
+    tx = begin_and_run(groscoe, bucket, SCRIPT)
+    diff = json.loads(groscoe("tx", "diff", tx, "--json").stdout)
+    assert [(c["path"], c["status"]) for c in diff["changes"]] == [
+        ("case1/notes.md", "modified"), ("case2/intake.txt", "deleted"), ("case3", "added"),
+        ("case3/deep", "added"), ("case3/deep/new.txt", "added"), ("case3/link", "added"),
+    ]
+    assert bucket.generations() == before  # nothing lands before the commit
+    done = groscoe("tx", "commit", tx, "--yes")
+    assert done.returncode == 0, done.stderr
+    got = bucket.contents()
+    notes_mtime = got["projects/case1/notes.md"][1]["gcsfuse_mtime"]
+    assert got == {
+        "projects/case1/notes.md": (b"# notes\nmore\n", {"gcsfuse_mtime": notes_mtime, "mtime": notes_mtime}),
+        "projects/case1/Pleadings/complaint.txt": (b"COMPLAINT\n", {"gcsfuse_mtime": MTIME, "mtime": MTIME}),
+        "projects/case2/empty/": (b"", {}),
+        "projects/case3/": (b"", {}),
+        "projects/case3/deep/": (b"", {}),
+        "projects/case3/deep/new.txt": (b"new\n", {"gcsfuse_mtime": "2023-11-14T22:13:20.25Z",
+                                                   "mtime": "2023-11-14T22:13:20.25Z"}),
+        "projects/case3/link": (b"", {"gcsfuse_symlink_target": "../case1/notes.md",
+                                      "gcsfuse_mtime": got["projects/case3/link"][1]["gcsfuse_mtime"],
+                                      "mtime": got["projects/case3/link"][1]["gcsfuse_mtime"]}),
+    }
+    objects = bucket.server.objects(bucket.name)
+    assert objects["projects/case1/notes.md"]["contentType"] == "text/plain"  # kept from the old object
+    assert objects["projects/case3/deep/new.txt"]["contentType"] == "text/plain"  # guessed from .txt
+    after = bucket.generations()
+    assert after["projects/case1/Pleadings/complaint.txt"] == before["projects/case1/Pleadings/complaint.txt"]
+    # The mount (rclone reads `mtime`) shows the commit, mtime to the ns.
+    bucket.settle("case3/deep/new.txt", b"new\n")
+    assert os.stat(bucket.root / "case3/deep/new.txt").st_mtime_ns == 1_700_000_000_250_000_000
+    show = json.loads(groscoe("tx", "show", tx, "--json").stdout)
+    assert (show["state"], show["target"]) == ("committed", bucket.url)
+    kinds = [e["kind"] for e in json.loads(groscoe("audit", "--json").stdout)["events"] if e.get("tx") == tx]
+    assert {"gcs-lease-acquire", "gcs-apply", "commit", "gcs-lease-release"} <= set(kinds)
+    assert groscoe("recover").returncode == 0
+
+
+def test_object_changed_before_commit_is_a_conflict(groscoe: Roscoe, bucket: Bucket) -> None:
+    tx = begin_and_run(groscoe, bucket, SCRIPT)
+    bucket.put("projects/case1/notes.md", b"someone else\n")
+    before = bucket.contents()
+    done = groscoe("tx", "commit", tx, "--yes")
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.decode().startswith("roscoe: error: commit refused: the live tree changed under transaction")
+    assert "case1/notes.md" in done.stderr.decode()
+    assert bucket.contents() == before
+    assert json.loads(groscoe("tx", "show", tx, "--json").stdout)["state"] == "open"
+
+
+def test_object_created_under_an_added_path_is_a_conflict(groscoe: Roscoe, bucket: Bucket) -> None:
+    tx = begin_and_run(groscoe, bucket, "printf 'mine\\n' > case1/new.txt")
+    bucket.put("projects/case1/new.txt", b"theirs\n")  # the mount may not show it yet; the generation does
+    done = groscoe("tx", "commit", tx, "--yes")
+    assert done.returncode == 3, done.stderr
+    assert bucket.contents()["projects/case1/new.txt"][0] == b"theirs\n"
