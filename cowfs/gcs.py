@@ -116,15 +116,20 @@ def same_object(current: dict[str, Any] | None, wanted: dict[str, Any] | None) -
         wanted.get("md5"), wanted.get("content_type"), wanted.get("metadata") or {})
 
 
-def _fault(step: str) -> None:
-    """Test hook: ``ROSCOE_GCS_FAULT=network@N`` makes the Nth API request of the
-    process (and every one after it) fail as an unreachable network would."""
+def _fault(kind: str) -> None:
+    """Test hook: ``ROSCOE_GCS_FAULT=KIND@N`` makes the Nth API call of that kind
+    in the process (``request``: any; ``write``: an upload or delete of a tree
+    object) and every call after it fail as an unreachable network would."""
     want = os.environ.get("ROSCOE_GCS_FAULT", "")
-    if not want.startswith("network@"):
+    name, _, nth = want.partition("@")
+    if not nth:
         return
-    _COUNT[0] += 1
-    if _COUNT[0] >= int(want.partition("@")[2]):
-        raise ConnectionError(f"injected network failure at {step}")
+    if _COUNT[0] >= int(nth):
+        raise ConnectionError(f"injected network failure ({want})")
+    if name == kind:
+        _COUNT[0] += 1
+        if _COUNT[0] >= int(nth):
+            raise ConnectionError(f"injected network failure ({want})")
 
 
 _COUNT = [0]
@@ -171,7 +176,7 @@ class GcsTarget:
 
     async def request(
         self, method: str, path: str, *, params: dict[str, Any] | None = None, data: bytes | None = None,
-        headers: dict[str, str] | None = None, ok404: bool = False,
+        headers: dict[str, str] | None = None, ok404: bool = False, kind: str = "request",
     ) -> tuple[int, bytes]:
         """One API call with bounded retries of transient failures. Returns
         (status, body); 412 raises PreconditionFailed's caller-side marker (status
@@ -183,7 +188,7 @@ class GcsTarget:
         delay = 0.2
         for attempt in range(self.retries):
             try:
-                _fault(f"{method} {path}")
+                _fault(kind)
                 await fs._set_session()
                 async with fs.session.request(
                     method, url, params={k: str(v) for k, v in (params or {}).items()}, data=data,
@@ -277,6 +282,7 @@ class GcsTarget:
         status, reply = await self.request(
             "POST", url, params={"uploadType": "multipart", "ifGenerationMatch": if_generation},
             data=body, headers={"Content-Type": 'multipart/related; boundary="==roscoe=="'},
+            kind="request" if key.startswith(LEASE_DIR) else "write",
         )
         if status == 412:
             now = await self.stat(key)
@@ -290,7 +296,8 @@ class GcsTarget:
         """Delete ``key`` if it is at ``if_generation``. (fake-gcs-server ignores
         preconditions on delete; real GCS answers 412.) Already gone is done."""
         status, _ = await self.request(
-            "DELETE", self._object_path(key), params={"ifGenerationMatch": if_generation}, ok404=True)
+            "DELETE", self._object_path(key), params={"ifGenerationMatch": if_generation}, ok404=True,
+            kind="request" if key.startswith(LEASE_DIR) else "write")
         if status == 412:
             raise PreconditionFailed(key, if_generation)
 

@@ -351,6 +351,7 @@ def apply_journaled(
     undoes it too, or leaves it to `roscoe recover` when the undo cannot run."""
     journal.record_intent(tx.id, rows, diff_hash, new=tx if new else None)
     checkpoint("after-intent")
+    pause("after-intent")
     try:
         apply_ops(journal, blobs, target, tx, rows, lease)
     except (PreconditionFailed, LeaseLost, GcsError, OSError) as e:
@@ -369,6 +370,20 @@ def apply_journaled(
     checkpoint("before-record")
     journal.mark_committed(tx.id)
     checkpoint("after-record")
+
+
+def pause(step: str) -> None:
+    """Test hook: with ``ROSCOE_GCS_PAUSE=STEP`` the commit creates the file
+    ``$ROSCOE_GCS_PAUSE_FILE`` at STEP and waits (30 s at most) until it is
+    removed, so a test can act as another writer in the middle of a commit."""
+    if os.environ.get("ROSCOE_GCS_PAUSE") != step:
+        return
+    flag = os.environ["ROSCOE_GCS_PAUSE_FILE"]
+    with open(flag, "w"):
+        pass
+    deadline = time.monotonic() + 30
+    while os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def content(blobs: BlobStore, row: ChangeRow, state: dict[str, Any], *, old: bool) -> bytes:
@@ -434,25 +449,30 @@ def undo(journal: Journal, blobs: BlobStore, target: GcsTarget, tx: TxRecord, ro
     `committing`. An object that holds neither the old nor this transaction's
     new state was written by someone else: it is left alone (and named in the
     audit trail). Returns None when done, else why it could not be done yet."""
+    restored: dict[str, int] = {}
+
     async def one(r: ChangeRow, op: dict[str, Any]) -> str | None:
         key, old, new = op["key"], op["old"], op["new"]
         now = await target.stat(key)
         if same_object(now, old):
+            if now is not None:
+                restored[key] = now["generation"]
             return None
         if now is None:
             if new is not None:
                 return key  # ours was to write it; someone deleted it since
             assert old is not None
-            await target.write(key, content(blobs, r, old, old=True), if_generation=0,
-                               content_type=old["content_type"], metadata=old["metadata"])
+            restored[key] = await target.write(key, content(blobs, r, old, old=True), if_generation=0,
+                                               content_type=old["content_type"], metadata=old["metadata"])
             return None
         if new is None or not same_object(now, new):
             return key
         if old is None:
             await target.delete(key, if_generation=now["generation"])
         else:
-            await target.write(key, content(blobs, r, old, old=True), if_generation=now["generation"],
-                               content_type=old["content_type"], metadata=old["metadata"])
+            restored[key] = await target.write(
+                key, content(blobs, r, old, old=True), if_generation=now["generation"],
+                content_type=old["content_type"], metadata=old["metadata"])
         return None
 
     pairs = [(r, op) for r in rows for op in r.objects or []]
@@ -468,6 +488,7 @@ def undo(journal: Journal, blobs: BlobStore, target: GcsTarget, tx: TxRecord, ro
     foreign = sorted(k for k in left if k)
     checkpoint("before-reopen")
     with journal.write():
+        journal.rebase_generations(tx.id, restored)
         journal.event(tx.id, "gcs-undo", {"target": target.url, "objects": len(pairs), "left_alone": foreign})
     journal.reopen(tx.id, "aborted" if tx.rolls_back else "open")
     return None

@@ -1,0 +1,195 @@
+"""A GCS commit that goes wrong: another writer in the middle of it, a network
+failure, a crash, another machine committing to the same bucket, and bad
+input (no bucket, no API, no credentials). After each, the bucket is all-old
+or all-new, never a mix, and the error is one line with the contract's code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Roscoe
+from tests.gcs_server import FakeGcs, free_port
+from tests.test_gcs_commit import SCRIPT, Bucket, begin_and_run, bucket, gcs_env, groscoe, server  # noqa: F401
+
+
+def contents_with_types(bucket: Bucket) -> dict[str, tuple[bytes, dict[str, str], str]]:
+    return {k: (v["data"], dict(v.get("metadata") or {}), str(v["contentType"]))  # type: ignore[arg-type]
+            for k, v in bucket.server.objects(bucket.name).items() if not k.startswith(".roscoe/")}
+
+
+def test_another_writer_during_the_commit_is_a_conflict_and_is_not_clobbered(
+    groscoe: Roscoe, bucket: Bucket, tmp_path: Path,
+) -> None:
+    tx = begin_and_run(groscoe, bucket, SCRIPT)
+    before = contents_with_types(bucket)
+    flag = tmp_path / "paused"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "tx", "commit", tx, "--yes"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=dict(groscoe.env, ROSCOE_GCS_PAUSE="after-intent", ROSCOE_GCS_PAUSE_FILE=str(flag),
+                                         ROSCOE_GCS_BATCH="1"))
+    deadline = time.monotonic() + 30
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    # The intent is journaled, no op has run: someone else rewrites a file the commit modifies.
+    bucket.put("projects/case1/notes.md", b"theirs\n")
+    flag.unlink()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert err.decode().startswith("roscoe: error: commit undone: an object was written by someone else during it")
+    after = contents_with_types(bucket)
+    assert after["projects/case1/notes.md"][0] == b"theirs\n"  # their write stands
+    after.pop("projects/case1/notes.md")
+    before.pop("projects/case1/notes.md")
+    assert after == before  # everything else all-old
+    assert json.loads(groscoe("tx", "show", tx, "--json").stdout)["state"] == "open"
+
+
+def test_network_failure_mid_commit_then_recover_leaves_the_bucket_all_old(groscoe: Roscoe, bucket: Bucket) -> None:
+    tx = begin_and_run(groscoe, bucket, SCRIPT)
+    before = contents_with_types(bucket)
+    # The 4th object write fails, and the network stays down: the commit cannot even undo.
+    done = groscoe("tx", "commit", tx, "--yes", env={"ROSCOE_GCS_FAULT": "write@4", "ROSCOE_GCS_BATCH": "2"})
+    assert done.returncode == 1, done.stderr
+    err = done.stderr.decode()
+    assert err.startswith(f"roscoe: error: commit of {tx} failed at ") and "run `roscoe recover`" in err, err
+    with sqlite3.connect(groscoe.home / "journal.db") as db:
+        assert db.execute("SELECT state FROM transactions WHERE id = ?", (tx,)).fetchone() == ("committing",)
+    done = groscoe("recover")
+    assert done.returncode == 6, done.stderr
+    assert contents_with_types(bucket) == before
+    assert json.loads(groscoe("tx", "show", tx, "--json").stdout)["state"] == "open"
+    # The objects put back are byte for byte the base: the same transaction commits now.
+    done = groscoe("tx", "commit", tx, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert contents_with_types(bucket)["projects/case1/notes.md"][0] == b"# notes\nmore\n"
+
+
+def test_crash_after_some_ops_is_recovered_all_old(groscoe: Roscoe, bucket: Bucket) -> None:
+    tx = begin_and_run(groscoe, bucket, SCRIPT)
+    before = contents_with_types(bucket)
+    # Killed after the second batch of ops landed, before their generations were journaled.
+    done = groscoe("tx", "commit", tx, "--yes",
+                   env={"ROSCOE_FAULT": "apply#2", "ROSCOE_FAULT_ACTION": "kill", "ROSCOE_GCS_BATCH": "1"})
+    assert done.returncode == -9, done.stderr
+    assert contents_with_types(bucket) != before
+    done = groscoe("recover")
+    assert done.returncode == 6, done.stderr
+    assert contents_with_types(bucket) == before
+    assert groscoe("verify").returncode == 0
+
+
+def test_two_machines_commit_overlapping_transactions_exactly_one_wins(
+    server: FakeGcs, bucket: Bucket, tmp_path: Path, gcs_env: dict[str, str],
+) -> None:
+    a, b = Roscoe(tmp_path / "home-a", gcs_env), Roscoe(tmp_path / "home-b", gcs_env)
+    tx_a = begin_and_run(a, bucket, "printf 'A\\n' >> case1/notes.md && printf 'a\\n' > case1/a.txt")
+    tx_b = begin_and_run(b, bucket, "printf 'B\\n' >> case1/notes.md && printf 'b\\n' > case1/b.txt")
+    env = {"ROSCOE_GCS_BATCH": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "cli.main", "tx", "commit", tx, "--yes"],
+                              env=dict(r.env, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for r, tx in ((a, tx_a), (b, tx_b))]
+    codes = []
+    for p in procs:
+        _, err = p.communicate(timeout=90)
+        codes.append((p.returncode, err.decode()))
+    assert sorted(c for c, _ in codes) == [0, 3], codes
+    winner = "a" if codes[0][0] == 0 else "b"
+    loser = "b" if winner == "a" else "a"
+    got = bucket.contents()
+    assert got["projects/case1/notes.md"][0] == b"# notes\n" + winner.upper().encode() + b"\n"
+    assert f"projects/case1/{winner}.txt" in got and f"projects/case1/{loser}.txt" not in got
+    assert [k for k in server.objects(bucket.name) if k.startswith(".roscoe/")] == []  # the lease is released
+
+
+def test_a_stale_lease_is_taken_over_only_after_it_expires(groscoe: Roscoe, bucket: Bucket) -> None:
+    tx = begin_and_run(groscoe, bucket, "printf 'x\\n' > case1/x.txt")
+    from cowfs.gcs import GcsTarget
+
+    lease_key = GcsTarget(bucket.url).lease_key()
+    holder = {"owner": "other-vm.42", "tx": "0000", "expires_ns": time.time_ns() + 3_000_000_000}
+    bucket.server.put(bucket.name, lease_key, json.dumps(holder).encode(), {"roscoe_lease": "1"}, "application/json")
+    done = groscoe("tx", "commit", tx, "--yes", env={"ROSCOE_GCS_LEASE_WAIT": "0.5"})
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.decode().startswith(f"roscoe: error: {bucket.url} is being committed to by other-vm.42")
+    started = time.monotonic()
+    done = groscoe("tx", "commit", tx, "--yes")  # waits for the expiry, then takes it over
+    assert done.returncode == 0, done.stderr
+    assert bucket.contents()["projects/case1/x.txt"][0] == b"x\n"
+    assert time.monotonic() - started < 20
+
+
+def test_rollback_restores_objects_and_metadata_exactly(groscoe: Roscoe, bucket: Bucket) -> None:
+    before = contents_with_types(bucket)
+    tx = begin_and_run(groscoe, bucket, SCRIPT)
+    assert groscoe("tx", "commit", tx, "--yes").returncode == 0
+    after = contents_with_types(bucket)
+    bucket.put("projects/case3/deep/new.txt", b"edited later\n")
+    done = groscoe("tx", "rollback", tx, "--yes")
+    assert done.returncode == 3, done.stderr
+    assert "case3/deep/new.txt" in done.stderr.decode()
+    done = groscoe("tx", "rollback", tx, "--yes", "--force")
+    assert done.returncode == 0, done.stderr
+    assert contents_with_types(bucket) == before
+    rb = done.stdout.decode().split()[-1]
+    # The rollback is a transaction too: rolling it back brings the commit back (with the later edit).
+    done = groscoe("tx", "rollback", rb, "--yes")
+    assert done.returncode == 0, done.stderr
+    again = contents_with_types(bucket)
+    assert again["projects/case3/deep/new.txt"][0] == b"edited later\n"
+    again.pop("projects/case3/deep/new.txt")
+    after.pop("projects/case3/deep/new.txt")
+    assert again == after
+
+
+def test_no_such_bucket(groscoe: Roscoe, bucket: Bucket) -> None:
+    done = groscoe("tx", "begin", "--root", bucket.root, "--target", "gs://no-such-bucket-here/x")
+    assert done.returncode == 1
+    assert done.stderr.decode() == (
+        "roscoe: error: gs://no-such-bucket-here/x: bucket no-such-bucket-here does not exist"
+        " (or these credentials cannot see it)\n")
+
+
+def test_unreachable_api(groscoe: Roscoe, bucket: Bucket) -> None:
+    port = free_port()
+    done = groscoe("tx", "begin", "--root", bucket.root, "--target", bucket.url,
+                   env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"})
+    assert done.returncode == 1
+    err = done.stderr.decode()
+    assert err.startswith(f"roscoe: error: {bucket.url}: cannot reach the GCS API at http://127.0.0.1:{port} ("), err
+    assert len(err.splitlines()) == 1
+
+
+def test_no_credentials(roscoe: Roscoe, bucket: Bucket, tmp_path: Path) -> None:
+    env = {k: v for k, v in roscoe.env.items() if k not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), GCE_METADATA_HOST="127.0.0.1:1",
+               GCE_METADATA_IP="127.0.0.1:1", NO_GCE_CHECK="true")
+    done = subprocess.run([sys.executable, "-m", "cli.main", "tx", "begin", "--root", str(bucket.root),
+                           "--target", bucket.url], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.decode().startswith(f"roscoe: error: {bucket.url}: no Google credentials found (")
+
+
+def test_bad_target_url_is_a_usage_error(groscoe: Roscoe, bucket: Bucket) -> None:
+    done = groscoe("tx", "begin", "--root", bucket.root, "--target", "s3://x/y")
+    assert done.returncode == 2
+    assert done.stderr.decode() == "roscoe: error: target 's3://x/y': expected a URL gs://BUCKET[/PREFIX]\n"
+
+
+def test_tx_run_commit_honours_the_config_target(groscoe: Roscoe, bucket: Bucket, home: Path) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(f'[roots."{bucket.root}"]\ntarget = "{bucket.url}"\n')
+    done = groscoe("tx", "run", "--root", bucket.root, "--commit", "--yes", "--", "sh", "-c",
+                   "printf 'via config\\n' > case2/cfg.txt", cwd=bucket.root)
+    assert done.returncode == 0, done.stderr
+    tx = done.stderr.decode().splitlines()[0].split()[-1]
+    assert json.loads(groscoe("tx", "show", tx, "--json").stdout)["target"] == bucket.url
+    assert bucket.contents()["projects/case2/cfg.txt"][0] == b"via config\n"
