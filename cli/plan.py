@@ -1,0 +1,81 @@
+"""``roscoe tx plan``: read the plan, call ``journal.planning``, render."""
+
+from __future__ import annotations
+
+import sys
+
+from cli.errors import say
+from cowfs.errors import UsageError
+
+
+def read_plan(source: str) -> bytes:
+    """The plan's bytes from a file, or from standard input for ``-``."""
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(source, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise UsageError(detail=f"plan {source}: {e.strerror or e}") from None
+
+
+def execute(
+    source: str | None, *, tx: str | None = None, root: str | None = None, dry_run: bool = False,
+    json_: bool = False, schema: bool = False,
+) -> int:
+    from cowfs.plan import load, schema_text
+
+    if schema:
+        sys.stdout.write(schema_text())
+        return 0
+    if source is None:
+        raise UsageError(detail="tx plan: no PLAN given (a JSON file, or - for standard input)")
+    plan = load(read_plan(source))
+    from cli.run import default_root
+    from cli.state import open_workspace
+    from journal import planning
+
+    if tx is None:
+        root = default_root(root)
+    ws = open_workspace()
+    try:
+        if dry_run:
+            return _dry_run(planning.dry_run(ws, plan, tx=tx if tx is None else ws.get(tx).id, root=root), json_)
+        began: list[str] = []
+
+        def opened(record) -> None:  # type: ignore[no-untyped-def]
+            say(f"tx {record.id}")
+            if tx is None:
+                began.append(record.id)
+
+        try:
+            result = planning.stage(ws, plan, tx=tx, root=root, message=f"tx plan {source}", on_begin=opened)
+        except BaseException:
+            for tx_id in began:
+                say(f"tx {tx_id} aborted: it was opened for this plan")
+            raise
+    finally:
+        ws.close()
+    from cli import render
+
+    if json_:
+        render.json_out(result.to_json())
+    elif result.began:
+        print(result.tx)
+    counts = result.changes.counts()
+    staged = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n) or "no changes"
+    say(f"tx {result.tx}: plan of {result.ops} ops staged; the transaction now stages {staged}"
+        f" ({result.backend}); review: roscoe tx diff {result.tx}")
+    return 0
+
+
+def _dry_run(outcome, json_: bool) -> int:  # type: ignore[no-untyped-def]
+    from cli import render
+
+    if json_:
+        render.json_out(outcome.changes.to_json(outcome.tx))
+    else:
+        render.diff(outcome.tx or "(new)", outcome.changes)
+    whose = f"tx {outcome.tx}" if outcome.tx else f"a new transaction over {outcome.root}"
+    say(f"dry run: nothing was staged; that is the diff {whose} would have after the plan's {outcome.ops} ops")
+    return 0
