@@ -46,6 +46,7 @@ SYMLINK_KEY = "gcsfuse_symlink_target"
 MTIME_KEYS = ("gcsfuse_mtime", "mtime")
 DEFAULT_TYPE = "application/octet-stream"
 LEASE_DIR = ".roscoe/leases"
+LIST_OVER = 8  # keys in one directory from which one listing beats a GET each
 
 
 class GcsError(RoscoeError):
@@ -244,15 +245,55 @@ class GcsTarget:
         return state_of(json.loads(body))
 
     def stat_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+        """The state of every key: one listing per directory that holds many of
+        them (a key ``d/x/`` listed as a prefix only is looked up alone), one
+        GET per key elsewhere."""
         keys = sorted(set(keys))
         if not keys:
             return {}
+        groups: dict[str, list[str]] = {}
+        for k in keys:
+            groups.setdefault(k.rstrip("/").rpartition("/")[0], []).append(k)
 
-        async def all_of() -> list[dict[str, Any] | None]:
+        async def all_of() -> dict[str, dict[str, Any] | None]:
             await self._check()
-            return await self.gather([lambda k=k: self.stat(k) for k in keys])
+            found: dict[str, dict[str, Any] | None] = {}
+            alone = [k for d, ks in groups.items() if len(ks) < LIST_OVER for k in ks]
+            listed = await self.gather([lambda d=d: self.list_dir(d) for d, ks in groups.items() if len(ks) >= LIST_OVER])
+            for items, prefixes in listed:
+                for k in (k for d, ks in groups.items() if len(ks) >= LIST_OVER for k in ks):
+                    if k in items:
+                        found[k] = items[k]
+                    elif k.endswith("/") and k in prefixes:
+                        alone.append(k)
+                    elif not k.endswith("/") or k not in prefixes:
+                        found.setdefault(k, None)
+            alone = sorted(set(alone))
+            for k, s in zip(alone, await self.gather([lambda k=k: self.stat(k) for k in alone])):
+                found[k] = s
+            return found
 
-        return dict(zip(keys, self.run(all_of())))
+        found = self.run(all_of())
+        return {k: found.get(k) for k in keys}
+
+    async def list_dir(self, directory: str) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
+        """The objects directly in ``directory`` (by key) and the sub-prefixes below it."""
+        prefix = directory + "/" if directory else ""
+        items: dict[str, dict[str, Any] | None] = {}
+        prefixes: set[str] = set()
+        token = None
+        while True:
+            params = {"prefix": prefix, "delimiter": "/", "maxResults": 1000}
+            if token:
+                params["pageToken"] = token
+            _, body = await self.request("GET", f"b/{quote(self.bucket, safe='')}/o", params=params)
+            page = json.loads(body)
+            for obj in page.get("items", []):
+                items[obj["name"]] = state_of(obj)
+            prefixes.update(page.get("prefixes", []))
+            token = page.get("nextPageToken")
+            if not token:
+                return items, prefixes
 
     def generations(self, keys: Iterable[str]) -> dict[str, int]:
         """The current generation of each key (0: no such object)."""
