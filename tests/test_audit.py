@@ -368,3 +368,20 @@ def test_a_version_2_journal_moves_its_events_into_the_chain(roscoe: Roscoe, roo
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'events'").fetchone()[0] == 0
     db.close()
+
+
+def test_a_forged_approval_row_is_found_by_verify(roscoe: Roscoe, root: Path, home: Path) -> None:
+    # The approvals table is not chained and has no triggers: a row written
+    # there by hand lets a commit through. The trail has no approve event for
+    # it, and verify must say so (as it does for a missing begin or commit).
+    write_config(home, "[approval]\nwhen_deleting = true\n")
+    tx = staged(roscoe, root, "rm case1/old.tmp")
+    h = diff_hash(roscoe, tx)
+    db = journal(home)
+    db.execute("INSERT INTO approvals (tx, kind, diff_hash, approver, time_ns, after_run)"
+               " VALUES (?, 'approved', ?, 'Jane Partner', ?, 1)", (tx, h, time.time_ns()))
+    db.close()
+    committed(roscoe, tx)
+    assert [e["kind"] for e in audit(roscoe, "--tx", tx)["events"]].count("approve") == 0
+    problems = audit_problems(roscoe)
+    assert any(tx in p and "approv" in p for p in problems), problems
