@@ -566,3 +566,36 @@ def rollback(ws: Workspace, target_tx: TxRecord, *, force: bool = False) -> TxRe
     done = ws.journal.get_tx(tx.id)
     assert done is not None
     return done
+
+
+# -- verify ------------------------------------------------------------------------
+
+
+def verify_objects(
+    ws: Workspace, latest: dict[tuple[str, str], tuple[str, Entry | None]], in_buckets: dict[str, TxRecord],
+) -> list[tuple[str, str | None, str | None, str]]:
+    """``roscoe verify`` for paths a GCS transaction wrote last: each object is
+    still at the generation that transaction journaled (read through the API,
+    not the mount, whose cache may lag). Problems as (kind, tx, path, detail)."""
+    problems: list[tuple[str, str | None, str | None, str]] = []
+    by_tx: dict[str, list[str]] = {}
+    for (_, path), (tx_id, _) in latest.items():
+        if tx_id in in_buckets:
+            by_tx.setdefault(tx_id, []).append(path)
+    for tx_id, paths in sorted(by_tx.items()):
+        tx = in_buckets[tx_id]
+        target = GcsTarget(tx.target)
+        wanted = set(paths)
+        rows = [r for r in ws.journal.changes(tx_id) if r.path in wanted]
+        expect = {(r.path, op["key"]): (r.results or {}).get(op["key"]) for r in rows for op in r.objects or []}
+        try:
+            now = target.stat_many(k for _, k in expect)
+        except RoscoeError as e:
+            problems.append(("live", tx_id, None, e.message))
+            continue
+        for (path, key), generation in sorted(expect.items()):
+            have = now[key]["generation"] if now.get(key) else 0
+            if have != generation:
+                problems.append(("live", tx_id, path, f"{tx.target}: object {key} is at generation {have}, "
+                                 f"tx {tx_id} wrote {generation}"))
+    return problems

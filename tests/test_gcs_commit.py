@@ -149,6 +149,13 @@ def test_commit_writes_objects_as_gcsfuse_lays_them_out(groscoe: Roscoe, bucket:
     kinds = [e["kind"] for e in json.loads(groscoe("audit", "--json").stdout)["events"] if e.get("tx") == tx]
     assert {"gcs-lease-acquire", "gcs-apply", "commit", "gcs-lease-release"} <= set(kinds)
     assert groscoe("recover").returncode == 0
+    # verify reads generations through the API: a later write elsewhere is found.
+    assert groscoe("verify").returncode == 0
+    bucket.put("projects/case1/notes.md", b"someone else\n")
+    done = groscoe("verify", "--json")
+    assert done.returncode == 1
+    assert [(p["kind"], p["tx"], p["path"]) for p in json.loads(done.stdout)["problems"]] == [
+        ("live", tx, "case1/notes.md")]
 
 
 def test_object_changed_before_commit_is_a_conflict(groscoe: Roscoe, bucket: Bucket) -> None:
