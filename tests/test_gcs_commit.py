@@ -176,3 +176,20 @@ def test_object_created_under_an_added_path_is_a_conflict(groscoe: Roscoe, bucke
     done = groscoe("tx", "commit", tx, "--yes")
     assert done.returncode == 3, done.stderr
     assert bucket.contents()["projects/case1/new.txt"][0] == b"theirs\n"
+
+
+def test_a_local_root_never_imports_gcsfs(root: Path, home: Path) -> None:
+    code = (
+        "import sys\n"
+        "from journal import Workspace\n"
+        "from journal.commit import commit\n"
+        f"ws = Workspace.open({str(home)!r})\n"
+        f"tx = ws.begin({str(root)!r})\n"
+        "ws.run(tx.id, ['sh', '-c', 'echo x > case1/x.txt'])\n"
+        "commit(ws, tx.id)\n"
+        "assert not [m for m in sys.modules if m.startswith(('gcsfs', 'cowfs.gcs', 'journal.gcs'))], sorted(sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr
+    assert (root / "case1/x.txt").read_bytes() == b"x\n"
