@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 tx_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None,
-    help="Transactions: begin, run, shell, diff, show, list, commit, rollback, log, abort.",
+    help="Transactions: begin, run, shell, diff, show, list, approve, commit, rollback, log, abort.",
 )
 app.add_typer(tx_app, name="tx")
 
@@ -53,13 +53,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 def tx_begin(
     root: RootOpt = None,
     message: Annotated[Optional[str], typer.Option("-m", "--message", metavar="MSG", help="What the transaction is for.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", metavar="URL", help="Commit through the GCS API to gs://BUCKET/PREFIX (the root is its mount); default: the config's [roots] target.")] = None,
 ) -> int:
     """Open a transaction over the root; print only its id."""
     from cli.run import default_root
 
     ws = workspace()
     try:
-        tx = ws.begin(default_root(root), message)
+        tx = ws.begin(default_root(root), message, target)
     finally:
         ws.close()
     print(tx.id)
@@ -69,14 +70,28 @@ def tx_begin(
 RUN_CONTEXT = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 
 
+NetworkOpt = Annotated[str, typer.Option("--network", metavar="on|off", help="Give the run the host's network (on) or only a private loopback (off).")]
+TimeoutOpt = Annotated[Optional[str], typer.Option("--timeout", metavar="SECONDS", help="Kill every process of the run after this long (exit 124).")]
+MemoryOpt = Annotated[Optional[str], typer.Option("--memory", metavar="SIZE", help="Memory limit of the whole run, e.g. 512M or 2G (a cgroup; else RLIMIT_AS per process, with a warning).")]
+PidsOpt = Annotated[Optional[str], typer.Option("--pids", metavar="N", help="At most N processes at once in the run (needs a cgroup).")]
+EnvOpt = Annotated[Optional[list[str]], typer.Option("--env", metavar="KEY=VAL", help="Set a variable in the run's environment (repeatable).")]
+CleanEnvOpt = Annotated[bool, typer.Option("--clean-env", help="Pass only PATH, HOME, LANG and TERM of roscoe's environment (plus --env).")]
+WritableOpt = Annotated[Optional[list[str]], typer.Option("--writable", metavar="PATH", help="Let the run write PATH, outside the root, for real (repeatable).")]
+
+
 @tx_app.command("run", context_settings=RUN_CONTEXT)
 def tx_run(
     command: Annotated[list[str], typer.Argument(metavar="-- CMD [ARG...]", help="The command to run in the overlay.")],
     tx: TxOpt = None,
     root: RootOpt = None,
     message: Annotated[Optional[str], typer.Option("-m", "--message", metavar="MSG", help="Message of the new transaction.")] = None,
-    network: Annotated[str, typer.Option("--network", metavar="on|off", help="Give the run the host's network (on) or none (off).")] = "on",
-    timeout: Annotated[Optional[str], typer.Option("--timeout", metavar="SECONDS", help="Kill every process of the run after this long (exit 124).")] = None,
+    network: NetworkOpt = "on",
+    timeout: TimeoutOpt = None,
+    memory: MemoryOpt = None,
+    pids: PidsOpt = None,
+    env: EnvOpt = None,
+    clean_env: CleanEnvOpt = False,
+    writable: WritableOpt = None,
     report: Annotated[Optional[str], typer.Option("--report", metavar="FILE", help="Write the run's JSON report to FILE.")] = None,
     commit: Annotated[bool, typer.Option("--commit", help="Commit afterwards when CMD exited 0 (asks first on a terminal).")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="With --commit: do not ask.")] = False,
@@ -88,18 +103,58 @@ def tx_run(
     roscoe's own failures exit 125, a CMD that cannot be invoked 126, not found 127.
     """
     try:
-        return execute(RunArgs(tx, root, message, network, timeout, report, command, commit, yes))
+        return execute(RunArgs(
+            tx, root, message, network, timeout, report, command, commit, yes,
+            memory=memory, pids=pids, env=env, clean_env=clean_env, writable=writable,
+        ))
     except RoscoeError as e:
         return fail(e, in_run=True)
 
 
 @tx_app.command("shell")
-def tx_shell(tx: TxOpt = None, root: RootOpt = None) -> int:
-    """An interactive shell ($SHELL) inside the transaction's staged overlay."""
+def tx_shell(
+    tx: TxOpt = None,
+    root: RootOpt = None,
+    network: NetworkOpt = "on",
+    timeout: TimeoutOpt = None,
+    memory: MemoryOpt = None,
+    pids: PidsOpt = None,
+    env: EnvOpt = None,
+    clean_env: CleanEnvOpt = False,
+    writable: WritableOpt = None,
+) -> int:
+    """An interactive shell ($SHELL) inside the transaction's staged overlay.
+
+    Its prompt names the transaction (roscoe:ID$); the run's options are tx run's.
+    """
     try:
-        return execute(RunArgs(tx=tx, root=root, command=shell_command()), interactive=True)
+        return execute(RunArgs(
+            tx=tx, root=root, network=network, timeout=timeout, command=shell_command(),
+            memory=memory, pids=pids, env=env, clean_env=clean_env, writable=writable,
+        ), interactive=True)
     except RoscoeError as e:
         return fail(e, in_run=True)
+
+
+@tx_app.command("plan")
+def tx_plan(
+    plan: Annotated[Optional[str], typer.Argument(metavar="PLAN", help="The plan: a JSON file, or - for standard input.")] = None,
+    tx: TxOpt = None,
+    root: RootOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff the transaction would have after the plan; stage nothing.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON: the dry run's diff, or what was staged.")] = False,
+    schema: Annotated[bool, typer.Option("--schema", help="Print the plan's JSON Schema and exit.")] = False,
+) -> int:
+    """Stage a JSON plan of file operations (mkdir, move, copy, rename, delete,
+    write) into a transaction (a new one without --tx, whose id is printed).
+
+    The whole plan is checked before any op runs; a plan that is malformed,
+    names a path outside the root, or fails at an op exits 2 naming the op,
+    and stages nothing. See roscoe-plan(5) for the format.
+    """
+    from cli.plan import execute as plan_execute
+
+    return plan_execute(plan, tx=tx, root=root, dry_run=dry_run, json_=json_, schema=schema)
 
 
 @tx_app.command("diff")
@@ -156,12 +211,32 @@ def tx_list(
     try:
         records = ws.list(state)
         runs = ws.run_counts()
+        approvals = ws.approval_states()
     finally:
         ws.close()
     if json_:
-        render.json_out([dict(r.to_json(), runs=runs.get(r.id, 0)) for r in records])
+        render.json_out([dict(r.to_json(), runs=runs.get(r.id, 0), approval=approvals.get(r.id)) for r in records])
     else:
-        render.tx_list(records, runs)
+        render.tx_list(records, runs, approvals)
+    return 0
+
+
+@tx_app.command("approve")
+def tx_approve(
+    tx: TxId,
+    diff_hash: Annotated[str, typer.Option("--hash", metavar="DIFF_HASH", help="The diff_hash you reviewed (from `tx diff ID --json` or `tx show ID`).")],
+    by: Annotated[Optional[str], typer.Option("--by", metavar="NAME", help="Who approves (default: the login user).")] = None,
+) -> int:
+    """Approve the transaction's exact diff: a commit goes through only while
+    the diff still hashes to DIFF_HASH and no run has happened since."""
+    from journal.approval import approve
+
+    ws = workspace()
+    try:
+        record = approve(ws, tx, diff_hash, by)
+    finally:
+        ws.close()
+    say(f"tx {record.tx} approved by {record.approver} for diff {record.diff_hash}; any later run voids it")
     return 0
 
 
@@ -237,6 +312,34 @@ def tx_log(json_: JsonOpt = False) -> int:
         render.json_out([dict(r.to_json(), changes=counts[r.id]) for r in records])
     else:
         render.log(records, counts)
+    return 0
+
+
+@app.command("audit")
+def audit_cmd(
+    tx: Annotated[Optional[str], typer.Option("--tx", metavar="ID", help="Only the events of this transaction.")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", metavar="TIME", help="Only events at or after TIME: ISO 8601 (UTC unless an offset is given) or an age such as 30m, 12h, 7d.")] = None,
+    json_: JsonOpt = False,
+) -> int:
+    """The audit trail: every begin, run, diff shown, approval, refusal, commit,
+    abort, rollback and recovery, oldest first, each hash-chained to the one before."""
+    from journal.audit import parse_since
+
+    since_ns = parse_since(since) if since is not None else None
+    ws = workspace()
+    try:
+        tx_id = ws.get(tx).id if tx is not None else None
+        events = ws.journal.audit_events(tx_id, since_ns)
+        head = ws.journal.audit_head()
+    finally:
+        ws.close()
+    if json_:
+        render.json_out({
+            "head": {"seq": head[0], "hash": head[1]} if head else None,
+            "events": [e.to_json() for e in events],
+        })
+    else:
+        render.audit(events, head)
     return 0
 
 

@@ -163,7 +163,24 @@ def show(view: TxView) -> None:
     ]
     if view.changes is not None:
         rows.append(("diff", summary_line(view.changes)))
-    rows.append(("approvals", "none"))
+        rows.append(("diff hash", view.changes.diff_hash))
+    verdict = view.policy
+    if verdict is not None:
+        for v in verdict.refusals:
+            rows.append(("refused", str(v)))
+        if verdict.approved_by:
+            rows.append(("approval", f"approved by {verdict.approved_by} for this exact diff"))
+        elif verdict.needed:
+            state = "pending (requested)" if verdict.pending else "needed"
+            rows.append(("approval", f"{state}: " + "; ".join(verdict.reasons)))
+            if view.changes is not None:
+                rows.append(("approve with", f"roscoe tx approve {r.id} --hash {view.changes.diff_hash}"))
+        else:
+            rows.append(("approval", "not needed"))
+    for a in view.approvals:
+        label = "approved" if a.kind == "approved" else "requested"
+        who = f" by {a.approver}" if a.approver else ""
+        rows.append((label, f"{when(a.time_ns)}{who} for diff {a.diff_hash}"))
     grid = Table.grid(padding=(0, 2))
     for key, value in rows:
         grid.add_row(Text(key, style="bold"), Text(value))
@@ -182,17 +199,56 @@ def show(view: TxView) -> None:
         out.print(table)
 
 
-def tx_list(records: list[TxRecord], runs: dict[str, int]) -> None:
+def tx_list(records: list[TxRecord], runs: dict[str, int], approvals: dict[str, str]) -> None:
     out = console()
     if not records:
         out.print("no transactions")
         return
     table = Table(box=None)
-    for col in ("tx", "state", "created", "runs", "root", "message"):
+    for col in ("tx", "state", "approval", "created", "runs", "root", "message"):
         table.add_column(col, overflow="fold")
     for r in records:
-        table.add_row(r.id, r.state, when(r.created_ns), str(runs.get(r.id, 0)), display_path(r.root), r.message or "")
+        table.add_row(r.id, r.state, approvals.get(r.id, ""), when(r.created_ns), str(runs.get(r.id, 0)),
+                      display_path(r.root), r.message or "")
     out.print(table)
+
+
+def audit(events: list[Any], head: tuple[int, str] | None) -> None:
+    out = console()
+    if not events:
+        out.print("no audit events")
+        return
+    table = Table(box=None)
+    for col in ("#", "time (UTC)", "user@host", "pid", "tx", "event", "detail"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        table.add_row(str(e.seq), e.to_json()["time"][:19].replace("T", " "), f"{e.user}@{e.host}", str(e.pid),
+                      e.tx or "", e.kind, audit_detail(e.kind, e.to_json()["detail"]))
+    out.print(table)
+    if head is not None:
+        out.print(f"head: event {head[0]}, sha256 {head[1]}")
+
+
+def audit_detail(kind: str, d: dict[str, Any]) -> str:
+    """One readable line of an event's detail."""
+    if kind in ("run", "run-start"):
+        text = shlex.join(d.get("argv", []))
+        if "exit_code" in d:
+            text += f"  -> exit {d['exit_code']}, {d.get('changes')} changes"
+        return display_path(text)
+    if kind == "approve":
+        return f"{d.get('approver')} approved diff {d.get('diff_hash')}"
+    if kind in ("commit", "rollback"):
+        who = f", approved by {d['approved_by']}" if d.get("approved_by") else ""
+        undo = f", undoing {d['rolls_back']}" if d.get("rolls_back") else ""
+        return f"{d.get('changes')} changes, diff {d.get('diff_hash')}{who}{undo}"
+    if kind == "refuse":
+        rules = d.get("violations") or d.get("reasons") or []
+        shown = "; ".join(" ".join(filter(None, (r.get("path"), r["rule"]))) if isinstance(r, dict) else str(r) for r in rules)
+        return f"{d.get('reason')}: {shown}".rstrip(": ")
+    if kind == "begin":
+        return display_path(d.get("root") or "") + (f"  {d['message']}" if d.get("message") else "")
+    return ", ".join(f"{k}={v}" for k, v in d.items() if v is not None)
 
 
 def confirm(question: str) -> bool:
@@ -234,7 +290,7 @@ def log(records: list[TxRecord], counts: dict[str, int]) -> None:
 def verify(report: Any) -> None:
     out = console()
     checked = report.checked
-    summary = f"checked {checked['transactions']} committed transactions, {checked['blobs']} blobs, {checked['paths']} live paths"
+    summary = f"checked {checked['transactions']} committed transactions, {checked['blobs']} blobs, {checked['paths']} live paths, {checked['audit_events']} audit events"
     if report.ok:
         out.print(f"ok: {summary}")
         return

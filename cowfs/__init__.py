@@ -11,5 +11,9 @@ from cowfs.changeset import Change, ChangeSet, Unsupported, compare
 from cowfs.entry import Entry
 from cowfs.errors import ExitCode, RoscoeError
 from cowfs.home import Home
+from cowfs.plan import Plan, PlanError
 
-__all__ = ["Change", "ChangeSet", "Entry", "ExitCode", "Home", "RoscoeError", "Unsupported", "compare"]
+__all__ = [
+    "Change", "ChangeSet", "Entry", "ExitCode", "Home", "Plan", "PlanError", "RoscoeError", "Unsupported",
+    "compare",
+]

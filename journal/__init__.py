@@ -14,4 +14,19 @@ from __future__ import annotations
 from journal.store import Journal, RunRecord, TxRecord
 from journal.workspace import Workspace, RunResult
 
-__all__ = ["Journal", "RunRecord", "RunResult", "TxRecord", "Workspace"]
+# The agent API (journal.api: begin, run, stage_plan, diff, commit, abort, ...)
+# is re-exported lazily: ``tx run`` imports journal and must stay light.
+_API = ("api", "begin", "run", "stage_plan", "dry_run_plan", "validate_plan", "plan_schema",
+        "diff", "show", "commit", "abort", "PlanResult", "DryRun")
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        import importlib
+
+        api = importlib.import_module("journal.api")
+        return api if name == "api" else getattr(api, name)
+    raise AttributeError(f"module 'journal' has no attribute {name!r}")
+
+
+__all__ = ["Journal", "RunRecord", "RunResult", "TxRecord", "Workspace", *_API]

@@ -2,7 +2,9 @@
 at once or not at all.
 
 1. lock the root (one committer per root);
-2. refuse what can never be committed (fifos, sockets, devices);
+2. policy (``journal.approval``): refuse what can never be committed
+   (special files, setuid bits, denied paths, limits) and what needs an
+   approval bound to this diff hash that it does not have (exit 4);
 3. conflict check: every changed live path still matches the base recorded
    when the last run ended (exit 3, nothing written);
 4. images: the old bytes of every changed file (read once, and checked
@@ -31,12 +33,17 @@ from cowfs import durable
 from cowfs.changeset import ChangeSet
 from cowfs.converge import converge, remove_temps
 from cowfs.entry import FILE, Entry
-from cowfs.errors import CommitFailed, Conflict, Refused, RoscoeError
+from cowfs.errors import CommitFailed, Conflict, RoscoeError
 from cowfs.stagers import Stager
+from journal.approval import ApprovalNeeded, enforce, requested
 from journal.blobs import BlobCorrupt, BlobStore
 from journal.faults import checkpoint
 from journal.rootlock import root_lock
 from journal.store import ChangeRow, Journal, TxRecord
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from journal.workspace import Workspace
 
 Progress = Callable[[int, int], None]
 
@@ -149,25 +156,35 @@ def same_state(a: Entry | None, b: Entry | None) -> bool:
         a.type == "dir" or a.mtime_ns == b.mtime_ns)
 
 
-def commit(ws: object, ref: str, *, progress: Progress | None = None) -> TxRecord:
+def commit(ws: Workspace, ref: str, *, progress: Progress | None = None) -> TxRecord:
     """Commit an open transaction; returns its record, now `committed`."""
-    from journal.workspace import Workspace
-
-    assert isinstance(ws, Workspace)
     tx = ws.get(ref)
     ws.require_open(tx, "commit")
     blobs = blob_store(ws.home.path)
+    try:
+        if tx.target:
+            from journal.gcs_commit import commit_locked as commit_to_bucket
+
+            commit_to_bucket(ws, tx, blobs)
+        else:
+            _commit_locked(ws, tx, blobs, progress)
+    except ApprovalNeeded as needed:
+        raise requested(ws.journal, needed) from None
+    done = ws.journal.get_tx(tx.id)
+    assert done is not None
+    return done
+
+
+def _commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore, progress: Progress | None) -> None:
     with ws.locked(tx, exclusive=True), root_lock(ws.home.path, tx.root):
         tx = ws.get(tx.id)
         ws.require_open(tx, "commit")
         stager = ws.stager(tx)
         changes = ws._compare(tx, stager)
-        if changes.unsupported:
-            odd = ", ".join(f"{u.path} ({u.type})" for u in changes.unsupported)
-            raise Refused(tx=tx.id, reason=f"special files can never be committed: {odd}")
+        enforce(ws.journal, tx, changes, ws.config())
         moved = check_bases(changes, ws.journal.bases(tx.id))
         if moved:
-            raise Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved))
+            raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved)))
         checkpoint("before-images")
         links = ws.home.linked_images(tx.id)
         release_links(blobs, stager, links)
@@ -175,7 +192,10 @@ def commit(ws: object, ref: str, *, progress: Progress | None = None) -> TxRecor
             [[c.path, c.new.hash] for c in changes.changes if c.new is not None and c.new.type == FILE],
             ensure_ascii=True).encode()]), mode=0o600)
         try:
-            rows = store_images(blobs, tx, stager, changes)
+            try:
+                rows = store_images(blobs, tx, stager, changes)
+            except Conflict as e:
+                raise logged(ws.journal, e) from None
             checkpoint("after-images")
             known = {c.path: c.old for c in changes.changes}
             apply_journaled(
@@ -186,9 +206,12 @@ def commit(ws: object, ref: str, *, progress: Progress | None = None) -> TxRecor
         if stager is not None:
             stager.discard()
         ws.remove_tx_dir(tx.id)
-    done = ws.journal.get_tx(tx.id)
-    assert done is not None
-    return done
+
+
+def logged(journal: Journal, conflict: Conflict) -> Conflict:
+    """Journal a conflict in the audit trail, and hand it back to be raised."""
+    journal.log_event(conflict.fields.get("tx"), "conflict", {"error": conflict.message})  # type: ignore[arg-type]
+    return conflict
 
 
 def store_images(blobs: BlobStore, tx: TxRecord, stager: object, changes: ChangeSet) -> list[ChangeRow]:

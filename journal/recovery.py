@@ -45,7 +45,12 @@ def recover(ws: object) -> list[Recovered]:
             blobs = blob_store(ws.home.path)
             ws.journal.log_event(tx.id, "recover-start", {"paths": len(rows)})
             checkpoint("recover-start")
-            problem = undo(ws.journal, blobs, current, rows)
+            if current.target:
+                from journal.gcs_commit import recover_one
+
+                problem = recover_one(ws, current, rows)
+            else:
+                problem = undo(ws.journal, blobs, current, rows)
             if problem is not None:
                 raise RecoveryFailed(tx=tx.id, reason=problem)
             release_links(blobs, ws.stager(current), ws.home.linked_images(tx.id))

@@ -29,7 +29,7 @@ class ImagesDropped(RoscoeError):
 
 def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxRecord:  # type: ignore[no-untyped-def]
     """Roll back the committed transaction ``ref``; returns the new rollback transaction."""
-    from journal.commit import apply_journaled, blob_store, capture_old
+    from journal.commit import apply_journaled, blob_store, capture_old, logged
     from journal.workspace import Workspace, new_record
 
     assert isinstance(ws, Workspace)
@@ -38,6 +38,10 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
         raise TransactionState(tx=target.id, state=target.state, action="rollback")
     if target.images_dropped:
         raise ImagesDropped(tx=target.id)
+    if target.target:
+        from journal.gcs_commit import rollback as rollback_in_bucket
+
+        return rollback_in_bucket(ws, target, force=force)
     if not os.path.isdir(target.root):
         raise RootError(root=target.root, reason="no longer exists")
     blobs = blob_store(ws.home.path)
@@ -48,16 +52,16 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
         if moved and not force:
             later = ws.journal.later_commits_touching(target, moved)
             since = f" (changed since by {', '.join(later)})" if later else ""
-            raise Conflict(
+            raise logged(ws.journal, Conflict(
                 what=f"rollback of {target.id} refused (--force overrides)", tx=target.id,
                 paths=", ".join(moved) + since,
-            )
+            ))
         blocked = obstacles(target.root, [(r.path, r.old) for r in written])
         if blocked:
-            raise Conflict(
+            raise logged(ws.journal, Conflict(
                 what=f"rollback of {target.id} refused: it would have to touch paths it never wrote",
                 tx=target.id, paths=", ".join(blocked),
-            )
+            ))
         for r in written:
             if r.old is not None and r.old.type == FILE and not blobs.has(r.old_blob or ""):
                 raise BlobCorrupt(digest=r.old_blob, problem="missing", store=blobs.root)

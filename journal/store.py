@@ -12,15 +12,18 @@ import os
 import sqlite3
 import time
 from collections import namedtuple
+from collections.abc import Iterator
 
 from cowfs.entry import Entry
 from cowfs.errors import RoscoeError, StateDirError
+from journal import audit
+from journal.audit import SCHEMA as AUDIT_SCHEMA
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 SCHEMA = [
     # version 1
@@ -85,6 +88,37 @@ SCHEMA = [
         detail TEXT
     );
     """,
+    # version 3: the hash-chained audit trail (journal.audit; the version 2
+    # events move into it) and approvals bound to a diff hash.
+    AUDIT_SCHEMA + """
+    CREATE TABLE approvals (
+        id INTEGER PRIMARY KEY,
+        tx TEXT NOT NULL REFERENCES transactions (id),
+        kind TEXT NOT NULL CHECK (kind IN ('requested', 'approved')),
+        diff_hash TEXT NOT NULL,
+        approver TEXT,
+        time_ns INTEGER NOT NULL,
+        after_run INTEGER NOT NULL,
+        notified INTEGER
+    );
+    CREATE INDEX approvals_tx ON approvals (tx);
+    CREATE TRIGGER approvals_append_only_update BEFORE UPDATE ON approvals
+    BEGIN SELECT RAISE(ABORT, 'approvals are append-only'); END;
+    CREATE TRIGGER approvals_append_only_delete BEFORE DELETE ON approvals
+    BEGIN SELECT RAISE(ABORT, 'approvals are append-only'); END;
+    """,
+    # version 4: GCS targets (journal.gcs_commit). `target` is gs://BUCKET/PREFIX
+    # for a root committed through the API; `bases.generations` the object
+    # generations seen when the last run ended, {key: generation, 0: absent};
+    # `changes.generation` the objects each change rewrites, with their old
+    # and new states; `changes.new_generation` {key: generation written, 0:
+    # deleted}, journaled as each batch of conditional ops completes.
+    """
+    ALTER TABLE transactions ADD COLUMN target TEXT;
+    ALTER TABLE bases ADD COLUMN generations TEXT;
+    ALTER TABLE changes ADD COLUMN generation TEXT;
+    ALTER TABLE changes ADD COLUMN new_generation TEXT;
+    """,
 ]
 
 
@@ -104,6 +138,19 @@ def _nearly_full(path: str) -> bool:
     return st.f_bavail * st.f_frsize < (1 << 20)
 
 
+def _statements(script: str) -> Iterator[str]:
+    """The statements of ``script``, split where SQLite says one is complete
+    (a trigger body holds semicolons of its own)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip():
+        yield pending.strip()
+
+
 def now_ns() -> int:
     return time.time_ns()
 
@@ -119,8 +166,8 @@ def _text(blob: bytes) -> str:
 class TxRecord(namedtuple(
     "_TxRecord",
     "id root message state backend user host created_ns updated_ns"
-    " rolls_back committed_ns diff_hash images_dropped",
-    defaults=(None, None, None, 0),
+    " rolls_back committed_ns diff_hash images_dropped target",
+    defaults=(None, None, None, 0, None),
 )):
     """One row of ``transactions``."""
 
@@ -142,6 +189,7 @@ class TxRecord(namedtuple(
             "created_ns": self.created_ns, "updated_ns": self.updated_ns,
             "committed_ns": self.committed_ns, "rolls_back": self.rolls_back,
             "diff_hash": self.diff_hash, "images_dropped": bool(self.images_dropped),
+            "target": self.target,
         }
 
 
@@ -170,8 +218,34 @@ class RunRecord(namedtuple(
         }
 
 
-class ChangeRow(namedtuple("_ChangeRow", "seq path status old new old_blob new_blob")):
-    """One journaled change: a path's state before and after, and the blobs of their bytes."""
+class ApprovalRecord(namedtuple(
+    "_ApprovalRecord", "id tx kind diff_hash approver time_ns after_run notified"
+)):
+    """An approval of one diff hash (``approved``), or a request for one (``requested``).
+    ``after_run`` is the newest run when it was made: a later run voids an approval."""
+
+    __slots__ = ()
+    id: int
+    tx: str
+    kind: str
+    diff_hash: str
+    approver: str | None
+    time_ns: int
+    after_run: int
+    notified: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "diff_hash": self.diff_hash, "by": self.approver,
+                "time_ns": self.time_ns, "after_run": self.after_run,
+                "notified": None if self.notified is None else bool(self.notified)}
+
+
+class ChangeRow(namedtuple(
+    "_ChangeRow", "seq path status old new old_blob new_blob objects results", defaults=(None, None),
+)):
+    """One journaled change: a path's state before and after, and the blobs of their
+    bytes; on a GCS target, the ``objects`` it rewrites and the generations
+    written so far (``results``)."""
 
     __slots__ = ()
     seq: int
@@ -181,6 +255,12 @@ class ChangeRow(namedtuple("_ChangeRow", "seq path status old new old_blob new_b
     new: Entry | None
     old_blob: str | None
     new_blob: str | None
+    objects: list[dict[str, Any]] | None
+    results: dict[str, int] | None
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text else None
 
 
 def _entry(text: str | None) -> Entry | None:
@@ -195,7 +275,7 @@ def _tx(row: sqlite3.Row) -> TxRecord:
     return TxRecord(
         row["id"], _text(row["root"]), row["message"], row["state"], row["backend"],
         row["user"], row["host"], row["created_ns"], row["updated_ns"],
-        row["rolls_back"], row["committed_ns"], row["diff_hash"], row["images_dropped"],
+        row["rolls_back"], row["committed_ns"], row["diff_hash"], row["images_dropped"], row["target"],
     )
 
 
@@ -212,6 +292,7 @@ class Journal:
     def __init__(self, path: str) -> None:
         self.path = path
         self.home = os.path.dirname(path)
+        self.actor = audit.Actor.current()
         try:
             os.makedirs(self.home, mode=0o700, exist_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
@@ -244,10 +325,22 @@ class Journal:
             return
         with self.write():
             for number, script in enumerate(SCHEMA[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
+                for statement in _statements(script):
+                    self.db.execute(statement)
+                if number == 3:
+                    self._start_audit()
                 self.db.execute(f"PRAGMA user_version={number}")
+
+    def _start_audit(self) -> None:
+        """Move the version 2 events into the chain, then mark where the trail
+        starts: transactions created before it have no begin event."""
+        old = self.db.execute("SELECT time_ns, tx, kind, detail FROM events ORDER BY id").fetchall()
+        for time_ns, tx, kind, detail in old:
+            before = audit.Actor("unknown (before the audit trail)", -1, "", 0)
+            audit.append(self.db, before, tx, kind, json.loads(detail or "{}"), time_ns=time_ns)
+        self.db.execute("DROP TABLE events")
+        now = now_ns()
+        audit.append(self.db, self.actor, None, "audit-start", {"since_ns": now, "migrated_events": len(old)}, time_ns=now)
 
     def write(self) -> _WriteTx:
         return _WriteTx(self)
@@ -262,11 +355,16 @@ class Journal:
             self._insert_tx(tx)
 
     def _insert_tx(self, tx: TxRecord) -> None:
+        begun = {"root": tx.root, "message": tx.message, "rolls_back": tx.rolls_back,
+                 "tx_user": tx.user, "tx_host": tx.host}
+        if tx.target:
+            begun["target"] = tx.target
+        self.event(tx.id, "begin", begun)
         self.db.execute(
             "INSERT INTO transactions (id, root, message, state, backend, user, host, created_ns,"
-            " updated_ns, rolls_back) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " updated_ns, rolls_back, target) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (tx.id, _blob(tx.root), tx.message, tx.state, tx.backend, tx.user, tx.host,
-             tx.created_ns, tx.updated_ns, tx.rolls_back),
+             tx.created_ns, tx.updated_ns, tx.rolls_back, tx.target),
         )
 
     def get_tx(self, tx_id: str) -> TxRecord | None:
@@ -293,6 +391,7 @@ class Journal:
 
     def set_state(self, tx_id: str, state: str) -> None:
         with self.write():
+            self.event(tx_id, "abort" if state == "aborted" else f"state-{state}")
             self.db.execute(
                 "UPDATE transactions SET state = ?, updated_ns = ? WHERE id = ?",
                 (state, now_ns(), tx_id),
@@ -318,14 +417,34 @@ class Journal:
                 self._insert_tx(new)
             self.db.execute("DELETE FROM changes WHERE tx = ?", (tx_id,))
             self.db.executemany(
-                "INSERT INTO changes VALUES (?,?,?,?,?,?,?,?)",
-                [(tx_id, r.seq, _blob(r.path), r.status, _record(r.old), _record(r.new), r.old_blob, r.new_blob)
+                "INSERT INTO changes (tx, seq, path, status, old, new, old_blob, new_blob, generation,"
+                " new_generation) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(tx_id, r.seq, _blob(r.path), r.status, _record(r.old), _record(r.new), r.old_blob, r.new_blob,
+                  None if r.objects is None else json.dumps(r.objects, ensure_ascii=True),
+                  None if r.results is None else json.dumps(r.results, ensure_ascii=True))
                  for r in rows],
             )
             self.db.execute(
                 "UPDATE transactions SET state = 'committing', diff_hash = ?, updated_ns = ? WHERE id = ?",
                 (diff_hash, now_ns(), tx_id),
             )
+            self.event(tx_id, "commit-start", {"diff_hash": diff_hash, "changes": len(rows)})
+
+    def record_generations(
+        self, tx_id: str, results: dict[int, dict[str, int]], kind: str, detail: dict[str, Any],
+    ) -> None:
+        """Journal the generations a batch of conditional GCS ops left (by change
+        seq, {key: generation, 0: deleted}), with an audit event ``kind``."""
+        with self.write():
+            for seq, done in results.items():
+                row = self.db.execute(
+                    "SELECT new_generation FROM changes WHERE tx = ? AND seq = ?", (tx_id, seq)).fetchone()
+                merged = dict(_json(row[0]) or {}) if row else {}
+                merged.update(done)
+                self.db.execute(
+                    "UPDATE changes SET new_generation = ? WHERE tx = ? AND seq = ?",
+                    (json.dumps(merged, ensure_ascii=True), tx_id, seq))
+            self.event(tx_id, kind, detail)
 
     def mark_committed(self, tx_id: str) -> None:
         """The commit point: one row update, synced."""
@@ -335,6 +454,16 @@ class Journal:
                 "UPDATE transactions SET state = 'committed', committed_ns = ?, updated_ns = ? WHERE id = ?",
                 (now, now, tx_id),
             )
+            rolls_back, diff_hash, root = self.db.execute(
+                "SELECT rolls_back, diff_hash, root FROM transactions WHERE id = ?", (tx_id,)).fetchone()
+            changes = self.db.execute("SELECT count(*) FROM changes WHERE tx = ?", (tx_id,)).fetchone()[0]
+            approved = self.db.execute(
+                "SELECT approver FROM approvals WHERE tx = ? AND kind = 'approved' AND diff_hash = ?"
+                " AND after_run >= (SELECT coalesce(max(id), 0) FROM runs WHERE tx = ?)"
+                " ORDER BY id DESC LIMIT 1", (tx_id, diff_hash, tx_id)).fetchone()
+            self.event(tx_id, "rollback" if rolls_back else "commit", {
+                "root": _text(root), "diff_hash": diff_hash, "changes": changes, "rolls_back": rolls_back,
+                "approved_by": approved[0] if approved else None})
 
     def reopen(self, tx_id: str, state: str = "open") -> None:
         """Back from ``committing`` after the live tree was put back as it was."""
@@ -344,12 +473,13 @@ class Journal:
                 "UPDATE transactions SET state = ?, diff_hash = NULL, updated_ns = ? WHERE id = ?",
                 (state, now_ns(), tx_id),
             )
+            self.event(tx_id, "undo", {"state": state})
 
     def changes(self, tx_id: str) -> list[ChangeRow]:
         rows = self.db.execute("SELECT * FROM changes WHERE tx = ? ORDER BY seq", (tx_id,))
         return [
             ChangeRow(r["seq"], _text(r["path"]), r["status"], _entry(r["old"]), _entry(r["new"]),
-                      r["old_blob"], r["new_blob"])
+                      r["old_blob"], r["new_blob"], _json(r["generation"]), _json(r["new_generation"]))
             for r in rows
         ]
 
@@ -406,14 +536,87 @@ class Journal:
                 "SELECT id FROM transactions WHERE state = 'committed' AND images_dropped = 0"
                 " AND committed_ns < ?", (before_ns,))]
             self.db.executemany("UPDATE transactions SET images_dropped = 1 WHERE id = ?", [(i,) for i in ids])
+            if ids:
+                self.event(None, "gc", {"images_dropped": ids})
         return ids
 
+    # -- the audit trail (journal.audit) ------------------------------------------
+
+    def event(self, tx_id: str | None, kind: str, detail: dict[str, Any] | None = None) -> None:
+        """Append an audit event inside the caller's write transaction."""
+        audit.append(self.db, self.actor, tx_id, kind, detail)
+
     def log_event(self, tx_id: str | None, kind: str, detail: dict[str, Any] | None = None) -> None:
+        """Append an audit event on its own."""
+        with self.write():
+            self.event(tx_id, kind, detail)
+
+    def audit_events(self, tx_id: str | None = None, since_ns: int | None = None) -> list[audit.Event]:
+        return audit.events(self.db, tx_id, since_ns)
+
+    def audit_head(self) -> tuple[int, str] | None:
+        return audit.head(self.db)
+
+    def audit_problems(self) -> list[tuple[str | None, str]]:
+        """Breaks in the chain, and transactions whose begin or commit event is gone."""
+        found: list[tuple[str | None, str]] = [(None, what) for _, what in audit.check(self.db)]
+        start = self.db.execute("SELECT detail FROM audit WHERE kind = 'audit-start' ORDER BY seq LIMIT 1").fetchone()
+        since = json.loads(start[0]).get("since_ns", 0) if start else 0
+        if start is None:
+            found.append((None, "the audit trail has no audit-start event (its first events were deleted)"))
+        kinds: dict[str, set[str]] = {}
+        for tx, kind in self.db.execute("SELECT tx, kind FROM audit WHERE tx IS NOT NULL"):
+            kinds.setdefault(tx, set()).add(kind)
+        for tx in self.db.execute("SELECT id, state, rolls_back FROM transactions WHERE created_ns >= ?", (since,)):
+            have = kinds.get(tx[0], set())
+            if "begin" not in have:
+                found.append((tx[0], f"transaction {tx[0]} has no begin event in the audit trail"))
+            if tx[1] == "committed" and not have & {"commit", "rollback"}:
+                found.append((tx[0], f"committed transaction {tx[0]} has no commit event in the audit trail"))
+        approved = {(tx, d.get("diff_hash"), d.get("approver")) for tx, d in (
+            (tx, json.loads(detail)) for tx, detail in self.db.execute(
+                "SELECT tx, detail FROM audit WHERE kind = 'approve'"))}
+        for tx_id, diff_hash, approver in self.db.execute(
+                "SELECT a.tx, a.diff_hash, a.approver FROM approvals a JOIN transactions t ON t.id = a.tx"
+                " WHERE a.kind = 'approved' AND t.created_ns >= ?", (since,)):
+            if (tx_id, diff_hash, approver) not in approved:
+                found.append((tx_id, f"the approval of transaction {tx_id} by {approver} (diff {diff_hash})"
+                                     " has no approve event in the audit trail"))
+        return found
+
+    # -- approvals ----------------------------------------------------------------
+
+    def last_run(self, tx_id: str) -> int:
+        row = self.db.execute("SELECT max(id) FROM runs WHERE tx = ?", (tx_id,)).fetchone()
+        return int(row[0] or 0)
+
+    def add_approval(self, tx_id: str, diff_hash: str, approver: str) -> ApprovalRecord:
+        with self.write():
+            after_run = self.last_run(tx_id)
+            now = now_ns()
+            cur = self.db.execute(
+                "INSERT INTO approvals (tx, kind, diff_hash, approver, time_ns, after_run)"
+                " VALUES (?, 'approved', ?, ?, ?, ?)", (tx_id, diff_hash, approver, now, after_run))
+            self.event(tx_id, "approve", {"diff_hash": diff_hash, "approver": approver, "after_run": after_run})
+        return ApprovalRecord(int(cur.lastrowid or 0), tx_id, "approved", diff_hash, approver, now, after_run, None)
+
+    def add_request(self, tx_id: str, diff_hash: str, notified: bool | None, detail: dict[str, Any]) -> None:
         with self.write():
             self.db.execute(
-                "INSERT INTO events (time_ns, tx, kind, detail) VALUES (?,?,?,?)",
-                (now_ns(), tx_id, kind, json.dumps(detail or {}, ensure_ascii=True)),
-            )
+                "INSERT INTO approvals (tx, kind, diff_hash, time_ns, after_run, notified)"
+                " VALUES (?, 'requested', ?, ?, ?, ?)",
+                (tx_id, diff_hash, now_ns(), self.last_run(tx_id), None if notified is None else int(notified)))
+            self.event(tx_id, "approval-requested", dict(detail, diff_hash=diff_hash))
+
+    def approve_events(self, tx_id: str) -> set[tuple[str, str]]:
+        """(diff hash, approver) of every approve event of ``tx_id`` in the audit trail."""
+        rows = self.db.execute("SELECT detail FROM audit WHERE tx = ? AND kind = 'approve'", (tx_id,))
+        return {(d.get("diff_hash"), d.get("approver")) for d in (json.loads(r[0]) for r in rows)}
+
+    def approvals(self, tx_id: str) -> list[ApprovalRecord]:
+        rows = self.db.execute("SELECT * FROM approvals WHERE tx = ? ORDER BY id", (tx_id,))
+        return [ApprovalRecord(r["id"], r["tx"], r["kind"], r["diff_hash"], r["approver"], r["time_ns"],
+                               r["after_run"], r["notified"]) for r in rows]
 
     def integrity(self) -> str:
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
@@ -426,25 +629,34 @@ class Journal:
                 "INSERT INTO runs (tx, argv, cwd, backend, started_ns) VALUES (?,?,?,?,?)",
                 (tx_id, json.dumps(argv), _blob(cwd), backend, now_ns()),
             )
-            return int(cur.lastrowid or 0)
+            run_id = int(cur.lastrowid or 0)
+            self.event(tx_id, "run-start", {"run": run_id, "argv": argv, "cwd": cwd, "backend": backend})
+            return run_id
 
     def end_run(
         self, run_id: int, exit_code: int, diff_hash: str | None, changes: int | None,
         bases: dict[str, Entry | None] | None, backend: str,
+        generations: dict[str, dict[str, int]] | None = None,
     ) -> None:
+        """``generations``: per base path, the GCS object generations seen (a GCS target)."""
         with self.write():
             self.db.execute(
                 "UPDATE runs SET ended_ns = ?, exit_code = ?, diff_hash = ?, changes = ?, backend = ?"
                 " WHERE id = ?",
                 (now_ns(), exit_code, diff_hash, changes, backend, run_id),
             )
+            tx_id, argv, cwd = self.db.execute("SELECT tx, argv, cwd FROM runs WHERE id = ?", (run_id,)).fetchone()
+            self.event(tx_id, "run", {
+                "run": run_id, "argv": json.loads(argv), "cwd": _text(cwd), "exit_code": exit_code,
+                "backend": backend, "diff_hash": diff_hash, "changes": changes})
             if bases is not None:
-                tx_id = self.db.execute("SELECT tx FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
                 self.db.execute("DELETE FROM bases WHERE tx = ?", (tx_id,))
+                gens = generations or {}
                 self.db.executemany(
-                    "INSERT INTO bases VALUES (?,?,?)",
+                    "INSERT INTO bases (tx, path, entry, generations) VALUES (?,?,?,?)",
                     [
-                        (tx_id, _blob(path), json.dumps(e.to_json()) if e else None)
+                        (tx_id, _blob(path), json.dumps(e.to_json()) if e else None,
+                         json.dumps(gens[path]) if path in gens else None)
                         for path, e in bases.items()
                     ],
                 )
@@ -456,6 +668,22 @@ class Journal:
     def run_counts(self) -> dict[str, int]:
         rows = self.db.execute("SELECT tx, count(*) FROM runs GROUP BY tx")
         return {r[0]: r[1] for r in rows}
+
+    def rebase_generations(self, tx_id: str, restored: dict[str, int]) -> None:
+        """After an undo put objects back byte for byte, their new generations
+        (``restored``: {key: generation}) are the base a later commit checks."""
+        rows = self.db.execute("SELECT path, generations FROM bases WHERE tx = ?", (tx_id,)).fetchall()
+        for path, text in rows:
+            gens = _json(text)
+            if gens and any(k in restored for k in gens):
+                gens.update({k: restored[k] for k in gens if k in restored})
+                self.db.execute("UPDATE bases SET generations = ? WHERE tx = ? AND path = ?",
+                                (json.dumps(gens), tx_id, path))
+
+    def base_generations(self, tx_id: str) -> dict[str, dict[str, int] | None]:
+        """Per base path, the GCS object generations recorded when the last run ended."""
+        rows = self.db.execute("SELECT path, generations FROM bases WHERE tx = ?", (tx_id,))
+        return {_text(r[0]): _json(r[1]) for r in rows}
 
     def bases(self, tx_id: str) -> dict[str, Entry | None]:
         rows = self.db.execute("SELECT path, entry FROM bases WHERE tx = ?", (tx_id,))
@@ -483,8 +711,17 @@ class _WriteTx:
                 db.execute("COMMIT")
                 return
             except sqlite3.Error as e:
-                db.execute("ROLLBACK")
+                self._rollback()
                 raise self.journal.translate(e) from e
-        db.execute("ROLLBACK")
+        self._rollback()
         if isinstance(exc, sqlite3.Error):
             raise self.journal.translate(exc) from exc
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself on some errors (a full disk among them);
+        # a second ROLLBACK would fail and hide the real error.
+        if self.journal.db.in_transaction:
+            try:
+                self.journal.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass

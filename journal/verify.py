@@ -1,6 +1,7 @@
 """``roscoe verify``: the journal, the blob store and the live tree agree.
 
-Checks SQLite's own integrity, that no commit is left interrupted, that every
+Checks SQLite's own integrity, the audit trail's hash chain (journal.audit),
+that no commit is left interrupted, that every
 image a rollback may need is present and hashes to its name, and that every
 path a committed transaction wrote still holds what the newest of them wrote.
 """
@@ -43,6 +44,8 @@ def verify(ws: object) -> Report:
     integrity = ws.journal.integrity()
     if integrity != "ok":
         problems.append(Problem("journal", None, None, integrity))
+    for tx_id, what in ws.journal.audit_problems():
+        problems.append(Problem("audit", tx_id, None, what))
     for tx in ws.journal.in_state("committing"):
         problems.append(Problem("interrupted", tx.id, None, "a commit was interrupted: run `roscoe recover`"))
     blobs = blob_store(ws.home.path)
@@ -52,6 +55,13 @@ def verify(ws: object) -> Report:
         if problem is not None:
             problems.append(Problem("blob", None, None, f"blob {digest} is {problem}"))
     latest = ws.journal.latest_states()
+    total = len(latest)
+    in_buckets = {t.id: t for t in ws.journal.committed() if t.target}
+    if in_buckets:
+        from journal.gcs_commit import verify_objects
+
+        problems.extend(Problem(*p) for p in verify_objects(ws, latest, in_buckets))
+        latest = {k: v for k, v in latest.items() if v[0] not in in_buckets}
     for (root, path), (tx_id, entry) in sorted(latest.items(), key=lambda kv: (os.fsencode(kv[0][0]), os.fsencode(kv[0][1]))):
         if not os.path.isdir(root):
             problems.append(Problem("live", tx_id, path, f"root {root} does not exist"))
@@ -61,5 +71,7 @@ def verify(ws: object) -> Report:
             want = "absent" if entry is None else entry.type
             have = "absent" if live is None else live.type
             problems.append(Problem("live", tx_id, path, f"{root}: expected the {want} tx {tx_id} wrote, found {have} that differs"))
-    checked = {"blobs": len(needed), "paths": len(latest), "transactions": len(ws.journal.committed())}
+    head = ws.journal.audit_head()
+    checked = {"blobs": len(needed), "paths": total, "transactions": len(ws.journal.committed()),
+               "audit_events": head[0] if head else 0}
     return Report(problems, checked)

@@ -21,20 +21,25 @@ from cowfs.errors import (
 from cowfs.home import Home
 from cowfs.stagers import ORDER, STAGERS, Stager, stager_for
 from cowfs.upper import UnsupportedUpper
-from journal.store import Journal, RunRecord, TxRecord, now_ns
+from journal.store import ApprovalRecord, Journal, RunRecord, TxRecord, now_ns
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from cowfs.config import Config
     from cowfs.patch import FilePatch
+    from cowfs.savepoint import Savepoint
+    from journal.approval import Status
 
 OPEN, ABORTED = "open", "aborted"
 
 
 class RunResult(namedtuple(
     "_RunResult",
-    "tx root run_id argv cwd backend exit_code timed_out started_ns ended_ns changes",
+    "tx root run_id argv cwd backend exit_code timed_out started_ns ended_ns changes limits",
+    defaults=(None,),
 )):
-    """How one run ended, and what the transaction stages after it."""
+    """How one run ended, and what the transaction stages after it; ``limits``
+    (cowfs.limits.Enforced) says how its memory and process limits were kept."""
 
     __slots__ = ()
     tx: str
@@ -48,6 +53,7 @@ class RunResult(namedtuple(
     started_ns: int
     ended_ns: int
     changes: ChangeSet
+    limits: sandbox.Enforced | None
 
     def report(self) -> dict[str, object]:
         return {
@@ -57,16 +63,20 @@ class RunResult(namedtuple(
             "duration_ms": round((self.ended_ns - self.started_ns) / 1e6, 3),
             "diff_hash": self.changes.diff_hash, "summary": self.changes.summary,
             "unsupported": [u.to_json() for u in self.changes.unsupported],
+            "limits": self.limits.to_json() if self.limits is not None else None,
         }
 
 
-class TxView(namedtuple("_TxView", "record runs changes")):
-    """Everything ``tx show`` tells about one transaction."""
+class TxView(namedtuple("_TxView", "record runs changes approvals policy")):
+    """Everything ``tx show`` tells about one transaction: ``policy`` is what
+    the config says of its diff now (open transactions only)."""
 
     __slots__ = ()
     record: TxRecord
     runs: list[RunRecord]
     changes: ChangeSet | None
+    approvals: list[ApprovalRecord]
+    policy: Status | None
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = self.record.to_json()
@@ -77,7 +87,9 @@ class TxView(namedtuple("_TxView", "record runs changes")):
              "unsupported": [u.to_json() for u in self.changes.unsupported]}
             if self.changes is not None else None
         )
-        out["approvals"] = []
+        out["approvals"] = [a.to_json() for a in self.approvals if a.kind == "approved"]
+        out["approval_requests"] = [a.to_json() for a in self.approvals if a.kind == "requested"]
+        out["policy"] = self.policy.to_json() if self.policy is not None else None
         return out
 
 
@@ -115,6 +127,12 @@ class Workspace:
     def close(self) -> None:
         self.journal.close()
 
+    def config(self) -> Config:
+        """The config file's policy, approval rules and roots (read on each call)."""
+        from cowfs.config import load
+
+        return load(self.home.config, required=bool(os.environ.get("ROSCOE_CONFIG")))
+
     # -- lookup -----------------------------------------------------------------
 
     def get(self, ref: str) -> TxRecord:
@@ -132,8 +150,18 @@ class Workspace:
         raise NoSuchTransaction(tx=ref)
 
     def stager(self, tx: TxRecord, backend: str | None = None) -> Stager | None:
+        """The transaction's stager. Callers hold the transaction's lock, so a
+        savepoint found on an open transaction was left by a plan whose process
+        died: it is put back first (see cowfs.savepoint)."""
         name = backend or tx.backend
-        return stager_for(name, self.home.tx_dir(tx.id), tx.root) if name else None
+        if not name:
+            return None
+        stager = stager_for(name, self.home.tx_dir(tx.id), tx.root)
+        if tx.state == OPEN:
+            from cowfs.savepoint import heal
+
+            heal(stager)
+        return stager
 
     @contextmanager
     def locked(self, tx: TxRecord, *, exclusive: bool) -> Iterator[None]:
@@ -196,8 +224,19 @@ class Workspace:
             sandbox.precheck(argv[0], sandbox.sandbox_cwd(_cwd(), path), path, os.environ.get("PATH"))
         return path
 
-    def begin(self, root: str | os.PathLike[str], message: str | None = None) -> TxRecord:
-        record = new_record(resolve_root(root, self.home), message)
+    def begin(
+        self, root: str | os.PathLike[str], message: str | None = None, target: str | None = None,
+    ) -> TxRecord:
+        """Open a transaction of ``root``. ``target`` (gs://BUCKET/PREFIX, else the
+        config's ``[roots."ROOT"] target``) commits through the GCS API."""
+        path = resolve_root(root, self.home)
+        if target is None and os.path.exists(self.home.config):  # no config: no import of cowfs.config
+            target = self.config().root(path).target
+        if target:
+            from journal.gcs_commit import check_target
+
+            target = check_target(target)
+        record = new_record(path, message)._replace(target=target)
         os.makedirs(self.home.tx_dir(record.id), mode=0o700)
         self.journal.insert_tx(record)
         return record
@@ -205,11 +244,18 @@ class Workspace:
     def run(
         self, ref: str, argv: list[str], *, cwd: str | None = None,
         env: dict[str, str] | None = None, network: bool = True, timeout: float | None = None,
+        limits: sandbox.Limits = sandbox.NO_LIMITS, writable: tuple[str, ...] | list[str] = (),
+        savepoint: Savepoint | None = None,
     ) -> RunResult:
+        """Run ``argv`` in the transaction's overlay. ``limits`` caps memory and
+        processes; ``writable`` paths outside the root are bound read-write.
+        With a ``savepoint`` (cowfs.savepoint), a run that exits non-zero
+        leaves the staged layer, and the bases, exactly as they were."""
         if not argv:
             raise UsageError(detail="no command given")
         tx = self.get(ref)
         self.require_open(tx, "run")
+        binds = sandbox.writable_binds(tuple(writable), tx.root, self.home.path)
         env = dict(os.environ if env is None else env)
         inner_cwd = sandbox.sandbox_cwd(_cwd() if cwd is None else cwd, tx.root)
         if not os.path.isdir(tx.root):
@@ -227,14 +273,20 @@ class Workspace:
                 stager = stager_for(name, self.home.tx_dir(tx.id), tx.root)
                 try:
                     stager.prepare()
+                    if savepoint is not None:
+                        savepoint.take(stager)
                     stager.before_run()
                     outcome = sandbox.run(
                         argv, root=tx.root, mount_args=stager.mount_args(), cwd=inner_cwd,
                         env=env, probe=tx.backend is None, network=network, timeout=timeout,
+                        limits=limits, binds=binds,
                     )
                 except NoBackend as e:
                     failures.append(f"{name}: {e.fields.get('detail')}")
                     continue
+                except SandboxError:
+                    self.journal.end_run(run_id, 125, None, None, None, name)
+                    raise
                 finally:
                     stager.after_run()
                 if outcome.started:
@@ -249,15 +301,23 @@ class Workspace:
                 raise NoBackend(root=tx.root, detail="; ".join(failures) + _hint())
             if tx.backend is None:
                 self.journal.set_backend(tx.id, stager.name)
+            restored = savepoint is not None and savepoint.settle(outcome.exit_code)
             changes = self._compare(tx, stager)
             self.journal.end_run(
                 run_id, outcome.exit_code, changes.diff_hash, len(changes.changes),
-                {c.path: c.old for c in changes.changes}, stager.name,
+                None if restored else {c.path: c.old for c in changes.changes}, stager.name,
+                generations=None if restored or not tx.target else self._generations(tx, changes),
             )
         return RunResult(
             tx.id, tx.root, run_id, argv, inner_cwd, stager.name, outcome.exit_code,
-            outcome.timed_out, started, now_ns(), changes,
+            outcome.timed_out, started, now_ns(), changes, outcome.enforced,
         )
+
+    def _generations(self, tx: TxRecord, changes: ChangeSet) -> dict[str, dict[str, int]] | None:
+        """The object generations of a GCS target's changed paths, the base its commit is conditional on."""
+        from journal.gcs_commit import base_generations
+
+        return base_generations(tx, [c.path for c in changes.changes])
 
     def _release_links(self, tx: TxRecord) -> None:
         """A commit that died after linking staged files into the blob store
@@ -296,7 +356,9 @@ class Workspace:
             return self.committed_changes(tx)
         self.require_open(tx, "diff")
         with self.locked(tx, exclusive=False):
-            return self._compare(tx, self.stager(tx))
+            changes = self._compare(tx, self.stager(tx))
+        self.journal.log_event(tx.id, "diff", {"diff_hash": changes.diff_hash, "changes": len(changes.changes)})
+        return changes
 
     def committed_changes(self, tx: TxRecord) -> ChangeSet:
         rows = self.journal.changes(tx.id)
@@ -311,6 +373,7 @@ class Workspace:
         with self.locked(tx, exclusive=False):
             stager = self.stager(tx)
             changes = self._compare(tx, stager)
+            self.journal.log_event(tx.id, "diff", {"diff_hash": changes.diff_hash, "changes": len(changes.changes), "patch": True})
 
             def new_bytes(rel: str) -> bytes | None:
                 assert stager is not None
@@ -323,16 +386,36 @@ class Workspace:
 
     def show(self, ref: str) -> TxView:
         tx = self.get(ref)
-        changes = None
+        changes = verdict = None
         if tx.state == OPEN and os.path.isdir(tx.root):
+            from journal.approval import status
+
             with self.locked(tx, exclusive=False):
                 changes = self._compare(tx, self.stager(tx))
+            verdict = status(self.journal, tx, changes, self.config())
         elif tx.state == "committed":
             changes = self.committed_changes(tx)
-        return TxView(tx, self.journal.runs(tx.id), changes)
+        return TxView(tx, self.journal.runs(tx.id), changes, self.journal.approvals(tx.id), verdict)
 
     def list(self, state: str | None = None) -> list[TxRecord]:
         return self.journal.list_tx(state)
+
+    def approval_states(self) -> dict[str, str]:
+        """``pending`` or ``approved`` for open transactions whose last run's
+        diff was requested or approved (from the journal; no diff is computed)."""
+        from journal.approval import valid_approval
+
+        out: dict[str, str] = {}
+        for tx in self.journal.in_state(OPEN):
+            runs = self.journal.runs(tx.id)
+            diff_hash = runs[-1].diff_hash if runs else None
+            if diff_hash is None:
+                continue
+            if valid_approval(self.journal, tx.id, diff_hash) is not None:
+                out[tx.id] = "approved"
+            elif any(a.kind == "requested" and a.diff_hash == diff_hash for a in self.journal.approvals(tx.id)):
+                out[tx.id] = "pending"
+        return out
 
     def run_counts(self) -> dict[str, int]:
         return self.journal.run_counts()
@@ -353,21 +436,14 @@ class Workspace:
 
 def new_record(root: str, message: str | None, rolls_back: str | None = None) -> TxRecord:
     """A new open transaction of ``root``, by the login user on this host."""
+    from journal.audit import login_name
+
     now = now_ns()
-    user = os.environ.get("LOGNAME") or os.environ.get("USER") or _login_name()
+    user = login_name()
     return TxRecord(
         id=os.urandom(6).hex(), root=root, message=message, state=OPEN, backend=None, user=user,
         host=os.uname().nodename, created_ns=now, updated_ns=now, rolls_back=rolls_back,
     )
-
-
-def _login_name() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 def _cwd() -> str | None:

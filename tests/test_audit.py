@@ -370,10 +370,9 @@ def test_a_version_2_journal_moves_its_events_into_the_chain(roscoe: Roscoe, roo
     db.close()
 
 
-def test_a_forged_approval_row_is_found_by_verify(roscoe: Roscoe, root: Path, home: Path) -> None:
-    # The approvals table is not chained and has no triggers: a row written
-    # there by hand lets a commit through. The trail has no approve event for
-    # it, and verify must say so (as it does for a missing begin or commit).
+def test_a_forged_approval_row_counts_for_nothing_and_verify_finds_it(roscoe: Roscoe, root: Path, home: Path) -> None:
+    # A row written into approvals by hand, with no approve event in the
+    # chained trail, does not let the commit through, and verify names it.
     write_config(home, "[approval]\nwhen_deleting = true\n")
     tx = staged(roscoe, root, "rm case1/old.tmp")
     h = diff_hash(roscoe, tx)
@@ -381,7 +380,10 @@ def test_a_forged_approval_row_is_found_by_verify(roscoe: Roscoe, root: Path, ho
     db.execute("INSERT INTO approvals (tx, kind, diff_hash, approver, time_ns, after_run)"
                " VALUES (?, 'approved', ?, 'Jane Partner', ?, 1)", (tx, h, time.time_ns()))
     db.close()
-    committed(roscoe, tx)
+    before = snapshot(root)
+    done = roscoe("tx", "commit", tx)
+    assert done.returncode == 4, done.stderr
+    assert snapshot(root) == before
     assert [e["kind"] for e in audit(roscoe, "--tx", tx)["events"]].count("approve") == 0
     problems = audit_problems(roscoe)
-    assert any(tx in p and "approv" in p for p in problems), problems
+    assert problems == [f"the approval of transaction {tx} by Jane Partner (diff {h}) has no approve event in the audit trail"], problems

@@ -69,7 +69,7 @@ def test_a_version_1_journal_is_migrated(roscoe: Roscoe, root: Path, home: Path)
     assert [(t["tx"], t["state"], t["message"], t["rolls_back"]) for t in listed] == [("aaaaaaaaaaaa", "open", "old", None)]
     db = sqlite3.connect(home / "journal.db")
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert {"changes", "events"} <= {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"changes", "audit", "approvals"} <= {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
 def test_recover_removes_the_staging_a_crash_after_the_commit_record_left(roscoe: Roscoe, root: Path, home: Path) -> None:

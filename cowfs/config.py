@@ -1,0 +1,258 @@
+"""The config file (TOML): policy, approval rules and per-root targets.
+
+Every key is checked: a file that is not TOML, a table or key roscoe does not
+know, or a value of the wrong type is a usage error (exit 2) naming the file,
+the line and the key, so a typo never silently turns a rule off. A missing
+default config file means no rules; a missing ``--config`` file is an error.
+
+```toml
+[policy]
+deny = ["**/.git/**"]
+max_changes = 10000
+max_bytes = 10_000_000_000
+[approval]
+when_deleting = true
+when_changes_over = 200
+when_bytes_over = 100_000_000
+when_paths = ["*/Pleadings/**"]
+notify = "/usr/local/bin/notify-slack"
+notify_timeout = 30            # seconds before a hanging notify is killed
+[roots."/mnt/workspace/projects"]
+target = "gs://whaley_law_firm/projects"
+```
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import namedtuple
+
+from cowfs.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+NOTIFY_TIMEOUT = 30.0
+
+
+class Policy(namedtuple("_Policy", "deny max_changes max_bytes", defaults=((), None, None))):
+    """What can never be committed: paths matching ``deny``, more than
+    ``max_changes`` changed paths, more than ``max_bytes`` new bytes."""
+
+    __slots__ = ()
+    deny: tuple[str, ...]
+    max_changes: int | None
+    max_bytes: int | None
+
+
+class ApprovalRules(namedtuple(
+    "_ApprovalRules",
+    "when_deleting when_changes_over when_bytes_over when_paths notify notify_timeout",
+    defaults=(False, None, None, (), None, NOTIFY_TIMEOUT),
+)):
+    """When a commit needs ``tx approve`` first, and whom to tell."""
+
+    __slots__ = ()
+    when_deleting: bool
+    when_changes_over: int | None
+    when_bytes_over: int | None
+    when_paths: tuple[str, ...]
+    notify: tuple[str, ...] | None
+    notify_timeout: float
+
+    @property
+    def any(self) -> bool:
+        return bool(self.when_deleting or self.when_changes_over is not None
+                    or self.when_bytes_over is not None or self.when_paths)
+
+
+class RootConfig(namedtuple("_RootConfig", "target", defaults=(None,))):
+    __slots__ = ()
+    target: str | None
+
+
+class Config(namedtuple("_Config", "path policy approval roots")):
+    """The whole config; ``path`` is None when there was no file."""
+
+    __slots__ = ()
+    path: str | None
+    policy: Policy
+    approval: ApprovalRules
+    roots: dict[str, RootConfig]
+
+    def root(self, root: str) -> RootConfig:
+        return self.roots.get(os.path.normpath(root), RootConfig())
+
+
+def _nonnegative_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _globs(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v and "\0" not in v for v in value)
+
+
+def _command(value: object) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def _seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 3600
+
+
+KEYS = {
+    "policy": {
+        "deny": (_globs, "a list of glob strings"),
+        "max_changes": (_nonnegative_int, "an integer >= 0"),
+        "max_bytes": (_nonnegative_int, "an integer >= 0"),
+    },
+    "approval": {
+        "when_deleting": (lambda v: isinstance(v, bool), "true or false"),
+        "when_changes_over": (_nonnegative_int, "an integer >= 0"),
+        "when_bytes_over": (_nonnegative_int, "an integer >= 0"),
+        "when_paths": (_globs, "a list of glob strings"),
+        "notify": (_command, "a command line (a string, or a list of strings)"),
+        "notify_timeout": (_seconds, "a number of seconds, more than 0 and at most 3600"),
+    },
+    "root": {
+        "target": (lambda v: isinstance(v, str) and bool(re.fullmatch(r"gs://[a-z0-9][-a-z0-9_.]{1,221}[a-z0-9](/.*)?", v)),
+                   "a URL gs://BUCKET[/PREFIX]"),
+    },
+}
+
+
+def load(path: str | None = None, *, required: bool = False) -> Config:
+    """Read and check the config at ``path`` (default: ``$ROSCOE_CONFIG``)."""
+    if path is None:
+        path = os.environ.get("ROSCOE_CONFIG")
+        required = required or bool(path)
+    if path is None:
+        return Config(None, Policy(), ApprovalRules(), {})
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(path=path, reason="does not exist") from None
+        return Config(None, Policy(), ApprovalRules(), {})
+    except OSError as e:
+        raise ConfigError(path=path, reason=e.strerror or str(e)) from None
+    return parse(raw, path)
+
+
+def parse(raw: bytes, path: str) -> Config:
+    import tomllib
+
+    try:
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(path=path, reason=f"not UTF-8 text (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        # tomllib names no line for an error at the end of the file
+        where = str(e).replace("(at end of document)", f"(at end of document, line {max(1, len(text.splitlines()))})")
+        raise ConfigError(path=path, reason=f"not valid TOML: {where}") from None
+    where = _Locator(text)
+
+    def bad(table: str, key: str | None, why: str) -> ConfigError:
+        line = where.line(table, key)
+        name = f"[{table}] {key}" if key else f"[{table}]"
+        return ConfigError(path=path, reason=f"line {line}: {name}: {why}" if line else f"{name}: {why}")
+
+    def section(table: str, kind: str, value: object) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise bad(table, None, "expected a table")
+        for key, item in value.items():
+            if key not in KEYS[kind]:
+                known = ", ".join(KEYS[kind])
+                raise bad(table, key, f"unknown key (known keys: {known})")
+            check, expected = KEYS[kind][key]
+            if not check(item):
+                raise bad(table, key, f"expected {expected}, got {_show(item)}")
+        return value
+
+    for name in data:
+        if name not in ("policy", "approval", "roots"):
+            raise bad(name, None, "unknown table (known tables: policy, approval, roots)")
+    policy = section("policy", "policy", data.get("policy", {}))
+    approval = section("approval", "approval", data.get("approval", {}))
+    roots: dict[str, RootConfig] = {}
+    root_tables = data.get("roots", {})
+    if not isinstance(root_tables, dict):
+        raise bad("roots", None, "expected tables [roots.\"/abs/root\"]")
+    for root, table in root_tables.items():
+        label = f'roots."{root}"'
+        if not os.path.isabs(root):
+            raise bad(label, None, "a root must be an absolute path")
+        roots[os.path.normpath(root)] = RootConfig(**section(label, "root", table))
+    notify = approval.get("notify")
+    if isinstance(notify, str):
+        import shlex
+
+        try:
+            notify = shlex.split(notify)
+        except ValueError as e:
+            raise bad("approval", "notify", f"cannot split the command line: {e}") from None
+    return Config(
+        path,
+        Policy(tuple(policy.get("deny", ())), policy.get("max_changes"), policy.get("max_bytes")),
+        ApprovalRules(
+            approval.get("when_deleting", False), approval.get("when_changes_over"),
+            approval.get("when_bytes_over"), tuple(approval.get("when_paths", ())),
+            tuple(notify) if notify else None, float(approval.get("notify_timeout", NOTIFY_TIMEOUT)),
+        ),
+        roots,
+    )
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"' if len(value) < 40 else f'"{value[:37]}..."'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    return repr(value)
+
+
+class _Locator:
+    """Finds the line of ``[table] key`` in TOML text, for error messages (tomllib
+    reports lines only for syntax errors)."""
+
+    HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+    _NAME = r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)"""
+    KEY = re.compile(rf"^\s*({_NAME}(?:\s*\.\s*{_NAME})*)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def line(self, table: str, key: str | None) -> int | None:
+        want = self._norm(table)
+        current = ""
+        for number, line in enumerate(self.lines, start=1):
+            header = self.HEADER.match(line)
+            if header:
+                current = self._norm(header.group(1))
+                if key is None and (current == want or current.startswith(want + ".")):
+                    return number
+                continue
+            found = self.KEY.match(line)
+            if found is None:
+                continue
+            name = self._norm(found.group(1))
+            if key is None and (current == "" and (name == want or name.startswith(want + "."))):
+                return number
+            if key is not None and (current == want and name == key or current == "" and name == f"{want}.{key}"):
+                return number
+        return None
+
+    @staticmethod
+    def _norm(name: str) -> str:
+        parts = re.findall(r'"((?:[^"\\]|\\.)*)"|\'([^\']*)\'|([^.\s]+)', name)
+        return ".".join(a or b or c for a, b, c in parts)

@@ -1,0 +1,136 @@
+"""Policy: what a commit may never do, and when it needs a person's approval.
+
+Refusals (exit 4, nothing written) name every offending path and the rule it
+broke: special files (fifos, sockets, devices), setuid or setgid bits, paths
+matching a ``deny`` glob, and the ``max_changes`` / ``max_bytes`` limits.
+Approval reasons come from the ``[approval]`` rules; a commit with any
+reason needs an approval bound to its exact diff hash.
+
+Globs match root-relative ``/``-separated paths: ``*`` and ``?`` stay inside
+one name, ``**`` spans any number of names (``**/`` also none), ``[abc]`` is a
+class. A pattern ending in ``/**`` matches the directory itself and everything
+below it. A pattern with no ``/`` matches a name at any depth (``*.exe``).
+A change matches when its own path does; a move matches on both its old and
+its new path, since a diff lists both.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+from collections import namedtuple
+from functools import lru_cache
+
+from cowfs.changeset import ChangeSet
+from cowfs.config import ApprovalRules, Policy
+
+SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
+DELETING = ("deleted", "type_changed")
+
+
+class Violation(namedtuple("_Violation", "path rule")):
+    """A path (None for a limit on the whole diff) and the rule it breaks."""
+
+    __slots__ = ()
+    path: str | None
+    rule: str
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"path": self.path, "rule": self.rule}
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.rule})" if self.path is not None else self.rule
+
+
+@lru_cache(maxsize=256)
+def _compile(pattern: str) -> re.Pattern[str]:
+    if pattern.endswith("/") and not pattern.endswith("**/"):
+        pattern = pattern.rstrip("/") or "/"
+    if "/" not in pattern:
+        pattern = "**/" + pattern
+    out = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("/**", i) and i + 3 == n:
+            out.append("(?:/.*)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif ch == "*":
+            out.append("[^/]*")
+            i += 1
+        elif ch == "?":
+            out.append("[^/]")
+            i += 1
+        elif ch == "[":
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                out.append(re.escape(ch))
+                i += 1
+                continue
+            body = pattern[i + 1:end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append(f"(?!/)[{body.replace(chr(92), chr(92) * 2)}]")
+            i = end + 1
+        else:
+            out.append(re.escape(ch))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def glob_match(pattern: str, path: str) -> bool:
+    """Whether the root-relative ``path`` matches ``pattern`` (see the module doc)."""
+    return _compile(pattern).fullmatch(path) is not None
+
+
+def refusals(changes: ChangeSet, policy: Policy) -> list[Violation]:
+    """Everything about ``changes`` that can never be committed, each path once per rule."""
+    found: list[Violation] = []
+    for u in changes.unsupported:
+        found.append(Violation(u.path, f"special file ({u.type}) can never be committed"))
+    for c in changes.changes:
+        if c.new is not None and c.new.mode & SPECIAL_BITS:
+            bits = " and ".join(b for b, m in (("setuid", stat.S_ISUID), ("setgid", stat.S_ISGID)) if c.new.mode & m)
+            found.append(Violation(c.path, f"{bits} bit is never committed (mode {c.new.mode:04o})"))
+        for pattern in policy.deny:
+            if glob_match(pattern, c.path):
+                found.append(Violation(c.path, f"deny {pattern!r}"))
+                break
+    count = len(changes.changes)
+    if policy.max_changes is not None and count > policy.max_changes:
+        found.append(Violation(None, f"{count} changed paths is over max_changes = {policy.max_changes}"))
+    written = changes.summary["bytes_written"]
+    if policy.max_bytes is not None and written > policy.max_bytes:
+        found.append(Violation(None, f"{written} new bytes is over max_bytes = {policy.max_bytes}"))
+    return found
+
+
+def approval_reasons(changes: ChangeSet, rules: ApprovalRules) -> list[str]:
+    """Why ``changes`` needs an approval under ``rules``; empty when it does not."""
+    reasons: list[str] = []
+    if rules.when_deleting:
+        deleted = [c.path for c in changes.changes if c.status in DELETING]
+        if deleted:
+            reasons.append(f"deletes {_count(deleted, 'path')} (when_deleting)")
+    count = len(changes.changes)
+    if rules.when_changes_over is not None and count > rules.when_changes_over:
+        reasons.append(f"{count} changed paths is over when_changes_over = {rules.when_changes_over}")
+    written = changes.summary["bytes_written"]
+    if rules.when_bytes_over is not None and written > rules.when_bytes_over:
+        reasons.append(f"{written} new bytes is over when_bytes_over = {rules.when_bytes_over}")
+    for pattern in rules.when_paths:
+        hits = [c.path for c in changes.changes if glob_match(pattern, c.path)]
+        if hits:
+            reasons.append(f"changes {_count(hits, 'path')} matching {pattern!r} (when_paths)")
+    return reasons
+
+
+def _count(paths: list[str], noun: str) -> str:
+    shown = ", ".join(paths[:5]) + (f", and {len(paths) - 5} more" if len(paths) > 5 else "")
+    return f"{len(paths)} {noun}{'s' if len(paths) != 1 else ''}: {shown}"
