@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from cowfs import durable
 from cowfs.changeset import ChangeSet
@@ -176,6 +177,23 @@ def commit(ws: Workspace, ref: str, *, progress: Progress | None = None) -> TxRe
 
 
 def _commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore, progress: Progress | None) -> None:
+    with checked(ws, tx) as (tx, stager, changes):
+        with images_linked(ws, blobs, tx, stager, changes):
+            try:
+                rows = store_images(blobs, tx, stager, changes)
+            except Conflict as e:
+                raise logged(ws.journal, e) from None
+            checkpoint("after-images")
+            known = {c.path: c.old for c in changes.changes}
+            apply_journaled(
+                ws.journal, blobs, tx, rows, changes.diff_hash, known=known, progress=progress, fresh=True)
+
+
+@contextmanager
+def checked(ws: Workspace, tx: TxRecord) -> Iterator[tuple[TxRecord, Stager | None, ChangeSet]]:
+    """Steps 1-3 under the transaction's lock and the root's: the transaction
+    (read again), its stager and its change set, past policy and conflicts.
+    Once the body returns, the staging dir is removed."""
     with ws.locked(tx, exclusive=True), root_lock(ws.home.path, tx.root):
         tx = ws.get(tx.id)
         ws.require_open(tx, "commit")
@@ -185,27 +203,30 @@ def _commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore, progress: Prog
         moved = check_bases(changes, ws.journal.bases(tx.id))
         if moved:
             raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved)))
-        checkpoint("before-images")
-        links = ws.home.linked_images(tx.id)
-        release_links(blobs, stager, links)
-        durable.save_new(links, iter([json.dumps(
-            [[c.path, c.new.hash] for c in changes.changes if c.new is not None and c.new.type == FILE],
-            ensure_ascii=True).encode()]), mode=0o600)
-        try:
-            try:
-                rows = store_images(blobs, tx, stager, changes)
-            except Conflict as e:
-                raise logged(ws.journal, e) from None
-            checkpoint("after-images")
-            known = {c.path: c.old for c in changes.changes}
-            apply_journaled(
-                ws.journal, blobs, tx, rows, changes.diff_hash, known=known, progress=progress, fresh=True)
-        except BaseException:
-            release_links(blobs, stager, links)
-            raise
+        yield tx, stager, changes
         if stager is not None:
             stager.discard()
         ws.remove_tx_dir(tx.id)
+
+
+@contextmanager
+def images_linked(
+    ws: Workspace, blobs: BlobStore, tx: TxRecord, stager: Stager | None, changes: ChangeSet,
+) -> Iterator[None]:
+    """Around step 4 on: list the staged files about to be hard-linked into the
+    blob store before linking them, and give them back their own copies if
+    the commit does not go through (an open transaction never writes a blob)."""
+    checkpoint("before-images")
+    links = ws.home.linked_images(tx.id)
+    release_links(blobs, stager, links)
+    durable.save_new(links, iter([json.dumps(
+        [[c.path, c.new.hash] for c in changes.changes if c.new is not None and c.new.type == FILE],
+        ensure_ascii=True).encode()]), mode=0o600)
+    try:
+        yield
+    except BaseException:
+        release_links(blobs, stager, links)
+        raise
 
 
 def logged(journal: Journal, conflict: Conflict) -> Conflict:

@@ -30,7 +30,6 @@ generation seen, so recovery never clobbers a writer it did not see.
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import os
 import time
@@ -238,45 +237,23 @@ def leased(target: GcsTarget, journal: Journal, tx: TxRecord) -> Iterator[Lease]
 def commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore) -> None:
     """Commit the open transaction ``tx`` of a GCS target (``journal.commit.commit``
     calls this, and turns a missing approval into a request)."""
-    from journal.approval import enforce
-    from journal.commit import check_bases, logged, release_links
-    from journal.rootlock import root_lock
+    from journal.commit import checked, images_linked, logged
 
     target = GcsTarget(tx.target)
-    with ws.locked(tx, exclusive=True), root_lock(ws.home.path, tx.root):
-        tx = ws.get(tx.id)
-        ws.require_open(tx, "commit")
-        stager = ws.stager(tx)
-        changes = ws._compare(tx, stager)
-        enforce(ws.journal, tx, changes, ws.config())
-        moved = check_bases(changes, ws.journal.bases(tx.id))
-        if moved:
-            raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved)))
+    with checked(ws, tx) as (tx, stager, changes):
         with leased(target, ws.journal, tx) as lease:
             keys = {k for c in changes.changes for k in (target.key(c.path), target.key(c.path, dir=True))}
             current = target.stat_many(keys)
             moved = moved_objects(changes, target, ws.journal.base_generations(tx.id), current)
             if moved:
                 raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved)))
-            checkpoint("before-images")
-            links = ws.home.linked_images(tx.id)
-            release_links(blobs, stager, links)
-            durable.save_new(links, iter([json.dumps(
-                [[c.path, c.new.hash] for c in changes.changes if c.new is not None and c.new.type == FILE],
-                ensure_ascii=True).encode()]), mode=0o600)
-            try:
+            with images_linked(ws, blobs, tx, stager, changes):
                 try:
                     rows = store_images(blobs, target, tx, stager, changes, current)
                 except Conflict as e:
                     raise logged(ws.journal, e) from None
                 checkpoint("after-images")
                 apply_journaled(ws.journal, blobs, target, tx, rows, changes.diff_hash, lease)
-            except BaseException:
-                release_links(blobs, stager, links)
-                raise
-        if stager is not None:
-            stager.discard()
-        ws.remove_tx_dir(tx.id)
 
 
 def store_images(
