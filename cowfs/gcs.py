@@ -144,7 +144,7 @@ class GcsTarget:
         self.bucket, self.prefix = parse_url(url)
         self._fs: Any = None
         self.concurrency = int(os.environ.get("ROSCOE_GCS_CONCURRENCY", "32"))
-        self.retries = int(os.environ.get("ROSCOE_GCS_RETRIES", "4"))
+        self.retries = max(1, int(os.environ.get("ROSCOE_GCS_RETRIES", "4")))  # attempts per call
         self.timeout = float(os.environ.get("ROSCOE_GCS_TIMEOUT", "60"))
 
     # -- connection ---------------------------------------------------------------

@@ -349,12 +349,17 @@ def apply_journaled(
     checkpoint("after-record")
 
 
+_paused: set[str] = set()
+
+
 def pause(step: str) -> None:
     """Test hook: with ``ROSCOE_GCS_PAUSE=STEP`` the commit creates the file
     ``$ROSCOE_GCS_PAUSE_FILE`` at STEP and waits (30 s at most) until it is
-    removed, so a test can act as another writer in the middle of a commit."""
-    if os.environ.get("ROSCOE_GCS_PAUSE") != step:
+    removed, so a test can act as another writer in the middle of a commit
+    (or cut the network). It pauses once per step and process."""
+    if os.environ.get("ROSCOE_GCS_PAUSE") != step or step in _paused:
         return
+    _paused.add(step)
     flag = os.environ["ROSCOE_GCS_PAUSE_FILE"]
     with open(flag, "w"):
         pass
@@ -418,6 +423,7 @@ def apply_ops(
                 "target": target.url, "ops": len(chunk), "done": sum(map(len, done.values()))})
             if failure is not None:
                 raise failure
+            pause("after-batch")
             lease.renew()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -193,3 +194,39 @@ def test_tx_run_commit_honours_the_config_target(groscoe: Roscoe, bucket: Bucket
     tx = done.stderr.decode().splitlines()[0].split()[-1]
     assert json.loads(groscoe("tx", "show", tx, "--json").stdout)["target"] == bucket.url
     assert bucket.contents()["projects/case2/cfg.txt"][0] == b"via config\n"
+
+
+def test_the_api_going_silent_mid_commit_then_recover_leaves_the_bucket_all_old(
+    groscoe: Roscoe, bucket: Bucket, server: FakeGcs, tmp_path: Path,
+) -> None:
+    # A real network failure, not an injected one: after the first batch of
+    # writes landed, the emulator is stopped (SIGSTOP: connections hang, as
+    # when the network to GCS dies). Killing it would lose its memory backend,
+    # bucket and all, leaving nothing to check; stopping keeps the bucket.
+    tx = begin_and_run(groscoe, bucket, SCRIPT)
+    before = contents_with_types(bucket)
+    flag = tmp_path / "paused"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "tx", "commit", tx, "--yes"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=dict(groscoe.env, ROSCOE_GCS_PAUSE="after-batch", ROSCOE_GCS_PAUSE_FILE=str(flag),
+                                         ROSCOE_GCS_BATCH="1", ROSCOE_GCS_TIMEOUT="2", ROSCOE_GCS_RETRIES="1"))
+    assert server.proc is not None
+    try:
+        deadline = time.monotonic() + 30
+        while not flag.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        assert contents_with_types(bucket) != before  # a batch landed
+        server.proc.send_signal(signal.SIGSTOP)
+        flag.unlink()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    assert proc.returncode == 1, err
+    line = err.decode()
+    assert line.startswith(f"roscoe: error: commit of {tx} failed at ") and "run `roscoe recover`" in line, line
+    assert len(line.splitlines()) == 1, line
+    done = groscoe("recover")
+    assert done.returncode == 6, done.stderr
+    assert contents_with_types(bucket) == before
+    assert groscoe("verify").returncode == 0
