@@ -131,7 +131,7 @@ def scratch_env(home: str) -> dict[str, str]:
     """The caller's environment with a scratch ROSCOE_HOME and no other roscoe settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROSCOE_")}
     env["ROSCOE_HOME"] = home
-    env["ROSCOE_CONFIG"] = os.path.join(home, "config.toml")  # absent: defaults
+    env.pop("ROSCOE_CONFIG", None)  # $ROSCOE_HOME/config.toml, absent: no policy
     return env
 
 

@@ -81,7 +81,7 @@ def main() -> int:
     home = os.path.join(work, "home")
     root = os.path.join(work, "tree")
     env = lib.scratch_env(home)
-    env.pop("ROSCOE_CONFIG")  # no config file: the defaults (an absent ROSCOE_CONFIG file is an error)
+    env.pop("ROSCOE_CONFIG", None)  # no config file: the defaults (an absent ROSCOE_CONFIG file is an error)
     make_tree(root)
     cases = {"empty": 0, **{f"ops-{n}": n for n in map(int, args.sizes.split(","))}}
     plans = {}
