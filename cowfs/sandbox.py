@@ -21,6 +21,7 @@ import threading
 from collections import namedtuple
 
 from cowfs.errors import CommandNotExecutable, CommandNotFound, SandboxError, UsageError
+from cowfs import seccomp
 from cowfs.limits import NO_LIMITS, Enforced, Limits, RunCgroup
 
 # The shim first joins the run's cgroup (by writing 0 to the cgroup.procs files
@@ -42,6 +43,7 @@ SHIM = (
 JOIN_FAILED = "roscoe: cannot join the run's cgroup"
 SHIM = SHIM.replace("$JOIN_FAILED", JOIN_FAILED)
 JOIN_FDS = (5, 6)
+SECCOMP_FD = 7  # cowfs.seccomp's filter, read by bwrap before the shim starts
 # A run as root keeps the capabilities that work on files (Docker's default set
 # less mknod, raw and low-port sockets, setpcap and setfcap): no CAP_SYS_ADMIN,
 # so no mount, umount or remount; no CAP_MKNOD, so no device node to reach a
@@ -226,6 +228,9 @@ def _run(
     args += ["--unshare-pid", "--unshare-ipc", "--die-with-parent", "--chdir", cwd]
     if not network:
         args.append("--unshare-net")
+    filter_fd = seccomp.memfd()
+    if filter_fd is not None:
+        args += ["--seccomp", str(SECCOMP_FD)]
     join = JOIN_FDS[:len(cgroup.procs_fds)] if cgroup is not None else ()
     rlimit = ""
     if cgroup is None and limits.memory is not None:
@@ -249,6 +254,10 @@ def _run(
         (os.POSIX_SPAWN_DUP2, high[2], 2),
         *((os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(high[3:], join)),
     ]
+    if filter_fd is not None:  # bwrap reads the filter from it and closes it
+        high.append(fcntl.fcntl(filter_fd, fcntl.F_DUPFD_CLOEXEC, 10))
+        os.close(filter_fd)
+        actions.append((os.POSIX_SPAWN_DUP2, high[-1], SECCOMP_FD))
     # Like system(3), ^C and ^\\ belong to the command: roscoe and bwrap ignore
     # them (bwrap inherits SIG_IGN; killed, it would take the sandbox down) and
     # the shim gives the command the default actions back.

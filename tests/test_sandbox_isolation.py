@@ -141,3 +141,55 @@ def test_env_and_clean_env(roscoe: Roscoe, root: Path) -> None:
     done = roscoe("tx", "run", "--root", root, "--env", "A=x", "--", *show, env=base)
     got = json.loads(done.stdout)
     assert (got["A"], got["SECRET_TOKEN"], got["ROSCOE_HOME"]) == ("x", "s3cr3t", str(roscoe.home))
+
+
+TIOCSTI_PROBE = (
+    "import fcntl, termios\n"
+    "try:\n"
+    "    fcntl.ioctl(0, termios.TIOCSTI, b'x')\n"
+    "    print('pushed')\n"
+    "except OSError as e:\n"
+    "    print('refused', e.errno)\n"
+)
+
+
+def on_a_terminal(argv: list[str], env: dict[str, str], cwd: Path) -> str:
+    """Run ``argv`` in a new session whose controlling terminal is a fresh pty
+    on its stdin, as a run started from a person's shell is; its stdout."""
+    import fcntl
+    import pty
+    import subprocess
+    import termios
+
+    master, slave = pty.openpty()
+    try:
+        done = subprocess.run(
+            argv, stdin=slave, capture_output=True, env=env, cwd=cwd, timeout=60,
+            start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.decode()
+
+
+def test_a_run_cannot_type_into_the_terminal_it_shares(roscoe: Roscoe, root: Path) -> None:
+    # A run keeps roscoe's session so that ^C reaches it; on a kernel that
+    # still allows TIOCSTI, that would let it queue a command in the person's
+    # shell. The same probe, outside roscoe and in a bare bwrap sandbox with
+    # every capability dropped, pushes the byte: the filter is what stops it.
+    import sys
+
+    from cowfs.sandbox import bwrap_path
+
+    with open("/proc/sys/dev/tty/legacy_tiocsti") as f:
+        assert f.read().strip() == "1", "this kernel refuses TIOCSTI anyway: the test would prove nothing"
+    env = dict(roscoe.env)
+    probe = [sys.executable, "-c", TIOCSTI_PROBE]
+    assert on_a_terminal(probe, env, root) == "pushed\n"
+    bare = [bwrap_path(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid",
+            "--cap-drop", "ALL", "--", *probe]
+    assert on_a_terminal(bare, env, root) == "pushed\n"
+    run = [sys.executable, "-m", "cli.main", "tx", "run", "--root", str(root), "--", *probe]
+    assert on_a_terminal(run, env, root) == "refused 1\n"
