@@ -25,15 +25,16 @@ from contextlib import contextmanager
 from cowfs.changeset import ChangeSet
 from cowfs.plan import Plan, schema
 from journal.planning import DryRun, PlanResult, as_plan
-from journal.store import TxRecord
+from journal.audit import Event
+from journal.store import ApprovalRecord, TxRecord
 from journal.workspace import RunResult, TxView, Workspace
 
 HomeDir = str | os.PathLike[str] | None
 PlanLike = Plan | dict[str, object] | str | bytes
 
 __all__ = [
-    "DryRun", "PlanResult", "abort", "begin", "commit", "diff", "dry_run_plan", "plan_schema",
-    "run", "show", "stage_plan", "validate_plan",
+    "DryRun", "PlanResult", "abort", "approve", "audit", "begin", "commit", "diff", "dry_run_plan",
+    "plan_schema", "run", "show", "stage_plan", "validate_plan",
 ]
 
 
@@ -119,6 +120,23 @@ def commit(tx: str, *, home: HomeDir = None) -> TxRecord:
 
     with _workspace(home) as ws:
         return commit_tx(ws, tx)
+
+
+def approve(tx: str, diff_hash: str, *, by: str | None = None, home: HomeDir = None) -> ApprovalRecord:
+    """Record that ``by`` (default: the login user) approves the transaction's
+    diff, which must hash to ``diff_hash`` now (else ``StaleApproval``, exit_code 3).
+    A commit that needs an approval goes through while the diff still hashes
+    to it and no run happened since."""
+    from journal.approval import approve as approve_tx
+
+    with _workspace(home) as ws:
+        return approve_tx(ws, tx, diff_hash, by)
+
+
+def audit(tx: str | None = None, *, since_ns: int | None = None, home: HomeDir = None) -> list[Event]:
+    """The audit trail, oldest first (``Event.to_json()`` as ``roscoe audit --json``)."""
+    with _workspace(home) as ws:
+        return ws.journal.audit_events(ws.get(tx).id if tx is not None else None, since_ns)
 
 
 def abort(tx: str, *, home: HomeDir = None) -> TxRecord:

@@ -330,3 +330,32 @@ def running(pid: int) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def test_the_python_api_approves_and_reads_the_audit_trail(
+    root: Path, home: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from journal import api
+    from journal.approval import ApprovalNeeded, StaleApproval
+
+    write_config(home, "[approval]\nwhen_deleting = true\n")
+    monkeypatch.setenv("ROSCOE_CONFIG", str(home / "config.toml"))
+    monkeypatch.setenv("LOGNAME", USER)
+    tx = api.begin(root, home=home)
+    api.run(tx, ["rm", "case1/old.tmp"], cwd=str(root), home=home)
+    digest = api.diff(tx, home=home).diff_hash
+    with pytest.raises(ApprovalNeeded) as needed:
+        api.commit(tx, home=home)
+    assert needed.value.exit_code == 4
+    with pytest.raises(StaleApproval) as stale:
+        api.approve(tx, "0" * 32, home=home)
+    assert stale.value.exit_code == 3
+    record = api.approve(tx, digest, by="Jane Partner", home=home)
+    assert (record.tx, record.kind, record.diff_hash, record.approver) == (tx, "approved", digest, "Jane Partner")
+    assert api.commit(tx, home=home).state == "committed"
+    events = api.audit(tx, home=home)
+    assert [e.kind for e in events] == [
+        "begin", "run-start", "run", "diff", "refuse", "approval-requested", "refuse", "approve",
+        "commit-start", "commit"]
+    assert json.loads(events[-1].detail)["approved_by"] == "Jane Partner"
+    assert {e.user for e in events} == {USER}
