@@ -248,15 +248,21 @@ def store_images(blobs: BlobStore, tx: TxRecord, stager: object, changes: Change
         except (BlobCorrupt, FileNotFoundError, durable.NotADirectoryOnPath):
             raise Conflict(what="commit refused", tx=tx.id, paths=c.path) from None
         if c.new is not None and c.new.type == FILE:
-            assert isinstance(stager, Stager) and c.new.hash is not None
-            staged = stager.staged_path(c.path)
-            if not blobs.put_link(staged, c.new.hash):
-                with open(staged, "rb") as f:
-                    blobs.put_stream(iter(lambda: f.read(durable.CHUNK), b""), c.new.hash)
-            new_blob = c.new.hash
+            new_blob = store_new(blobs, stager, c.path, c.new)
         rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, new_blob))
     blobs.sync()
     return rows
+
+
+def store_new(blobs: BlobStore, stager: object, path: str, new: Entry) -> str:
+    """The staged bytes of ``path`` in the blob store: hard-linked when staging
+    shares its filesystem, else copied (the caller syncs). Their digest."""
+    assert isinstance(stager, Stager) and new.hash is not None
+    staged = stager.staged_path(path)
+    if not blobs.put_link(staged, new.hash):
+        with open(staged, "rb") as f:
+            blobs.put_stream(iter(lambda: f.read(durable.CHUNK), b""), new.hash)
+    return new.hash
 
 
 def release_links(blobs: BlobStore, stager: object, links: str) -> None:

@@ -262,7 +262,7 @@ def store_images(
 ) -> list[ChangeRow]:
     """Step 4: every pre-image read from the bucket at the generation checked (its
     bytes must hash to what the diff saw), every post-image from staging."""
-    from cowfs.stagers import Stager
+    from journal.commit import store_new
 
     rows: list[ChangeRow] = []
     reads: list[tuple[str, int, str, str]] = []
@@ -270,12 +270,7 @@ def store_images(
         ops = plan(target, c, current)
         new_blob = None
         if c.new is not None and c.new.type == FILE:
-            assert isinstance(stager, Stager) and c.new.hash is not None
-            staged = stager.staged_path(c.path)
-            if not blobs.put_link(staged, c.new.hash):
-                with open(staged, "rb") as f:
-                    blobs.put_stream(iter(lambda: f.read(durable.CHUNK), b""), c.new.hash)
-            new_blob = c.new.hash
+            new_blob = store_new(blobs, stager, c.path, c.new)
             for op in ops:
                 if op["new"] is not None and op["new"]["kind"] == "file":
                     op["new"]["md5"] = md5_file(blobs.path(new_blob))

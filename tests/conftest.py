@@ -113,6 +113,14 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def missing(what: str, how: str = "scripts/test.sh installs it") -> None:
+    """A component a test needs is missing: a failure under CI (CI=true), a skip elsewhere."""
+    message = f"{what} is missing: {how}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def lookup_test_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(TEST_USER)

@@ -19,14 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
-
-def missing(what: str) -> None:
-    """A component a test needs is missing: loud under CI, a skip on a laptop."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing: scripts/test.sh installs it")
-    pytest.skip(f"{what} is missing")
+from tests.conftest import missing
 
 
 def free_port() -> int:

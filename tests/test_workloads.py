@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.conftest import Roscoe, snapshot
+from tests.conftest import Roscoe, missing, snapshot
 from tests.test_sandbox_limits import tx_from
 from tests.test_setup_scripts import CASES, EXPECTED, REORGANIZE, tree
 
@@ -30,10 +30,7 @@ CHROMIUM = "/usr/bin/chromium"
 def need(what: str, present: bool, how: str) -> None:
     """A missing system dependency fails in CI and skips elsewhere."""
     if not present:
-        message = f"{what} is missing: {how} (scripts/test.sh installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(what, f"{how} (scripts/test.sh installs it)")
 
 
 def xxh(data: bytes) -> str:
