@@ -1,15 +1,22 @@
-"""The agent's other hot paths, without typer or rich: ``tx diff ID --json``
-and ``tx commit ID [--yes]``, when their arguments have exactly these shapes.
+"""The agent's other hot paths, without typer or rich: ``tx diff ID --json``,
+``tx commit ID [--yes]`` and ``tx plan [--tx ID] [--root DIR] [--dry-run]
+[--json] PLAN``, when their arguments have exactly these shapes.
 
-An agent reads the diff and commits on every transaction; typer and rich
-cost ~200 ms a call. Anything else (help, other options) goes to typer.
+An agent reads the diff and commits on every transaction, and stages plans;
+typer and rich cost ~200 ms a call. Anything else (help, other options, the
+``--opt=value`` spelling) goes to typer.
 """
 
 from __future__ import annotations
 
+PLAN_VALUES = ("--tx", "--root")
+PLAN_FLAGS = ("--dry-run", "--json")
+
 
 def fast_path(argv: list[str]) -> int | None:
     """Run ``argv`` if it is one of the shapes above; None lets typer parse it."""
+    if argv[:2] == ["tx", "plan"]:
+        return plan(argv[2:])
     if len(argv) < 3 or argv[0] != "tx" or argv[2].startswith("-"):
         return None
     command, ref, options = argv[1], argv[2], argv[3:]
@@ -18,6 +25,32 @@ def fast_path(argv: list[str]) -> int | None:
     if command == "commit" and options in ([], ["--yes"]):
         return commit(ref, yes=bool(options))
     return None
+
+
+def plan(args: list[str]) -> int | None:
+    values: dict[str, str] = {}
+    flags: set[str] = set()
+    source = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in PLAN_VALUES and arg not in values and i + 1 < len(args):
+            values[arg] = args[i + 1]
+            i += 2
+            continue
+        if arg in PLAN_FLAGS and arg not in flags:
+            flags.add(arg)
+        elif source is None and (arg == "-" or not arg.startswith("-")):
+            source = arg
+        else:
+            return None
+        i += 1
+    if source is None:
+        return None
+    from cli.plan import execute
+
+    return execute(source, tx=values.get("--tx"), root=values.get("--root"),
+                   dry_run="--dry-run" in flags, json_="--json" in flags)
 
 
 def diff_json(ref: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from cli.errors import say
+from cli.state import write_json
 from cowfs.errors import UsageError
 
 
@@ -56,10 +57,8 @@ def execute(
             raise
     finally:
         ws.close()
-    from cli import render
-
     if json_:
-        render.json_out(result.to_json())
+        write_json(result.to_json())
     elif result.began:
         print(result.tx)
     counts = result.changes.counts()
@@ -70,11 +69,11 @@ def execute(
 
 
 def _dry_run(outcome, json_: bool) -> int:  # type: ignore[no-untyped-def]
-    from cli import render
-
     if json_:
-        render.json_out(outcome.changes.to_json(outcome.tx))
+        write_json(outcome.changes.to_json(outcome.tx))
     else:
+        from cli import render
+
         render.diff(outcome.tx or "(new)", outcome.changes)
     whose = f"tx {outcome.tx}" if outcome.tx else f"a new transaction over {outcome.root}"
     say(f"dry run: nothing was staged; that is the diff {whose} would have after the plan's {outcome.ops} ops")

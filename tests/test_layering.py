@@ -58,3 +58,22 @@ def test_diff_json_and_commit_stay_light(tmp_path: Path) -> None:
     )
     modules = loaded_after(code, {"ROSCOE_HOME": str(tmp_path / "home")})
     assert {m.split(".")[0] for m in modules} & {"typer", "rich", "click"} == set()
+
+
+def test_tx_plan_stays_light(tmp_path: Path) -> None:
+    """Agents stage plans on every transaction: `tx plan [--dry-run] --json PLAN`
+    and plain `tx plan --root R PLAN` load neither typer nor rich."""
+    root = tmp_path / "root"
+    root.mkdir()
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"version": 1, "ops": [{"op": "write", "path": "a.txt", "content": "a\n"}]}))
+    code = (
+        "import contextlib, io\n"
+        "from cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert main(['tx', 'plan', '--root', {str(root)!r}, '--dry-run', '--json', {str(plan)!r}]) == 0\n"
+        f"    assert main(['tx', 'plan', '--json', '--root', {str(root)!r}, {str(plan)!r}]) == 0\n"
+        f"    assert main(['tx', 'plan', '--root', {str(root)!r}, {str(plan)!r}]) == 0\n"
+    )
+    modules = loaded_after(code, {"ROSCOE_HOME": str(tmp_path / "home")})
+    assert {m.split(".")[0] for m in modules} & {"typer", "rich", "click"} == set()
