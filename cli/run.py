@@ -217,6 +217,8 @@ def summarize(tx_id: str, args: RunArgs, result) -> None:  # type: ignore[no-unt
 
     if result.timed_out:
         say(f"tx {tx_id}: timed out after {args.timeout} s; every process of the run was killed")
+    for warning in result.warnings:
+        say(f"warning: {warning}")
     enforced = result.limits
     if enforced is not None and enforced.memory is not None:
         from cowfs.limits import human

@@ -35,8 +35,8 @@ OPEN, ABORTED = "open", "aborted"
 
 class RunResult(namedtuple(
     "_RunResult",
-    "tx root run_id argv cwd backend exit_code timed_out started_ns ended_ns changes limits",
-    defaults=(None,),
+    "tx root run_id argv cwd backend exit_code timed_out started_ns ended_ns changes limits warnings",
+    defaults=(None, ()),
 )):
     """How one run ended, and what the transaction stages after it; ``limits``
     (cowfs.limits.Enforced) says how its memory and process limits were kept."""
@@ -54,6 +54,7 @@ class RunResult(namedtuple(
     ended_ns: int
     changes: ChangeSet
     limits: sandbox.Enforced | None
+    warnings: tuple[str, ...]
 
     def report(self) -> dict[str, object]:
         return {
@@ -64,6 +65,7 @@ class RunResult(namedtuple(
             "diff_hash": self.changes.diff_hash, "summary": self.changes.summary,
             "unsupported": [u.to_json() for u in self.changes.unsupported],
             "limits": self.limits.to_json() if self.limits is not None else None,
+            "warnings": list(self.warnings),
         }
 
 
@@ -303,14 +305,20 @@ class Workspace:
                 self.journal.set_backend(tx.id, stager.name)
             restored = savepoint is not None and savepoint.settle(outcome.exit_code)
             changes = self._compare(tx, stager)
+            generations = None if restored or not tx.target else self._generations(tx, changes)
+            warnings: tuple[str, ...] = ()
+            if generations is not None and changes.changes and not generations:
+                warnings = (f"{tx.target}: the bucket could not be read when the run ended, so the object"
+                            " generations a commit is conditional on were not recorded; the commit will"
+                            " refuse (exit 3) until a later run records them",)
             self.journal.end_run(
                 run_id, outcome.exit_code, changes.diff_hash, len(changes.changes),
                 None if restored else {c.path: c.old for c in changes.changes}, stager.name,
-                generations=None if restored or not tx.target else self._generations(tx, changes),
+                generations=generations,
             )
         return RunResult(
             tx.id, tx.root, run_id, argv, inner_cwd, stager.name, outcome.exit_code,
-            outcome.timed_out, started, now_ns(), changes, outcome.enforced,
+            outcome.timed_out, started, now_ns(), changes, outcome.enforced, warnings,
         )
 
     def _generations(self, tx: TxRecord, changes: ChangeSet) -> dict[str, dict[str, int]] | None:

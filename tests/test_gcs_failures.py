@@ -230,3 +230,22 @@ def test_the_api_going_silent_mid_commit_then_recover_leaves_the_bucket_all_old(
     assert done.returncode == 6, done.stderr
     assert contents_with_types(bucket) == before
     assert groscoe("verify").returncode == 0
+
+
+def test_a_run_that_cannot_read_the_bucket_says_so_and_the_commit_refuses(groscoe: Roscoe, bucket: Bucket) -> None:
+    tx = groscoe.begin(bucket.root, "--target", bucket.url)
+    dead = f"http://127.0.0.1:{free_port()}"
+    done = groscoe("tx", "run", "--tx", tx, "--", "sh", "-c", SCRIPT, cwd=bucket.root,
+                   env={"STORAGE_EMULATOR_HOST": dead, "ROSCOE_GCS_RETRIES": "1"})
+    assert done.returncode == 0, done.stderr
+    assert (f"roscoe: warning: {bucket.url}: the bucket could not be read when the run ended, so the object"
+            " generations a commit is conditional on were not recorded; the commit will refuse (exit 3)"
+            " until a later run records them\n") in done.stderr.decode()
+    before = contents_with_types(bucket)
+    done = groscoe("tx", "commit", tx, "--yes")
+    assert done.returncode == 3, done.stderr
+    assert contents_with_types(bucket) == before
+    # A run that can read the bucket records the generations; then it commits.
+    assert groscoe("tx", "run", "--tx", tx, "--", "true", cwd=bucket.root).returncode == 0
+    done = groscoe("tx", "commit", tx, "--yes")
+    assert done.returncode == 0, done.stderr
