@@ -10,7 +10,9 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -119,6 +121,28 @@ def missing(what: str, how: str = "scripts/test.sh installs it") -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@contextmanager
+def rclone_mounted(source: str, mnt: Path, *options: str) -> Iterator[Path]:
+    """``rclone mount SOURCE MNT`` as a daemon (fuse3), unmounted afterwards."""
+    if shutil.which("rclone") is None:
+        missing("rclone")
+    if shutil.which("fusermount3") is None:
+        missing("fuse3")
+    mnt.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["rclone", "mount", source, str(mnt), *options, "--daemon", "--config", "/dev/null", "--log-level", "ERROR"],
+        check=True, capture_output=True,
+    )
+    deadline = time.monotonic() + 15
+    while not os.path.ismount(mnt):
+        assert time.monotonic() < deadline, "rclone mount did not come up"
+        time.sleep(0.05)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 
 
 def lookup_test_user() -> pwd.struct_passwd:

@@ -6,8 +6,6 @@ bucket on it, as gcsfuse-like as it gets here."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import missing
+from tests.conftest import missing, rclone_mounted
 
 
 def free_port() -> int:
@@ -111,22 +109,6 @@ def fake_gcs() -> Iterator[FakeGcs]:
 def rclone_mount(server: FakeGcs, bucket: str, mnt: Path) -> Iterator[Path]:
     """``rclone mount :gcs:BUCKET`` over the emulator, with short caches so a
     commit through the API shows in the mount within a second."""
-    if shutil.which("rclone") is None:
-        missing("rclone")
-    if shutil.which("fusermount3") is None:
-        missing("fuse3")
-    mnt.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["rclone", "mount", f":gcs:{bucket}", str(mnt), "--gcs-endpoint", f"{server.url}/storage/v1/",
-         "--gcs-anonymous", "--vfs-cache-mode", "writes", "--dir-cache-time", "200ms", "--config", "/dev/null",
-         "--daemon", "--log-level", "ERROR"],
-        check=True, capture_output=True,
-    )
-    deadline = time.monotonic() + 15
-    while not os.path.ismount(mnt):
-        assert time.monotonic() < deadline, "rclone mount did not come up"
-        time.sleep(0.05)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    with rclone_mounted(f":gcs:{bucket}", mnt, "--gcs-endpoint", f"{server.url}/storage/v1/", "--gcs-anonymous",
+                        "--vfs-cache-mode", "writes", "--dir-cache-time", "200ms") as mounted:
+        yield mounted

@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import xxhash
 
-from tests.conftest import Roscoe, UserRoscoe, chown_tree, lookup_test_user, make_tree, snapshot
+from tests.conftest import (
+    Roscoe,
+    UserRoscoe,
+    chown_tree,
+    lookup_test_user,
+    make_tree,
+    rclone_mounted,
+    snapshot,
+)
 
 SCENARIO = " && ".join([
     "printf 'added\\n' > case1/added.txt",                    # added file
@@ -105,23 +111,9 @@ def test_scenario_as_an_ordinary_user(unprivileged: UserRoscoe, user_dir: Path, 
 def fuse_lower(tmp_path: Path) -> Iterator[Path]:
     """A FUSE mount (rclone, as gcsfuse-like as it gets here) whose xattr probes
     answer EIO, so the kernel overlay mounts but cannot look anything up."""
-    if shutil.which("rclone") is None:
-        pytest.fail("rclone is missing: scripts/test.sh installs it")
     src = make_tree(tmp_path / "bucket")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(
-        ["rclone", "mount", str(src), str(mnt), "--daemon", "--config", "/dev/null", "--log-level", "ERROR"],
-        check=True, capture_output=True,
-    )
-    deadline = time.monotonic() + 15
-    while not os.path.ismount(mnt):
-        assert time.monotonic() < deadline, "rclone mount did not come up"
-        time.sleep(0.05)
-    try:
+    with rclone_mounted(str(src), tmp_path / "mnt") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 
 
 def test_fuse_lower_falls_back_to_kernel_over_bindfs(roscoe: Roscoe, fuse_lower: Path) -> None:
