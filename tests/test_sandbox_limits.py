@@ -146,6 +146,16 @@ def sleeper(tmp_path: Path, marker: str) -> str:
     return f"bash {script}"
 
 
+def wait_for_sleepers(n: int) -> str:
+    """Shell that waits (up to 20 s) until ``n`` sleepers run, then prints how many run.
+
+    A fixed pause was not enough: on a loaded CI machine a double-forked sleeper
+    had not yet exec'd sleep after half a second.
+    """
+    return (f"i=0; while [ $i -lt 200 ] && [ \"$(pgrep -cx sleep)\" != {n} ]; do sleep 0.1; i=$((i+1)); done;"
+            " pgrep -cx sleep")
+
+
 @pytest.mark.parametrize("how", ["background", "setsid", "double-fork", "nohup"])
 def test_no_process_outlives_the_run(roscoe: Roscoe, root: Path, tmp_path: Path, how: str) -> None:
     marker = f"roscoe-left-{how}-{os.getpid()}-{time.monotonic_ns()}"
@@ -157,7 +167,7 @@ def test_no_process_outlives_the_run(roscoe: Roscoe, root: Path, tmp_path: Path,
         "nohup": f"nohup {sleep} >/dev/null 2>&1 &",
     }[how]
     # The run counts its own sleeper (pgrep sees the run's pid namespace) and leaves.
-    done = roscoe("tx", "run", "--root", root, "--", "bash", "-c", f"{script} sleep 0.5; pgrep -cx sleep")
+    done = roscoe("tx", "run", "--root", root, "--", "bash", "-c", f"{script} {wait_for_sleepers(1)}")
     assert (done.returncode, done.stdout) == (0, b"1\n"), done.stderr
     assert alive(marker) == []
 
@@ -165,7 +175,7 @@ def test_no_process_outlives_the_run(roscoe: Roscoe, root: Path, tmp_path: Path,
 def test_the_timeout_kills_detached_descendants_too(roscoe: Roscoe, root: Path, tmp_path: Path) -> None:
     marker = f"roscoe-detached-{os.getpid()}-{time.monotonic_ns()}"
     sleep = sleeper(tmp_path, marker)
-    script = f"setsid {sleep} & sh -c '({sleep} &)'; sleep 0.5; pgrep -cx sleep; sleep 300"
+    script = f"setsid {sleep} & sh -c '({sleep} &)'; {wait_for_sleepers(2)}; sleep 300"
     done = roscoe("tx", "run", "--root", root, "--timeout", "2", "--", "bash", "-c", script)
     assert (done.returncode, done.stdout) == (124, b"2\n")
     assert alive(marker) == []
