@@ -154,18 +154,27 @@ def sync_filesystem(path: str) -> None:
         os.close(fd)
 
 
+class Staged(str):
+    """A content source: the path of a staged file that is never used again
+    once committed, so it may be hard-linked in place instead of copied."""
+
+
 def write_file(
     dir_fd: int, name: str | None, temp: str, source: Iterator[bytes] | str, *, mode: int, mtime_ns: int,
     owner: tuple[int, int] | None = None, sync: bool = True,
 ) -> None:
-    """Write ``source`` (chunks, or the path of a trusted file to copy in the
-    kernel) to ``temp`` in ``dir_fd``, set its mode, owner and mtime, fsync it
-    (unless the caller syncs the filesystem itself), then rename it over
-    ``name`` (unless None: the caller renames later). The target is old or
-    new, never half."""
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    """Write ``source`` (chunks, the path of a trusted file to copy in the
+    kernel, or a ``Staged`` file to link when it can be) to ``temp`` in
+    ``dir_fd``, set its mode, owner and mtime, fsync it (unless the caller
+    syncs the filesystem itself), then rename it over ``name`` (unless None:
+    the caller renames later). The target is old or new, never half."""
+    linked = _link_staged(source, dir_fd, temp) if isinstance(source, Staged) else None
+    fd = linked if linked is not None else os.open(
+        temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
-        if isinstance(source, str):
+        if linked is not None:
+            pass  # the staged bytes themselves
+        elif isinstance(source, str):
             _copy_file(source, fd)
         else:
             for chunk in source:
@@ -185,6 +194,32 @@ def write_file(
     os.close(fd)
     if name is not None:
         rename(dir_fd, temp, name)
+
+
+def _link_staged(src: str, dir_fd: int, temp: str) -> int | None:
+    """Hard-link the staged regular file ``src`` as ``temp`` and open it; None
+    when it cannot be linked here (another filesystem, a file with other
+    links, an attribute that cannot be removed), and the caller copies.
+
+    Its extended attributes are removed first, so the live tree gets what a
+    copy would get: not the overlay's own (``user.overlay.origin``), nor any
+    the run set (file capabilities, ACLs), which the diff never showed."""
+    try:
+        st = os.lstat(src)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return None
+        for attr in os.listxattr(src, follow_symlinks=False):
+            os.removexattr(src, attr, follow_symlinks=False)
+        os.link(src, temp, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP):
+            return None
+        raise
+    try:
+        return os.open(temp, FILE_READ, dir_fd=dir_fd)
+    except BaseException:
+        _unlink_quietly(dir_fd, temp)
+        raise
 
 
 def write_symlink(

@@ -8,14 +8,17 @@ at once or not at all.
 3. conflict check: every changed live path still matches the base recorded
    when the last run ended (exit 3, nothing written);
 4. images: the old bytes of every changed file (read once, and checked
-   against its base hash while copied) and the new bytes (hard-linked from
-   the staging layer) go to the blob store, fsynced;
+   against its base hash while copied) go to the blob store, fsynced. The
+   new bytes need no image: all-old recovery and rollback never read them,
+   and the staging layer keeps them until the commit record is written;
 5. intent: every change with its before and after state, journaled in one
    SQLite transaction with synchronous=FULL; the transaction is `committing`;
 6. apply: ``cowfs.converge`` makes every path its new state (temp file,
    fsync, rename; directories created and removed, never renamed; fsync of
    every touched directory; on a local disk one syncfs per batch instead of
-   an fsync per file, on FUSE an fsync per file);
+   an fsync per file, on FUSE an fsync per file). A staged file on the live
+   tree's filesystem is hard-linked to the temp name instead of copied: the
+   commit writes no byte of data twice;
 7. the commit record: one row update to `committed`. That is the commit point.
 
 A crash before step 7 is undone by ``journal.recovery`` (all-old, always);
@@ -34,7 +37,7 @@ from cowfs import durable
 from cowfs.changeset import ChangeSet
 from cowfs.converge import converge, remove_temps
 from cowfs.entry import FILE, Entry
-from cowfs.errors import CommitFailed, Conflict, RoscoeError
+from cowfs.errors import CommitFailed, Conflict, RoscoeError, StagingCorrupt
 from cowfs.stagers import Stager
 from journal.approval import ApprovalNeeded, enforce, requested
 from journal.blobs import BlobCorrupt, BlobStore
@@ -75,18 +78,21 @@ def capture_old(blobs: BlobStore, root: str, path: str, old: Entry) -> str:
     return old.hash
 
 
+Content = Callable[[str, Entry], "Iterator[bytes] | str"]
+
+
 def apply_journaled(
     journal: Journal, blobs: BlobStore, tx: TxRecord, rows: list[ChangeRow], diff_hash: str, *,
-    known: dict[str, Entry | None] | None, progress: Progress | None = None, fresh: bool = False,
+    known: dict[str, Entry | None] | None, progress: Progress | None = None, content: Content | None = None,
     new: bool = False,
 ) -> None:
-    """Steps 5-7 for ``rows``, whose images are already in ``blobs``. With
-    ``fresh``, the new images were hashed by this very commit, so they are
-    copied in the kernel instead of read and checked again. With ``new``,
-    ``tx`` (a rollback) is journaled together with its intent."""
+    """Steps 5-7 for ``rows``, whose old images are already in ``blobs``.
+    ``content(path, entry)`` gives a new file's bytes (by default its blob,
+    read and checked). With ``new``, ``tx`` (a rollback) is journaled together
+    with its intent."""
 
-    def content(path: str, entry: Entry) -> Iterator[bytes] | str:
-        return blobs.path(entry.hash or "") if fresh else blobs.read(entry.hash or "")
+    def from_blobs(path: str, entry: Entry) -> Iterator[bytes]:
+        return blobs.read(entry.hash or "")
 
     journal.record_intent(tx.id, rows, diff_hash, new=tx if new else None)
     checkpoint("after-intent")
@@ -102,7 +108,7 @@ def apply_journaled(
 
     try:
         converge(
-            tx.root, [(r.path, r.new) for r in rows], content=content,
+            tx.root, [(r.path, r.new) for r in rows], content=content or from_blobs,
             tag=tx.id, owners=owners_kept(), step=step, known=known,
         )
     except (OSError, RoscoeError) as e:
@@ -178,15 +184,23 @@ def commit(ws: Workspace, ref: str, *, progress: Progress | None = None) -> TxRe
 
 def _commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore, progress: Progress | None) -> None:
     with checked(ws, tx) as (tx, stager, changes):
-        with images_linked(ws, blobs, tx, stager, changes):
-            try:
-                rows = store_images(blobs, tx, stager, changes)
-            except Conflict as e:
-                raise logged(ws.journal, e) from None
-            checkpoint("after-images")
-            known = {c.path: c.old for c in changes.changes}
-            apply_journaled(
-                ws.journal, blobs, tx, rows, changes.diff_hash, known=known, progress=progress, fresh=True)
+        # Staged files an older roscoe linked into the blob store get their own
+        # inode back first: the live tree must never share one with a blob.
+        release_links(blobs, stager, ws.home.linked_images(tx.id))
+        checkpoint("before-images")
+        try:
+            rows = store_images(blobs, tx, changes)
+        except Conflict as e:
+            raise logged(ws.journal, e) from None
+        checkpoint("after-images")
+        known = {c.path: c.old for c in changes.changes}
+
+        def staged(path: str, entry: Entry) -> str:
+            assert isinstance(stager, Stager)
+            return durable.Staged(stager.staged_path(path))
+
+        apply_journaled(
+            ws.journal, blobs, tx, rows, changes.diff_hash, known=known, progress=progress, content=staged)
 
 
 @contextmanager
@@ -198,7 +212,16 @@ def checked(ws: Workspace, tx: TxRecord) -> Iterator[tuple[TxRecord, Stager | No
         tx = ws.get(tx.id)
         ws.require_open(tx, "commit")
         stager = ws.stager(tx)
-        changes = ws._compare(tx, stager)
+        try:
+            changes = ws._compare(tx, stager)
+        except StagingCorrupt:
+            if tx.target:  # a bucket object replaced under the mount fails reads there
+                from journal.gcs_commit import objects_moved
+
+                moved = objects_moved(ws.journal, tx)
+                if moved:
+                    raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved))) from None
+            raise
         enforce(ws.journal, tx, changes, ws.config())
         moved = check_bases(changes, ws.journal.bases(tx.id))
         if moved:
@@ -213,8 +236,8 @@ def checked(ws: Workspace, tx: TxRecord) -> Iterator[tuple[TxRecord, Stager | No
 def images_linked(
     ws: Workspace, blobs: BlobStore, tx: TxRecord, stager: Stager | None, changes: ChangeSet,
 ) -> Iterator[None]:
-    """Around step 4 on: list the staged files about to be hard-linked into the
-    blob store before linking them, and give them back their own copies if
+    """Around step 4 on, for the GCS commit: list the staged files about to be
+    hard-linked into the blob store before linking them, and give them back their own copies if
     the commit does not go through (an open transaction never writes a blob)."""
     checkpoint("before-images")
     links = ws.home.linked_images(tx.id)
@@ -235,21 +258,18 @@ def logged(journal: Journal, conflict: Conflict) -> Conflict:
     return conflict
 
 
-def store_images(blobs: BlobStore, tx: TxRecord, stager: object, changes: ChangeSet) -> list[ChangeRow]:
+def store_images(blobs: BlobStore, tx: TxRecord, changes: ChangeSet) -> list[ChangeRow]:
     """Step 4: old bytes copied from the live tree (checked against the hash the
-    diff saw: a mismatch is a conflict), new bytes hard-linked from staging;
-    all durable before this returns."""
+    diff saw: a mismatch is a conflict), durable before this returns."""
     rows: list[ChangeRow] = []
     for seq, c in enumerate(changes.changes):
-        old_blob = new_blob = None
+        old_blob = None
         try:
             if c.old is not None and c.old.type == FILE:
                 old_blob = capture_old(blobs, tx.root, c.path, c.old)
         except (BlobCorrupt, FileNotFoundError, durable.NotADirectoryOnPath):
             raise Conflict(what="commit refused", tx=tx.id, paths=c.path) from None
-        if c.new is not None and c.new.type == FILE:
-            new_blob = store_new(blobs, stager, c.path, c.new)
-        rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, new_blob))
+        rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, None))
     blobs.sync()
     return rows
 

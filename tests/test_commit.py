@@ -199,6 +199,68 @@ def test_commit_rollback_and_rollback_of_rollback(roscoe: Roscoe, root: Path, tm
         (again, "committed", back), (back, "committed", tx), (tx, "committed", None)]
 
 
+# --- 1b. new bytes are linked, not copied -------------------------------------
+
+TAGGED = (f'printf "edited\\n" > case1/notes.md; {STAMP} case1/notes.md; '
+          "python3 -c 'import os; open(\"big.bin\", \"wb\").write(bytes(range(256)) * 1200); "
+          "os.setxattr(\"big.bin\", \"user.note\", b\"from the run\")'; "
+          f"{STAMP} big.bin")
+
+
+def test_a_committed_file_is_the_staged_inode_without_its_attributes(roscoe: Roscoe, root: Path, home: Path, tmp_path: Path) -> None:
+    expected = applied(root, tmp_path / "plain", TAGGED)
+    tx = staged(roscoe, root, TAGGED)
+    upper = home / "tx" / tx / "upper"
+    # The copied-up file carries the overlay's own attribute; the new one, the run's.
+    assert [a for a in os.listxattr(upper / "case1" / "notes.md") if "overlay" in a] != []
+    assert os.listxattr(upper / "big.bin") == ["user.note"]
+    inodes = {p: os.stat(upper / p).st_ino for p in ("case1/notes.md", "big.bin")}
+    ok(commit(roscoe, tx))
+    assert snapshot(root) == expected
+    for p, ino in inodes.items():
+        st = os.stat(root / p)
+        assert (st.st_ino, st.st_nlink) == (ino, 1), p  # the same inode; the staging layer is gone
+        assert os.listxattr(root / p) == [], p  # what a copy would have: none of them
+    verified(roscoe)
+    back = rollback(roscoe, tx)
+    rollback(roscoe, back)
+    assert snapshot(root) == expected
+    verified(roscoe)
+
+
+def test_files_a_run_hard_linked_are_committed_as_two_files(roscoe: Roscoe, root: Path, tmp_path: Path) -> None:
+    script = f'printf "one\\n" > a.txt; ln a.txt b.txt; {STAMP} a.txt'
+    expected = applied(root, tmp_path / "plain", script)
+    tx = staged(roscoe, root, script)
+    ok(commit(roscoe, tx))
+    assert snapshot(root) == expected
+    a, b = os.stat(root / "a.txt"), os.stat(root / "b.txt")
+    assert a.st_ino != b.st_ino and (a.st_nlink, b.st_nlink) == (1, 1)
+    verified(roscoe)
+    (root / "a.txt").write_text("changed later\n")
+    assert (root / "b.txt").read_bytes() == b"one\n"
+
+
+def test_a_commit_copies_when_the_state_dir_is_on_another_filesystem(root: Path, tmp_path: Path) -> None:
+    home = tmp_path / "tmpfs-home"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(home)], check=True)
+    try:
+        roscoe = Roscoe(home)
+        expected = applied(root, tmp_path / "plain", TAGGED)
+        before = snapshot(root)
+        tx = staged(roscoe, root, TAGGED)
+        ok(commit(roscoe, tx))
+        assert snapshot(root) == expected
+        assert os.listxattr(root / "big.bin") == []
+        verified(roscoe)
+        rollback(roscoe, tx)
+        assert snapshot(root) == before
+        verified(roscoe)
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=True)
+
+
 # --- 2. tx run --commit --yes ----------------------------------------------------
 
 EDIT_NOTES = f'printf "edited\\n" > case1/notes.md; {STAMP} case1/notes.md; rm case1/old.tmp'

@@ -28,13 +28,13 @@ def blob_count(home: Path) -> int:
 
 def test_gc_keeps_recent_images_and_drops_old_ones(roscoe: Roscoe, root: Path, home: Path) -> None:
     tx = committed(roscoe, root, "printf 'v2\\n' > case1/notes.md && rm case1/old.tmp")
-    assert blob_count(home) == 3  # old notes.md, new notes.md, old old.tmp
+    assert blob_count(home) == 2  # old notes.md, old old.tmp (new bytes need no image)
     done = roscoe("gc", "--keep-days", "30", "--json")
     assert (done.returncode, json.loads(done.stdout)) == (0, {"dropped": [], "removed_blobs": 0, "freed_bytes": 0})
     after = snapshot(root)
     ws = Workspace.open(home)
     try:
-        assert gc(ws, 0, grace_ns=0) == {"dropped": [tx], "removed_blobs": 3, "freed_bytes": 8 + 3 + 9}
+        assert gc(ws, 0, grace_ns=0) == {"dropped": [tx], "removed_blobs": 2, "freed_bytes": 8 + 9}
     finally:
         ws.close()
     assert blob_count(home) == 0
