@@ -152,6 +152,19 @@ def moved_objects(
     return moved
 
 
+def objects_moved(journal: Journal, tx: TxRecord) -> list[str]:
+    """Paths of ``tx`` whose objects are no longer at the generations recorded
+    when its last run ended, asked of the bucket without reading the mount
+    (whose cached view of a replaced object can fail reads)."""
+    target = GcsTarget(tx.target or "")
+    bases = journal.base_generations(tx.id)
+    current = target.stat_many({k for recorded in bases.values() if recorded for k in recorded})
+    return [
+        path for path, recorded in bases.items() if recorded and any(
+            (current[k]["generation"] if current.get(k) else 0) != generation for k, generation in recorded.items())
+    ]
+
+
 # -- the lease ---------------------------------------------------------------------
 
 

@@ -170,6 +170,28 @@ def test_object_changed_before_commit_is_a_conflict(groscoe: Roscoe, bucket: Buc
     assert json.loads(groscoe("tx", "show", tx, "--json").stdout)["state"] == "open"
 
 
+def test_a_replaced_object_is_found_from_the_bucket_alone(
+    groscoe: Roscoe, bucket: Bucket, home: Path, gcs_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The mount's cached view of a replaced object can fail reads (EIO) until
+    # it expires: the commit then asks the bucket which objects moved, and
+    # refuses with a conflict rather than blame the staging layer.
+    from journal.gcs_commit import objects_moved
+    from journal.workspace import Workspace
+
+    for name, value in gcs_env.items():
+        monkeypatch.setenv(name, value)
+    tx = begin_and_run(groscoe, bucket, SCRIPT)
+    ws = Workspace.open(home)
+    try:
+        record = ws.get(tx)
+        assert objects_moved(ws.journal, record) == []
+        bucket.put("projects/case1/notes.md", b"someone else\n")
+        assert objects_moved(ws.journal, record) == ["case1/notes.md"]
+    finally:
+        ws.close()
+
+
 def test_object_created_under_an_added_path_is_a_conflict(groscoe: Roscoe, bucket: Bucket) -> None:
     tx = begin_and_run(groscoe, bucket, "printf 'mine\\n' > case1/new.txt")
     bucket.put("projects/case1/new.txt", b"theirs\n")  # the mount may not show it yet; the generation does
