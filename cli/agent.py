@@ -1,9 +1,11 @@
 """The agent's other hot paths, without typer or rich: ``tx diff ID --json``,
-``tx commit ID [--yes]`` and ``tx plan [--tx ID] [--root DIR] [--dry-run]
-[--json] PLAN``, when their arguments have exactly these shapes.
+``tx commit ID [--yes]``, ``tx rollback ID [--yes] [--force]`` and ``tx plan
+[--tx ID] [--root DIR] [--dry-run] [--json] PLAN``, when their arguments have
+exactly these shapes.
 
 An agent reads the diff and commits on every transaction, and stages plans;
-typer and rich cost ~200 ms a call. Anything else (help, other options, the
+an operator's rollback should be as quick as the commit it undoes. Typer and
+rich cost ~200 ms a call. Anything else (help, other options, the
 ``--opt=value`` spelling) goes to typer.
 """
 
@@ -24,6 +26,8 @@ def fast_path(argv: list[str]) -> int | None:
         return diff_json(ref)
     if command == "commit" and options in ([], ["--yes"]):
         return commit(ref, yes=bool(options))
+    if command == "rollback" and set(options) <= {"--yes", "--force"} and len(set(options)) == len(options):
+        return rollback(ref, yes="--yes" in options, force="--force" in options)
     return None
 
 
@@ -71,5 +75,15 @@ def commit(ref: str, *, yes: bool) -> int:
     ws = open_workspace()
     try:
         return 0 if commit_with_prompt(ws, ws.get(ref).id, yes=yes) else 1
+    finally:
+        ws.close()
+
+
+def rollback(ref: str, *, yes: bool, force: bool) -> int:
+    from cli.state import open_workspace, rollback_with_prompt
+
+    ws = open_workspace()
+    try:
+        return rollback_with_prompt(ws, ref, yes=yes, force=force)
     finally:
         ws.close()

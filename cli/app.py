@@ -279,24 +279,13 @@ def tx_rollback(
 ) -> int:
     """Put back exactly what a committed transaction changed, as a new
     transaction (printed on stdout) that can itself be rolled back."""
-    import sys
-
-    from journal.rollback import rollback
+    from cli.state import rollback_with_prompt
 
     ws = workspace()
     try:
-        record = ws.get(tx)
-        if sys.stdin.isatty() and sys.stderr.isatty() and not yes:
-            if not render.confirm(f"Roll back the {len(ws.journal.changes(record.id))} changes of tx {record.id} in {record.root}?"):
-                say(f"tx {record.id} not rolled back")
-                return 1
-        undone = rollback(ws, record.id, force=force)
-        rows = len(ws.journal.changes(undone.id))
+        return rollback_with_prompt(ws, tx, yes=yes, force=force)
     finally:
         ws.close()
-    print(undone.id)
-    say(f"tx {record.id} rolled back by tx {undone.id}: {rows} paths put back in {undone.root}")
-    return 0
 
 
 @tx_app.command("log")

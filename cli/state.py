@@ -53,3 +53,24 @@ def commit_with_prompt(ws, tx_id: str, *, yes: bool) -> bool:  # type: ignore[no
     rows = len(ws.journal.changes(record.id))
     say(f"tx {record.id} committed: {rows} changes to {record.root} (roscoe tx rollback {record.id} undoes it)")
     return True
+
+
+def rollback_with_prompt(ws, ref: str, *, yes: bool, force: bool) -> int:  # type: ignore[no-untyped-def]
+    """Roll back ``ref``: on a terminal ask first (unless ``yes``). Prints the
+    rollback's id on stdout; 1 when the person declined."""
+    import sys
+
+    from journal.rollback import rollback
+
+    record = ws.get(ref)
+    if sys.stdin.isatty() and sys.stderr.isatty() and not yes:
+        from cli import render
+
+        if not render.confirm(f"Roll back the {len(ws.journal.changes(record.id))} changes of tx {record.id} in {record.root}?"):
+            say(f"tx {record.id} not rolled back")
+            return 1
+    undone = rollback(ws, record.id, force=force)
+    rows = len(ws.journal.changes(undone.id))
+    print(undone.id, flush=True)
+    say(f"tx {record.id} rolled back by tx {undone.id}: {rows} paths put back in {undone.root}")
+    return 0

@@ -41,9 +41,9 @@ def test_tx_run_path_stays_light(tmp_path: Path) -> None:
     assert {m.split(".")[0] for m in modules} & set(HEAVY) == set()
 
 
-def test_diff_json_and_commit_stay_light(tmp_path: Path) -> None:
+def test_diff_json_commit_and_rollback_stay_light(tmp_path: Path) -> None:
     """An agent reads `tx diff ID --json` and runs `tx commit ID` on every
-    transaction: neither loads typer or rich."""
+    transaction, and a rollback should be as quick: none loads typer or rich."""
     root = tmp_path / "root"
     root.mkdir()
     code = (
@@ -55,6 +55,10 @@ def test_diff_json_and_commit_stay_light(tmp_path: Path) -> None:
         "ws.close()\n"
         "assert main(['tx', 'diff', tx, '--json']) == 0\n"
         "assert main(['tx', 'commit', tx, '--yes']) == 0\n"
+        "import contextlib, io\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    assert main(['tx', 'rollback', tx, '--yes']) == 0\n"
+        "    assert main(['tx', 'rollback', out.getvalue().strip(), '--force', '--yes']) == 0\n"
     )
     modules = loaded_after(code, {"ROSCOE_HOME": str(tmp_path / "home")})
     assert {m.split(".")[0] for m in modules} & {"typer", "rich", "click"} == set()
