@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -322,7 +322,7 @@ def _copy_file(path: str, out: int) -> None:
 
 def _unlink_quietly(dir_fd: int, name: str) -> None:
     try:
-        os.unlink(name, dir_fd=dir_fd)
+        os.unlink(name, dir_fd=None if dir_fd < 0 else dir_fd)
     except OSError:
         pass
 
@@ -364,4 +364,46 @@ def link_new(src: str, path: str, *, sync: bool = True) -> bool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+    return True
+
+
+def link_out(dir_fd: int, name: str, path: str, check: Callable[[str], None], *, sync: bool = True) -> bool:
+    """Hard-link the regular file ``name`` of ``dir_fd`` (never through a
+    symlink) as the new file ``path``: to a temp name beside it, then
+    ``check(temp)`` (which raises to refuse it), then renamed into place.
+    False, with nothing left behind, when that is not possible here (another
+    filesystem, or a file with other links, which could change the bytes
+    through them); the caller copies instead."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    temp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.link")
+    _unlink_quietly(-1, temp)  # left by a dead process of the same pid
+    try:
+        os.link(name, temp, src_dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP):
+            return False
+        raise
+    try:
+        st = os.lstat(temp)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 2:
+            os.unlink(temp)
+            return False
+        check(temp)
+        if sync:
+            fd = os.open(temp, FILE_READ)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.rename(temp, path)
+    except BaseException:
+        _unlink_quietly(-1, temp)
+        raise
+    if sync:
+        fd = os.open(directory, DIR_FLAGS)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return True

@@ -64,11 +64,56 @@ class BlobStore:
 
         durable.save_new(self.path(digest), hashed(), sync=not self.batch)
 
+    def put_linked(self, dir_fd: int, name: str, digest: str) -> bool:
+        """Store the live file ``name`` of ``dir_fd``, which must hash to
+        ``digest``, by hard link: once the commit replaces it in the live tree,
+        its inode is the blob's alone, and no byte was copied. False when it
+        cannot be linked (the caller copies); BlobCorrupt when its bytes are
+        not ``digest``'s. Until then the blob shares the live file's inode:
+        the caller lists it in a share marker first and ``unshare``s it after."""
+        if self.has(digest):
+            return False
+
+        def check(temp: str) -> None:
+            for _ in self._read(temp, digest, "not what was read"):
+                pass
+
+        return durable.link_out(dir_fd, name, self.path(digest), check, sync=not self.batch)
+
+    def unshare(self, digest: str) -> None:
+        """Give the blob an inode of its own if it still shares one (with the
+        live file it was linked from: an edit there would change the image).
+        A shared blob whose bytes no longer hash to its name is dropped."""
+        try:
+            if os.lstat(self.path(digest)).st_nlink == 1:
+                return
+        except FileNotFoundError:
+            return
+        try:
+            durable.save_new(self.path(digest), self.read(digest))
+        except BlobCorrupt:
+            self.remove(digest)
+
+    def share_marker(self, tx: str) -> str:
+        """Where a commit lists the blobs it may link from the live tree, before
+        it links them, so a crash cannot leave one shared unnoticed."""
+        return os.path.join(self.root, ".shared", tx)
+
+    def share_markers(self) -> Iterator[str]:
+        directory = os.path.join(self.root, ".shared")
+        if os.path.isdir(directory):
+            for name in sorted(os.listdir(directory)):
+                if not name.startswith("."):
+                    yield os.path.join(directory, name)
+
     def read(self, digest: str) -> Iterator[bytes]:
         """The blob's bytes; raises BlobCorrupt at the end if they do not hash to its name."""
+        return self._read(self.path(digest), digest, "damaged")
+
+    def _read(self, path: str, digest: str, problem: str) -> Iterator[bytes]:
         h = xxhash.xxh3_128()
         try:
-            fd = os.open(self.path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise BlobCorrupt(digest=digest, problem="missing", store=self.root) from None
         try:
@@ -78,7 +123,7 @@ class BlobStore:
         finally:
             os.close(fd)
         if h.hexdigest() != digest:
-            raise BlobCorrupt(digest=digest, problem=f"damaged (its bytes hash to {h.hexdigest()})", store=self.root)
+            raise BlobCorrupt(digest=digest, problem=f"{problem} (its bytes hash to {h.hexdigest()})", store=self.root)
 
     def check(self, digest: str) -> str | None:
         """None when the blob is present and whole, else what is wrong with it."""

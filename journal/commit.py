@@ -8,7 +8,10 @@ at once or not at all.
 3. conflict check: every changed live path still matches the base recorded
    when the last run ended (exit 3, nothing written);
 4. images: the old bytes of every changed file (read once, and checked
-   against its base hash while copied) go to the blob store, fsynced. The
+   against its base hash) go to the blob store, fsynced: the old inode
+   itself, hard-linked, when the commit replaces or removes it and it has no
+   other link (listed first, and unshared again if it is still live when the
+   commit ends, see ``images_shared``), else a copy. The
    new bytes need no image: all-old recovery and rollback never read them,
    and the staging layer keeps them until the commit record is written;
 5. intent: every change with its before and after state, journaled in one
@@ -63,19 +66,52 @@ def owners_kept() -> bool:
     return os.geteuid() == 0
 
 
-def read_live(root: str, path: str) -> Iterator[bytes]:
+def capture_old(blobs: BlobStore, root: str, path: str, old: Entry, *, link: bool = False) -> str:
+    """Put the live file's bytes into the blob store, checking they still hash
+    to what the diff saw; a mismatch means the live file changed: a conflict.
+    With ``link`` (the commit replaces or removes that file, inside
+    ``images_shared``), its inode is hard-linked instead of copied when it can be."""
+    assert old.hash is not None
+    blobs.unshare(old.hash)  # one a dead commit linked, not unshared yet: never rely on it
     with durable.parent_dir(root, path) as fd:
         if fd is None:
             raise FileNotFoundError(2, "vanished", path)
-        yield from durable.read_chunks(fd, durable.basename(path))
-
-
-def capture_old(blobs: BlobStore, root: str, path: str, old: Entry) -> str:
-    """Copy the live file's bytes into the blob store, checking they still hash
-    to what the diff saw; a mismatch means the live file changed: a conflict."""
-    assert old.hash is not None
-    blobs.put_stream(read_live(root, path), old.hash)
+        name = durable.basename(path)
+        if not (link and blobs.put_linked(fd, name, old.hash)):
+            blobs.put_stream(durable.read_chunks(fd, name), old.hash)
     return old.hash
+
+
+def replaced(old: Entry | None, new: Entry | None) -> bool:
+    """Whether a change leaves no trace of the old file's inode in the live tree
+    (so the blob store may have it): it is removed, or gets other bytes."""
+    return old is not None and old.type == FILE and (new is None or new.type != FILE or new.hash != old.hash)
+
+
+@contextmanager
+def images_shared(blobs: BlobStore, tx_id: str, root: str, digests: list[str]) -> Iterator[None]:
+    """Around capturing old images by hard link and applying the change: list
+    ``digests`` durably first, and once the commit is done, failed or undone,
+    give each blob an inode of its own again (a file the commit did not
+    replace still shares it). A crash in between leaves the list to
+    ``recovery``."""
+    if not digests:
+        yield
+        return
+    marker = blobs.share_marker(tx_id)
+    durable.save_new(marker, iter([json.dumps({"root": root, "digests": digests}).encode()]), mode=0o600)
+    try:
+        yield
+    finally:
+        unshare_listed(blobs, marker)
+
+
+def unshare_listed(blobs: BlobStore, marker: str) -> None:
+    with open(marker, encoding="utf-8") as f:
+        listed = json.load(f)
+    for digest in listed["digests"]:
+        blobs.unshare(digest)
+    os.unlink(marker)
 
 
 Content = Callable[[str, Entry], "Iterator[bytes] | str"]
@@ -188,19 +224,21 @@ def _commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore, progress: Prog
         # inode back first: the live tree must never share one with a blob.
         release_links(blobs, stager, ws.home.linked_images(tx.id))
         checkpoint("before-images")
-        try:
-            rows = store_images(blobs, tx, changes)
-        except Conflict as e:
-            raise logged(ws.journal, e) from None
-        checkpoint("after-images")
-        known = {c.path: c.old for c in changes.changes}
+        linked = sorted({c.old.hash or "" for c in changes.changes if replaced(c.old, c.new)})
+        with images_shared(blobs, tx.id, tx.root, linked):
+            try:
+                rows = store_images(blobs, tx, changes)
+            except Conflict as e:
+                raise logged(ws.journal, e) from None
+            checkpoint("after-images")
+            known = {c.path: c.old for c in changes.changes}
 
-        def staged(path: str, entry: Entry) -> str:
-            assert isinstance(stager, Stager)
-            return durable.Staged(stager.staged_path(path))
+            def staged(path: str, entry: Entry) -> str:
+                assert isinstance(stager, Stager)
+                return durable.Staged(stager.staged_path(path))
 
-        apply_journaled(
-            ws.journal, blobs, tx, rows, changes.diff_hash, known=known, progress=progress, content=staged)
+            apply_journaled(
+                ws.journal, blobs, tx, rows, changes.diff_hash, known=known, progress=progress, content=staged)
 
 
 @contextmanager
@@ -259,14 +297,15 @@ def logged(journal: Journal, conflict: Conflict) -> Conflict:
 
 
 def store_images(blobs: BlobStore, tx: TxRecord, changes: ChangeSet) -> list[ChangeRow]:
-    """Step 4: old bytes copied from the live tree (checked against the hash the
-    diff saw: a mismatch is a conflict), durable before this returns."""
+    """Step 4: old bytes from the live tree, hard-linked or copied (checked
+    against the hash the diff saw: a mismatch is a conflict), durable before
+    this returns."""
     rows: list[ChangeRow] = []
     for seq, c in enumerate(changes.changes):
         old_blob = None
         try:
             if c.old is not None and c.old.type == FILE:
-                old_blob = capture_old(blobs, tx.root, c.path, c.old)
+                old_blob = capture_old(blobs, tx.root, c.path, c.old, link=replaced(c.old, c.new))
         except (BlobCorrupt, FileNotFoundError, durable.NotADirectoryOnPath):
             raise Conflict(what="commit refused", tx=tx.id, paths=c.path) from None
         rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, None))

@@ -6,6 +6,8 @@ state from the journal and the blob store, its temp files are removed, and it
 is open again (a rollback that never finished is aborted). The undo is state
 based, so a crash during recovery is recovered by running it again. A commit
 still in progress (its root lock held by a live process) is left alone.
+Then every blob a dead commit hard-linked from a live file is given an inode
+of its own.
 """
 
 from __future__ import annotations
@@ -57,4 +59,27 @@ def recover(ws: object) -> list[Recovered]:
             ws.journal.log_event(tx.id, "recover-done", {"paths": len(rows)})
             after = ws.journal.get_tx(tx.id)
             found.append(Recovered(tx.id, tx.root, len(rows), after.state if after else "gone"))
+    unshare_left_blobs(ws.home.path)
     return found
+
+
+def unshare_left_blobs(home: str) -> None:
+    """Blobs a commit that died had hard-linked from live files it never
+    replaced get an inode of their own (``journal.commit.images_shared``);
+    those of a commit still running (its root lock held) are left to it."""
+    import json
+    import os
+
+    if not os.path.isdir(os.path.join(home, "blobs", ".shared")):
+        return
+    from journal.commit import blob_store, unshare_listed
+
+    blobs = blob_store(home)
+    for marker in blobs.share_markers():
+        with open(marker, encoding="utf-8") as f:
+            root = json.load(f)["root"]
+        if held_by_someone(home, root):
+            continue
+        with root_lock(home, root):
+            if os.path.exists(marker):
+                unshare_listed(blobs, marker)

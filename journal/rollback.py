@@ -29,7 +29,7 @@ class ImagesDropped(RoscoeError):
 
 def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxRecord:  # type: ignore[no-untyped-def]
     """Roll back the committed transaction ``ref``; returns the new rollback transaction."""
-    from journal.commit import apply_journaled, blob_store, capture_old, logged
+    from journal.commit import apply_journaled, blob_store, capture_old, images_shared, logged, replaced
     from journal.workspace import Workspace, new_record
 
     assert isinstance(ws, Workspace)
@@ -68,18 +68,21 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
         # Journaled with its intent: a crash before that leaves no trace of it.
         tx = new_record(target.root, f"rollback of {target.id}", rolls_back=target.id)._replace(state="committing")
         checkpoint("before-images")
-        rows: list[ChangeRow] = []
-        for r in written:
-            current, wanted = live[r.path], r.old
-            status = classify(current, wanted)
-            if status is None:
-                continue
-            old_blob = capture_old(blobs, tx.root, r.path, current) if current and current.type == FILE else None
-            rows.append(ChangeRow(len(rows), r.path, status, current, wanted, old_blob, r.old_blob))
-        blobs.sync()
-        checkpoint("after-images")
-        diff_hash = ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows)).diff_hash
-        apply_journaled(ws.journal, blobs, tx, rows, diff_hash, known=live, progress=progress, new=True)
+        linked = sorted({live[r.path].hash or "" for r in written if replaced(live[r.path], r.old)})  # type: ignore[union-attr]
+        with images_shared(blobs, tx.id, tx.root, linked):
+            rows: list[ChangeRow] = []
+            for r in written:
+                current, wanted = live[r.path], r.old
+                status = classify(current, wanted)
+                if status is None:
+                    continue
+                old_blob = capture_old(blobs, tx.root, r.path, current, link=replaced(current, wanted)) \
+                    if current and current.type == FILE else None
+                rows.append(ChangeRow(len(rows), r.path, status, current, wanted, old_blob, r.old_blob))
+            blobs.sync()
+            checkpoint("after-images")
+            diff_hash = ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows)).diff_hash
+            apply_journaled(ws.journal, blobs, tx, rows, diff_hash, known=live, progress=progress, new=True)
     done = ws.journal.get_tx(tx.id)
     assert done is not None
     return done

@@ -207,7 +207,8 @@ class Workspace:
 
     def recover(self) -> list[object]:
         """Undo interrupted commits (see journal.recovery); cheap when there are none."""
-        if not self.journal.in_state("committing"):
+        shared = os.path.join(self.home.path, "blobs", ".shared")
+        if not self.journal.in_state("committing") and not (os.path.isdir(shared) and os.listdir(shared)):
             return []
         from journal.recovery import recover
 

@@ -228,6 +228,39 @@ def test_a_committed_file_is_the_staged_inode_without_its_attributes(roscoe: Ros
     verified(roscoe)
 
 
+def blob_inodes(home: Path) -> dict[str, tuple[int, int]]:
+    """Every blob: its digest, inode and link count."""
+    return {p.parent.name + p.name: (p.stat().st_ino, p.stat().st_nlink)
+            for p in (home / "blobs").glob("??/*") if not p.name.startswith(".")}
+
+
+def test_a_replaced_live_file_becomes_its_own_image(roscoe: Roscoe, root: Path, home: Path, tmp_path: Path) -> None:
+    # notes.md gets new bytes and old.tmp is deleted: their inodes become the
+    # blobs. intake form.txt only changes mode: its inode stays live, so its
+    # image is a copy.
+    script = f'{EDIT_NOTES}; chmod 0600 "case2/intake form.txt"'
+    expected = applied(root, tmp_path / "plain", script)
+    before = snapshot(root)
+    old = {p: (os.stat(root / p).st_ino, xxhash.xxh3_128_hexdigest((root / p).read_bytes()))
+           for p in ("case1/notes.md", "case1/old.tmp", "case2/intake form.txt")}
+    tx = staged(roscoe, root, script)
+    ok(commit(roscoe, tx))
+    assert snapshot(root) == expected
+    blobs = blob_inodes(home)
+    assert blobs[old["case1/notes.md"][1]] == (old["case1/notes.md"][0], 1)
+    assert blobs[old["case1/old.tmp"][1]] == (old["case1/old.tmp"][0], 1)
+    intake = old["case2/intake form.txt"]
+    assert blobs[intake[1]][0] != intake[0] and blobs[intake[1]][1] == 1
+    assert not (home / "blobs" / ".shared").exists() or list((home / "blobs" / ".shared").iterdir()) == []
+    verified(roscoe)
+    # The rollback links the committed inodes the same way, and puts back the old bytes.
+    new_inode = os.stat(root / "case1/notes.md").st_ino
+    rollback(roscoe, tx)
+    assert snapshot(root) == before
+    assert blob_inodes(home)[xxhash.xxh3_128_hexdigest(b"edited\n")] == (new_inode, 1)
+    verified(roscoe)
+
+
 def test_files_a_run_hard_linked_are_committed_as_two_files(roscoe: Roscoe, root: Path, tmp_path: Path) -> None:
     script = f'printf "one\\n" > a.txt; ln a.txt b.txt; {STAMP} a.txt'
     expected = applied(root, tmp_path / "plain", script)
@@ -563,6 +596,24 @@ def test_rollback_needing_a_bad_blob_fails_and_leaves_the_tree(roscoe: Roscoe, r
     log = json.loads(ok(roscoe("tx", "log", "--json")).stdout)
     assert [r["tx"] for r in log] == [t]
     assert not any(p.name.startswith(".roscoe-") for p in root.rglob("*"))
+
+
+def test_a_write_through_a_descriptor_kept_open_over_the_commit_damages_only_the_image(roscoe: Roscoe, root: Path, home: Path) -> None:
+    # The README's caveat of linked images: a writer that kept the old file
+    # open writes into its image. The damage is named, never restored.
+    old = (root / "case1" / "notes.md").read_bytes()
+    t = staged(roscoe, root, MANY)
+    with open(root / "case1" / "notes.md", "ab") as kept:
+        ok(commit(roscoe, t))
+        kept.write(b"written late\n")
+    committed = snapshot(root)
+    digest = xxhash.xxh3_128_hexdigest(old)
+    report = json.loads(roscoe("verify", "--json").stdout)
+    assert [(p["kind"], digest in p["detail"]) for p in report["problems"]] == [("blob", True)]
+    done = roscoe("tx", "rollback", t, "--yes")
+    assert (done.returncode, done.stdout) == (1, b"")
+    assert digest in one_error_line(done.stderr)
+    assert snapshot(root) == committed
 
 
 @pytest.fixture

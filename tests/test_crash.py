@@ -186,6 +186,7 @@ def assert_clean(
     (`roscoe verify`, or the library's verify when ``cli`` is false, for speed)."""
     assert temps(root) == []
     assert diff_keys(snapshot(root), expected) == {}, what
+    assert shared_blobs(Path(roscoe.home)) == [], "a blob still shares its inode with a live file"
     if cli:
         checked = roscoe("verify", "--json")
         assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -197,6 +198,14 @@ def assert_clean(
     finally:
         journal.close()
     assert report.ok, report
+
+
+def shared_blobs(home: Path) -> list[str]:
+    """Blobs with another link, and share markers left behind: both must be gone
+    once a command (here, recovery) has finished."""
+    blobs = home / "blobs"
+    found = [str(p.relative_to(blobs)) for p in blobs.rglob("*") if p.is_file() and p.stat().st_nlink != 1]
+    return found + [str(p.relative_to(blobs)) for p in (blobs / ".shared").glob("*")]
 
 
 def diff_keys(got: dict[str, tuple[object, ...]], want: dict[str, tuple[object, ...]]) -> dict[str, object]:
