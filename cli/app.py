@@ -294,7 +294,7 @@ def tx_log(json_: JsonOpt = False) -> int:
     ws = workspace()
     try:
         records = ws.journal.committed()
-        counts = {r.id: len(ws.journal.changes(r.id)) for r in records}
+        counts = {r.id: ws.journal.change_count(r.id) for r in records}
     finally:
         ws.close()
     if json_:

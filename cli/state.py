@@ -50,7 +50,7 @@ def commit_with_prompt(ws, tx_id: str, *, yes: bool) -> bool:  # type: ignore[no
             record = commit(ws, tx_id, progress=advance)
     else:
         record = commit(ws, tx_id)
-    rows = len(ws.journal.changes(record.id))
+    rows = ws.journal.change_count(record.id)
     say(f"tx {record.id} committed: {rows} changes to {record.root} (roscoe tx rollback {record.id} undoes it)")
     return True
 
@@ -66,11 +66,11 @@ def rollback_with_prompt(ws, ref: str, *, yes: bool, force: bool) -> int:  # typ
     if sys.stdin.isatty() and sys.stderr.isatty() and not yes:
         from cli import render
 
-        if not render.confirm(f"Roll back the {len(ws.journal.changes(record.id))} changes of tx {record.id} in {record.root}?"):
+        if not render.confirm(f"Roll back the {ws.journal.change_count(record.id)} changes of tx {record.id} in {record.root}?"):
             say(f"tx {record.id} not rolled back")
             return 1
     undone = rollback(ws, record.id, force=force)
-    rows = len(ws.journal.changes(undone.id))
+    rows = ws.journal.change_count(undone.id)
     print(undone.id, flush=True)
     say(f"tx {record.id} rolled back by tx {undone.id}: {rows} paths put back in {undone.root}")
     return 0

@@ -475,6 +475,9 @@ class Journal:
             )
             self.event(tx_id, "undo", {"state": state})
 
+    def change_count(self, tx_id: str) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM changes WHERE tx = ?", (tx_id,)).fetchone()[0])
+
     def changes(self, tx_id: str) -> list[ChangeRow]:
         rows = self.db.execute("SELECT * FROM changes WHERE tx = ? ORDER BY seq", (tx_id,))
         return [
