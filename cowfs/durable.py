@@ -20,6 +20,8 @@ from contextlib import contextmanager
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+# A hard link is not possible here: copy instead.
+CANNOT_LINK = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP)
 FUSE_MAGIC = 0x65735546
 CHUNK = 1 << 20
 
@@ -212,7 +214,7 @@ def _link_staged(src: str, dir_fd: int, temp: str) -> int | None:
             os.removexattr(src, attr, follow_symlinks=False)
         os.link(src, temp, dst_dir_fd=dir_fd, follow_symlinks=False)
     except OSError as e:
-        if e.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP):
+        if e.errno in CANNOT_LINK:
             return None
         raise
     try:
@@ -354,16 +356,12 @@ def link_new(src: str, path: str, *, sync: bool = True) -> bool:
     except FileExistsError:
         return True
     except OSError as e:
-        if e.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
+        if e.errno in CANNOT_LINK:
             return False
         raise
     if sync:
-        for target, flags in ((path, FILE_READ), (directory, DIR_FLAGS)):
-            fd = os.open(target, flags)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _fsync_path(path, FILE_READ)
+        _fsync_path(directory, DIR_FLAGS)
     return True
 
 
@@ -381,7 +379,7 @@ def link_out(dir_fd: int, name: str, path: str, check: Callable[[str], None], *,
     try:
         os.link(name, temp, src_dir_fd=dir_fd, follow_symlinks=False)
     except OSError as e:
-        if e.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP):
+        if e.errno in CANNOT_LINK:
             return False
         raise
     try:
@@ -391,19 +389,19 @@ def link_out(dir_fd: int, name: str, path: str, check: Callable[[str], None], *,
             return False
         check(temp)
         if sync:
-            fd = os.open(temp, FILE_READ)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_path(temp, FILE_READ)
         os.rename(temp, path)
     except BaseException:
         _unlink_quietly(-1, temp)
         raise
     if sync:
-        fd = os.open(directory, DIR_FLAGS)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(directory, DIR_FLAGS)
     return True
+
+
+def _fsync_path(path: str, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
