@@ -11,9 +11,9 @@ at once or not at all.
    against its base hash) go to the blob store, fsynced: the old inode
    itself, hard-linked, when the commit replaces or removes it and it has no
    other link (listed first, and unshared again if it is still live when the
-   commit ends, see ``images_shared``), else a copy. The
-   new bytes need no image: all-old recovery and rollback never read them,
-   and the staging layer keeps them until the commit record is written;
+   commit ends, see ``images_shared``), else a copy. The new bytes need no
+   image: all-old recovery and rollback never read them, and the staging
+   layer keeps them until the commit record is written;
 5. intent: every change with its before and after state, journaled in one
    SQLite transaction with synchronous=FULL; the transaction is `committing`;
 6. apply: ``cowfs.converge`` makes every path its new state (temp file,
@@ -275,8 +275,9 @@ def images_linked(
     ws: Workspace, blobs: BlobStore, tx: TxRecord, stager: Stager | None, changes: ChangeSet,
 ) -> Iterator[None]:
     """Around step 4 on, for the GCS commit: list the staged files about to be
-    hard-linked into the blob store before linking them, and give them back their own copies if
-    the commit does not go through (an open transaction never writes a blob)."""
+    hard-linked into the blob store before linking them, and give them back
+    their own copies if the commit does not go through (an open transaction
+    never writes a blob)."""
     checkpoint("before-images")
     links = ws.home.linked_images(tx.id)
     release_links(blobs, stager, links)
