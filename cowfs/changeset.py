@@ -20,6 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from cowfs.hashcache import HashCache
     from cowfs.upper import Touch
 
 ADDED, MODIFIED, DELETED = "added", "modified", "deleted"
@@ -138,20 +139,21 @@ def classify(old: Entry | None, new: Entry | None) -> str | None:
     return None
 
 
-def compare(root: str, touches: Iterable[Touch]) -> ChangeSet:
-    """Compare each touched path's staged state with the live tree."""
+def compare(root: str, touches: Iterable[Touch], hashes: HashCache | None = None) -> ChangeSet:
+    """Compare each touched path's staged state with the live tree (file hashes
+    remembered in ``hashes`` when they can be)."""
     changes: dict[str, Change] = {}
     unsupported: list[Unsupported] = []
 
     def delete_below(rel: str) -> None:
-        for child, old in livetree.descendants(root, rel):
+        for child, old in livetree.descendants(root, rel, hashes):
             if old.type in SUPPORTED:
                 changes[child] = Change(child, DELETED, old, None)
             else:
                 unsupported.append(Unsupported(child, old.type))
 
     for t in touches:
-        old = livetree.entry(root, t.rel)
+        old = livetree.entry(root, t.rel, hashes)
         if t.staged is None:
             if old is None:
                 continue
@@ -162,7 +164,8 @@ def compare(root: str, touches: Iterable[Touch]) -> ChangeSet:
             if old.type == DIR:
                 delete_below(t.rel)
             continue
-        new = read_entry(t.staged)
+        new = read_entry(t.staged, digest_of=None if hashes is None else (
+            lambda st, read, rel=t.rel: hashes.digest("staged", rel, st, read)))
         if new.type not in SUPPORTED:
             unsupported.append(Unsupported(t.rel, new.type))
             if old is not None and old.type == DIR:

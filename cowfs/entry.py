@@ -12,6 +12,10 @@ from collections import namedtuple
 
 from cowfs.hashing import hash_bytes, hash_file
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 FILE, DIR, SYMLINK = "file", "dir", "symlink"
 SUPPORTED = (FILE, DIR, SYMLINK)
 
@@ -99,14 +103,24 @@ class Entry(_Entry):
         return self.mode == other.mode and self.mtime_ns == other.mtime_ns
 
 
-def read_entry(path: str, st: os.stat_result | None = None, *, with_hash: bool = True) -> Entry:
-    """Fingerprint ``path`` (never following a final symlink)."""
+def read_entry(
+    path: str, st: os.stat_result | None = None, *, with_hash: bool = True,
+    digest_of: Callable[[os.stat_result, Callable[[], str]], str] | None = None,
+) -> Entry:
+    """Fingerprint ``path`` (never following a final symlink). A file's hash
+    is ``digest_of(st, read)`` when given (a cache that calls ``read`` when it
+    must), else read."""
     if st is None:
         st = os.lstat(path)
     kind = kind_of(st.st_mode)
     mode = stat.S_IMODE(st.st_mode)
     if kind == FILE:
-        digest = hash_file(path) if with_hash else None
+        if not with_hash:
+            digest = None
+        elif digest_of is not None:
+            digest = digest_of(st, lambda: hash_file(path))
+        else:
+            digest = hash_file(path)
         return Entry(FILE, st.st_size, mode, st.st_mtime_ns, digest, None, st.st_uid, st.st_gid)
     if kind == SYMLINK:
         target = os.readlink(path)

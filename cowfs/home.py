@@ -43,6 +43,10 @@ class Home(namedtuple("_Home", "path")):
     def tx_dir(self, tx: str) -> str:
         return os.path.join(self.path, "tx", tx)
 
+    def hash_cache(self, tx: str) -> str:
+        """The content hashes of the transaction's files, by identity (``cowfs.hashcache``)."""
+        return os.path.join(self.tx_dir(tx), "hashes.json")
+
     def linked_images(self, tx: str) -> str:
         """Where a commit lists the staged files it is about to hard-link into
         the blob store, before it links them, so a crash cannot forget them."""

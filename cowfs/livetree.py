@@ -15,6 +15,10 @@ from cowfs import durable
 from cowfs.entry import Entry, kind_of
 from cowfs.hashing import hash_bytes, hash_fd
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cowfs.hashcache import HashCache
+
 def lstat(root: str, rel: str) -> os.stat_result | None:
     """lstat of ``rel`` under ``root`` without following symlinks on the way."""
     with durable.parent_dir(root, rel) as fd:
@@ -28,8 +32,9 @@ def lstat(root: str, rel: str) -> os.stat_result | None:
             raise
 
 
-def entry(root: str, rel: str) -> Entry | None:
-    """The fingerprint (with content hash) of ``rel`` in the live tree, or None."""
+def entry(root: str, rel: str, hashes: HashCache | None = None) -> Entry | None:
+    """The fingerprint (with content hash, remembered in ``hashes`` when it
+    can be) of ``rel`` in the live tree, or None."""
     with durable.parent_dir(root, rel) as fd:
         if fd is None:
             return None
@@ -40,19 +45,23 @@ def entry(root: str, rel: str) -> Entry | None:
             if e.errno in durable.ABSENT:
                 return None
             raise
-        return _entry_at(fd, name, st)
+        return _entry_at(fd, name, st, rel, hashes)
 
 
-def _entry_at(dir_fd: int, name: str, st: os.stat_result) -> Entry:
+def _entry_at(dir_fd: int, name: str, st: os.stat_result, rel: str, hashes: HashCache | None) -> Entry:
     kind = kind_of(st.st_mode)
     mode = stat.S_IMODE(st.st_mode)
     common = dict(uid=st.st_uid, gid=st.st_gid)
     if kind == "file":
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            digest = hash_fd(fd)
-        finally:
-            os.close(fd)
+
+        def read() -> str:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                return hash_fd(fd)
+            finally:
+                os.close(fd)
+
+        digest = read() if hashes is None else hashes.digest("live", rel, st, read)
         return Entry("file", st.st_size, mode, st.st_mtime_ns, digest, None, **common)
     if kind == "symlink":
         target = os.readlink(name, dir_fd=dir_fd)
@@ -79,16 +88,16 @@ def children(root: str, rel: str) -> list[str]:
             os.close(dfd)
 
 
-def descendants(root: str, rel: str) -> Iterator[tuple[str, Entry]]:
+def descendants(root: str, rel: str, hashes: HashCache | None = None) -> Iterator[tuple[str, Entry]]:
     """Every path below the live directory ``rel``, parents before children."""
     for name in children(root, rel):
         child = f"{rel}/{name}" if rel else name
-        found = entry(root, child)
+        found = entry(root, child, hashes)
         if found is None:
             continue
         yield child, found
         if found.type == "dir":
-            yield from descendants(root, child)
+            yield from descendants(root, child, hashes)
 
 
 def read_bytes(root: str, rel: str, limit: int) -> bytes | None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from collections import namedtuple
 
-from cowfs import livetree, sandbox
+from cowfs import durable, livetree, sandbox
 from cowfs.changeset import Change, ChangeSet, compare
 from cowfs.errors import (
     AmbiguousTransaction, NoBackend, NoSuchTransaction, RootError, SandboxError,
@@ -352,10 +352,15 @@ class Workspace:
             return ChangeSet(tx.root, ())
         if not os.path.isdir(tx.root):
             raise RootError(root=tx.root, reason="no longer exists")
+        from cowfs.hashcache import HashCache
+
+        hashes = HashCache.load(self.home.hash_cache(tx.id), lambda: not durable.is_fuse(tx.root))
         try:
-            return compare(tx.root, stager.touches())
+            changes = compare(tx.root, stager.touches(), hashes)
         except (UnsupportedUpper, OSError) as e:
             raise StagingCorrupt(tx=tx.id, detail=str(e)) from e
+        hashes.save()
+        return changes
 
     def diff(self, ref: str) -> ChangeSet:
         """An open transaction's staged changes against the live tree; a
