@@ -61,8 +61,9 @@ class HashCache:
         identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         entry = self.known[side].get(rel)
         if (
-            isinstance(entry, list) and len(entry) == 7 and entry[:5] == identity and isinstance(entry[6], str)
-            and (side == "staged" or (st.st_ctime_ns < int(entry[5]) - RACY_NS and self.trust_live()))
+            isinstance(entry, list) and len(entry) == 7 and entry[:5] == identity
+            and isinstance(entry[5], int) and isinstance(entry[6], str)
+            and (side == "staged" or (st.st_ctime_ns < entry[5] - RACY_NS and self.trust_live()))
         ):
             self.used[side][rel] = entry
             return entry[6]

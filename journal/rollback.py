@@ -68,7 +68,7 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
         # Journaled with its intent: a crash before that leaves no trace of it.
         tx = new_record(target.root, f"rollback of {target.id}", rolls_back=target.id)._replace(state="committing")
         checkpoint("before-images")
-        linked = sorted({live[r.path].hash or "" for r in written if replaced(live[r.path], r.old)})  # type: ignore[union-attr]
+        linked = sorted({e.hash or "" for r in written if (e := live[r.path]) is not None and replaced(e, r.old)})
         with images_shared(blobs, tx.id, tx.root, linked):
             rows: list[ChangeRow] = []
             for r in written:
