@@ -26,20 +26,28 @@ def contents_with_types(bucket: Bucket) -> dict[str, tuple[bytes, dict[str, str]
             for k, v in bucket.server.objects(bucket.name).items() if not k.startswith(".roscoe/")}
 
 
+def paused_commit(groscoe: Roscoe, tx: str, step: str, flag: Path, **env: str) -> subprocess.Popen[bytes]:
+    """`tx commit TX --yes` in the background, one op a batch, paused at
+    ``step`` (ROSCOE_GCS_PAUSE) once ``flag`` exists; it goes on when ``flag``
+    is removed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "tx", "commit", tx, "--yes"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=dict(groscoe.env, ROSCOE_GCS_PAUSE=step, ROSCOE_GCS_PAUSE_FILE=str(flag),
+                                         ROSCOE_GCS_BATCH="1", **env))
+    deadline = time.monotonic() + 30
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    return proc
+
+
 def test_another_writer_during_the_commit_is_a_conflict_and_is_not_clobbered(
     groscoe: Roscoe, bucket: Bucket, tmp_path: Path,
 ) -> None:
     tx = begin_and_run(groscoe, bucket, SCRIPT)
     before = contents_with_types(bucket)
     flag = tmp_path / "paused"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "tx", "commit", tx, "--yes"], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=dict(groscoe.env, ROSCOE_GCS_PAUSE="after-intent", ROSCOE_GCS_PAUSE_FILE=str(flag),
-                                         ROSCOE_GCS_BATCH="1"))
-    deadline = time.monotonic() + 30
-    while not flag.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
+    proc = paused_commit(groscoe, tx, "after-intent", flag)
     # The intent is journaled, no op has run: someone else rewrites a file the commit modifies.
     bucket.put("projects/case1/notes.md", b"theirs\n")
     flag.unlink()
@@ -206,16 +214,9 @@ def test_the_api_going_silent_mid_commit_then_recover_leaves_the_bucket_all_old(
     tx = begin_and_run(groscoe, bucket, SCRIPT)
     before = contents_with_types(bucket)
     flag = tmp_path / "paused"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "tx", "commit", tx, "--yes"], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=dict(groscoe.env, ROSCOE_GCS_PAUSE="after-batch", ROSCOE_GCS_PAUSE_FILE=str(flag),
-                                         ROSCOE_GCS_BATCH="1", ROSCOE_GCS_TIMEOUT="2", ROSCOE_GCS_RETRIES="1"))
     assert server.proc is not None
+    proc = paused_commit(groscoe, tx, "after-batch", flag, ROSCOE_GCS_TIMEOUT="2", ROSCOE_GCS_RETRIES="1")
     try:
-        deadline = time.monotonic() + 30
-        while not flag.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
         assert contents_with_types(bucket) != before  # a batch landed
         server.proc.send_signal(signal.SIGSTOP)
         flag.unlink()
