@@ -167,7 +167,7 @@ def test_no_process_outlives_the_run(roscoe: Roscoe, root: Path, tmp_path: Path,
         "nohup": f"nohup {sleep} >/dev/null 2>&1 &",
     }[how]
     # The run counts its own sleeper (pgrep sees the run's pid namespace) and leaves.
-    done = roscoe("tx", "run", "--root", root, "--", "bash", "-c", f"{script} {wait_for_sleepers(1)}")
+    done = roscoe("tx", "run", "--root", root, "--", "bash", "-c", f"{script}\n{wait_for_sleepers(1)}")
     assert (done.returncode, done.stdout) == (0, b"1\n"), done.stderr
     assert alive(marker) == []
 
