@@ -52,7 +52,7 @@ def converge(
     root: str,
     targets: Sequence[tuple[str, Entry | None]],
     *,
-    content: Callable[[str, Entry], Iterator[bytes] | str],
+    content: Callable[[str, Entry], Iterator[bytes | memoryview] | str],
     tag: str,
     owners: bool,
     step: Callable[[], None] = lambda: None,

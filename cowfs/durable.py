@@ -162,7 +162,7 @@ class Staged(str):
 
 
 def write_file(
-    dir_fd: int, name: str | None, temp: str, source: Iterator[bytes] | str, *, mode: int, mtime_ns: int,
+    dir_fd: int, name: str | None, temp: str, source: Iterator[bytes | memoryview] | str, *, mode: int, mtime_ns: int,
     owner: tuple[int, int] | None = None, sync: bool = True,
 ) -> None:
     """Write ``source`` (chunks, the path of a trusted file to copy in the
@@ -171,10 +171,27 @@ def write_file(
     syncs the filesystem itself), then rename it over ``name`` (unless None:
     the caller renames later). The target is old or new, never half."""
     linked = _link_staged(source, dir_fd, temp) if isinstance(source, Staged) else None
-    fd = linked if linked is not None else os.open(
+    if linked is not None and not sync and (
+        stat.S_IMODE(linked.st_mode) == mode and linked.st_mtime_ns == mtime_ns
+        and (owner is None or (linked.st_uid, linked.st_gid) == owner)
+    ):
+        pass  # the staged inode already is the target: nothing to set, nothing to sync
+    else:
+        _write_temp(dir_fd, temp, source, linked is not None, mode=mode, mtime_ns=mtime_ns, owner=owner, sync=sync)
+    if name is not None:
+        rename(dir_fd, temp, name)
+
+
+def _write_temp(
+    dir_fd: int, temp: str, source: Iterator[bytes | memoryview] | str, linked: bool, *, mode: int, mtime_ns: int,
+    owner: tuple[int, int] | None, sync: bool,
+) -> None:
+    """``write_file``'s temp file: written (unless ``linked`` already), its
+    meta set, fsynced if asked; removed again if any of that fails."""
+    fd = os.open(temp, FILE_READ, dir_fd=dir_fd) if linked else os.open(
         temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
-        if linked is not None:
+        if linked:
             pass  # the staged bytes themselves
         elif isinstance(source, str):
             _copy_file(source, fd)
@@ -194,13 +211,11 @@ def write_file(
         _unlink_quietly(dir_fd, temp)
         raise
     os.close(fd)
-    if name is not None:
-        rename(dir_fd, temp, name)
 
 
-def _link_staged(src: str, dir_fd: int, temp: str) -> int | None:
-    """Hard-link the staged regular file ``src`` as ``temp`` and open it; None
-    when it cannot be linked here (another filesystem, a file with other
+def _link_staged(src: str, dir_fd: int, temp: str) -> os.stat_result | None:
+    """Hard-link the staged regular file ``src`` as ``temp``; its lstat, or
+    None when it cannot be linked here (another filesystem, a file with other
     links, an attribute that cannot be removed), and the caller copies.
 
     Its extended attributes are removed first, so the live tree gets what a
@@ -217,11 +232,7 @@ def _link_staged(src: str, dir_fd: int, temp: str) -> int | None:
         if e.errno in CANNOT_LINK:
             return None
         raise
-    try:
-        return os.open(temp, FILE_READ, dir_fd=dir_fd)
-    except BaseException:
-        _unlink_quietly(dir_fd, temp)
-        raise
+    return st
 
 
 def write_symlink(
@@ -286,14 +297,31 @@ def set_meta(
         os.close(fd)
 
 
-def read_chunks(dir_fd: int, name: str) -> Iterator[bytes]:
-    """The bytes of a regular file, in chunks, never through a symlink."""
+_buffers: list[bytearray] = []
+
+
+def chunks_of(fd: int) -> Iterator[memoryview]:
+    """The rest of ``fd``'s bytes, in chunks read into a reused buffer: a
+    fresh 1 MiB bytes object for every read costs as much in page faults as
+    the copy itself. A chunk is valid only until the next one is asked for:
+    use it (hash it, write it), never keep it."""
+    buf = _buffers.pop() if _buffers else bytearray(CHUNK)
+    view = memoryview(buf)
+    try:
+        while n := os.readv(fd, [buf]):
+            yield view[:n]
+    finally:
+        _buffers.append(buf)
+
+
+def read_chunks(dir_fd: int, name: str) -> Iterator[memoryview]:
+    """The bytes of a regular file, in ``chunks_of`` (use each at once), never
+    through a symlink."""
     fd = os.open(name, FILE_READ, dir_fd=dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise IsADirectoryError(errno.EISDIR, "not a regular file", name)
-        while chunk := os.read(fd, CHUNK):
-            yield chunk
+        yield from chunks_of(fd)
     finally:
         os.close(fd)
 
@@ -329,7 +357,7 @@ def _unlink_quietly(dir_fd: int, name: str) -> None:
         pass
 
 
-def save_new(path: str, source: Iterator[bytes], *, mode: int = 0o444, sync: bool = True) -> None:
+def save_new(path: str, source: Iterator[bytes | memoryview], *, mode: int = 0o444, sync: bool = True) -> None:
     """Write a new file at ``path`` (temp in the same dir, fsync, rename, fsync
     the dir; with ``sync=False`` the caller syncs the filesystem instead): the
     blob store's way to add a blob."""
@@ -365,19 +393,22 @@ def link_new(src: str, path: str, *, sync: bool = True) -> bool:
     return True
 
 
-def link_out(dir_fd: int, name: str, path: str, check: Callable[[str], None], *, sync: bool = True) -> bool:
+def link_out(
+    dir_fd: int, name: str, directory: str, new_name: str, check: Callable[[str], None], *, sync: bool = True,
+) -> bool:
     """Hard-link the regular file ``name`` of ``dir_fd`` (never through a
-    symlink) as the new file ``path``: to a temp name beside it, then
-    ``check(temp)`` (which raises to refuse it), then renamed into place.
-    False, with nothing left behind, when that is not possible here (another
-    filesystem, or a file with other links, which could change the bytes
-    through them); the caller copies instead."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    temp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.link")
-    _unlink_quietly(-1, temp)  # left by a dead process of the same pid
+    symlink) as the new file ``new_name`` of the existing ``directory``: to
+    a temp name beside it, then ``check(temp)`` (which raises to refuse it),
+    then renamed into place. False, with nothing left behind, when that is
+    not possible here (another filesystem, or a file with other links, which
+    could change the bytes through them); the caller copies instead."""
+    temp = os.path.join(directory, f".{new_name}.{os.getpid()}.link")
     try:
-        os.link(name, temp, src_dir_fd=dir_fd, follow_symlinks=False)
+        try:
+            os.link(name, temp, src_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:  # left by a dead process of the same pid
+            os.unlink(temp)
+            os.link(name, temp, src_dir_fd=dir_fd, follow_symlinks=False)
     except OSError as e:
         if e.errno in CANNOT_LINK:
             return False
@@ -390,7 +421,7 @@ def link_out(dir_fd: int, name: str, path: str, check: Callable[[str], None], *,
         check(temp)
         if sync:
             _fsync_path(temp, FILE_READ)
-        os.rename(temp, path)
+        os.rename(temp, os.path.join(directory, new_name))
     except BaseException:
         _unlink_quietly(-1, temp)
         raise

@@ -58,7 +58,7 @@ class HashCache:
     def digest(self, side: str, rel: str, st: os.stat_result, read: Callable[[], str]) -> str:
         """The hash of the ``side`` file ``rel`` whose lstat is ``st``:
         remembered when it is safe to, else ``read()``."""
-        identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        identity = _identity(st)
         entry = self.known[side].get(rel)
         if (
             isinstance(entry, list) and len(entry) == 7 and entry[:5] == identity
@@ -72,6 +72,18 @@ class HashCache:
         self.used[side][rel] = [*identity, hashed_at, digest]
         self.changed = True
         return digest
+
+    def vouches(self, rel: str, st: os.stat_result, digest: str) -> bool:
+        """Whether the live file ``rel``, whose lstat is now ``st``, surely
+        still holds bytes that hash to ``digest``: this comparison used a
+        hash of exactly that identity, taken more than ``RACY_NS`` after the
+        file last changed, on a filesystem whose identities are trusted. The
+        commit then need not read the bytes again to check them."""
+        entry = self.used["live"].get(rel)
+        return (
+            isinstance(entry, list) and len(entry) == 7 and entry[:5] == _identity(st) and entry[6] == digest
+            and isinstance(entry[5], int) and st.st_ctime_ns < entry[5] - RACY_NS and self.trust_live()
+        )
 
     def trust_live(self) -> bool:
         if self._trust_live is None:
@@ -90,3 +102,7 @@ class HashCache:
             durable.save_new(self.path, iter([data]), mode=0o600, sync=False)
         except OSError:
             pass  # a cache: a full disk here must not fail the diff
+
+
+def _identity(st: os.stat_result) -> list[int | str]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]

@@ -6,8 +6,7 @@ import os
 
 import xxhash
 
-CHUNK = 1 << 20
-
+from cowfs.durable import chunks_of
 
 def hash_bytes(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
@@ -15,7 +14,7 @@ def hash_bytes(data: bytes) -> str:
 
 def hash_fd(fd: int) -> str:
     h = xxhash.xxh3_128()
-    while chunk := os.read(fd, CHUNK):
+    for chunk in chunks_of(fd):
         h.update(chunk)
     return h.hexdigest()
 

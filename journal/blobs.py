@@ -27,6 +27,7 @@ class BlobStore:
     def __init__(self, path: str, *, batch: bool = False) -> None:
         self.root = path
         self.batch = batch
+        self._made: set[str] = set()
 
     def sync(self) -> None:
         """Make every blob put so far durable (one syncfs when batching)."""
@@ -35,6 +36,14 @@ class BlobStore:
 
     def path(self, digest: str) -> str:
         return os.path.join(self.root, digest[:2], digest[2:])
+
+    def _fan(self, digest: str) -> str:
+        """The blob's directory, made if need be (once per store object)."""
+        directory = os.path.join(self.root, digest[:2])
+        if directory not in self._made:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._made.add(directory)
+        return directory
 
     def has(self, digest: str) -> bool:
         return os.path.exists(self.path(digest))
@@ -47,7 +56,7 @@ class BlobStore:
         # (The run never fsynced what it wrote: link_new, or sync(), does.)
         return durable.link_new(src, self.path(digest), sync=not self.batch)
 
-    def put_stream(self, chunks: Iterator[bytes], digest: str) -> None:
+    def put_stream(self, chunks: Iterator[bytes | memoryview], digest: str) -> None:
         """Store bytes that must hash to ``digest``; refuses them otherwise."""
         if self.has(digest):
             for _ in chunks:
@@ -55,7 +64,7 @@ class BlobStore:
             return
         h = xxhash.xxh3_128()
 
-        def hashed() -> Iterator[bytes]:
+        def hashed() -> Iterator[bytes | memoryview]:
             for chunk in chunks:
                 h.update(chunk)
                 yield chunk
@@ -64,35 +73,45 @@ class BlobStore:
 
         durable.save_new(self.path(digest), hashed(), sync=not self.batch)
 
-    def put_linked(self, dir_fd: int, name: str, digest: str) -> bool:
+    def put_linked(self, dir_fd: int, name: str, digest: str, *, known: os.stat_result | None = None) -> bool:
         """Store the live file ``name`` of ``dir_fd``, which must hash to
         ``digest``, by hard link: once the commit replaces it in the live tree,
         its inode is the blob's alone, and no byte was copied. False when it
         cannot be linked (the caller copies); BlobCorrupt when its bytes are
-        not ``digest``'s. Until then the blob shares the live file's inode:
-        the caller lists it in a share marker first and ``unshare``s it after."""
-        if self.has(digest):
-            return False
+        not ``digest``'s (read again, or, when the caller ``known`` the file's
+        lstat to hold them, when the linked inode is not that file as it was).
+        Until then the blob shares the live file's inode: the caller lists it
+        in a share marker first and ``unshare``s it after. (The caller found
+        no such blob yet.)"""
 
         def check(temp: str) -> None:
-            for _ in self._read(temp, digest, "not what was read"):
-                pass
+            if known is None:
+                for _ in self._read(temp, digest, "not what was read"):
+                    pass
+                return
+            st = os.lstat(temp)
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (
+                    known.st_dev, known.st_ino, known.st_size, known.st_mtime_ns):
+                raise BlobCorrupt(digest=digest, problem="not the file that was hashed", store=self.root)
 
-        return durable.link_out(dir_fd, name, self.path(digest), check, sync=not self.batch)
+        return durable.link_out(dir_fd, name, self._fan(digest), digest[2:], check, sync=not self.batch)
 
-    def unshare(self, digest: str) -> None:
+    def unshare(self, digest: str) -> bool:
         """Give the blob an inode of its own if it still shares one (with the
         live file it was linked from: an edit there would change the image).
-        A shared blob whose bytes no longer hash to its name is dropped."""
+        A shared blob whose bytes no longer hash to its name is dropped.
+        Whether the store has the blob."""
         try:
             if os.lstat(self.path(digest)).st_nlink == 1:
-                return
+                return True
         except FileNotFoundError:
-            return
+            return False
         try:
             durable.save_new(self.path(digest), self.read(digest))
         except BlobCorrupt:
             self.remove(digest)
+            return False
+        return True
 
     def share_marker(self, tx: str) -> str:
         """Where a commit lists the blobs it may link from the live tree, before
@@ -106,18 +125,26 @@ class BlobStore:
                 if not name.startswith("."):
                     yield os.path.join(directory, name)
 
-    def read(self, digest: str) -> Iterator[bytes]:
-        """The blob's bytes; raises BlobCorrupt at the end if they do not hash to its name."""
+    def read(self, digest: str) -> Iterator[memoryview]:
+        """The blob's bytes, in ``durable.chunks_of`` (use each at once); raises
+        BlobCorrupt at the end if they do not hash to its name."""
         return self._read(self.path(digest), digest, "damaged")
 
-    def _read(self, path: str, digest: str, problem: str) -> Iterator[bytes]:
+    def verified(self, digest: str) -> str:
+        """The path of the blob, once its bytes were read and hash to its name
+        (then copy it in the kernel: a reflink where the filesystem has them)."""
+        for _ in self.read(digest):
+            pass
+        return self.path(digest)
+
+    def _read(self, path: str, digest: str, problem: str) -> Iterator[memoryview]:
         h = xxhash.xxh3_128()
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise BlobCorrupt(digest=digest, problem="missing", store=self.root) from None
         try:
-            while chunk := os.read(fd, durable.CHUNK):
+            for chunk in durable.chunks_of(fd):
                 h.update(chunk)
                 yield chunk
         finally:

@@ -50,6 +50,7 @@ from journal.store import ChangeRow, Journal, TxRecord
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from cowfs.hashcache import HashCache
     from journal.workspace import Workspace
 
 Progress = Callable[[int, int], None]
@@ -66,19 +67,30 @@ def owners_kept() -> bool:
     return os.geteuid() == 0
 
 
-def capture_old(blobs: BlobStore, root: str, path: str, old: Entry, *, link: bool = False) -> str:
-    """Put the live file's bytes into the blob store, checking they still hash
-    to what the diff saw; a mismatch means the live file changed: a conflict.
-    With ``link`` (the commit replaces or removes that file, inside
-    ``images_shared``), its inode is hard-linked instead of copied when it can be."""
+def capture_old(
+    blobs: BlobStore, dirs: durable.DirFds, path: str, old: Entry, *, link: bool = False,
+    hashes: HashCache | None = None,
+) -> str:
+    """Put the live file's bytes (``path``, under the root of ``dirs``) into
+    the blob store, checking they still hash to what the diff saw; a mismatch
+    means the live file changed: a conflict. With ``link`` (the commit
+    replaces or removes that file, inside ``images_shared``), its inode is
+    hard-linked instead of copied when it can be; then, if ``hashes`` vouches
+    for the file as it is now, the linked inode is checked by identity
+    instead of by reading its bytes again. Nothing to do when the store
+    already has those bytes."""
     assert old.hash is not None
-    blobs.unshare(old.hash)  # one a dead commit linked, not unshared yet: never rely on it
-    with durable.parent_dir(root, path) as fd:
-        if fd is None:
-            raise FileNotFoundError(2, "vanished", path)
-        name = durable.basename(path)
-        if not (link and blobs.put_linked(fd, name, old.hash)):
-            blobs.put_stream(durable.read_chunks(fd, name), old.hash)
+    # (A blob a dead commit linked and never unshared gets its own inode first.)
+    if blobs.unshare(old.hash):
+        return old.hash
+    fd = dirs.get(path.rpartition("/")[0])
+    name = durable.basename(path)
+    if link:
+        st = os.lstat(name, dir_fd=fd)
+        known = st if hashes is not None and hashes.vouches(path, st, old.hash) else None
+        if blobs.put_linked(fd, name, old.hash, known=known):
+            return old.hash
+    blobs.put_stream(durable.read_chunks(fd, name), old.hash)
     return old.hash
 
 
@@ -114,7 +126,7 @@ def unshare_listed(blobs: BlobStore, marker: str) -> None:
     os.unlink(marker)
 
 
-Content = Callable[[str, Entry], "Iterator[bytes] | str"]
+Content = Callable[[str, Entry], "Iterator[bytes | memoryview] | str"]
 
 
 def apply_journaled(
@@ -127,8 +139,8 @@ def apply_journaled(
     read and checked). With ``new``, ``tx`` (a rollback) is journaled together
     with its intent."""
 
-    def from_blobs(path: str, entry: Entry) -> Iterator[bytes]:
-        return blobs.read(entry.hash or "")
+    def from_blobs(path: str, entry: Entry) -> str:
+        return blobs.verified(entry.hash or "")
 
     journal.record_intent(tx.id, rows, diff_hash, new=tx if new else None)
     checkpoint("after-intent")
@@ -166,7 +178,7 @@ def undo(journal: Journal, blobs: BlobStore, tx: TxRecord, rows: list[ChangeRow]
     try:
         remove_temps(tx.root, [r.path for r in rows], tx.id)
         converge(
-            tx.root, [(r.path, r.old) for r in rows], content=lambda p, e: blobs.read(e.hash or ""),
+            tx.root, [(r.path, r.old) for r in rows], content=lambda p, e: blobs.verified(e.hash or ""),
             tag=tx.id, owners=owners_kept(), step=lambda: checkpoint("undo"),
         )
         remove_temps(tx.root, [r.path for r in rows], tx.id)
@@ -219,7 +231,7 @@ def commit(ws: Workspace, ref: str, *, progress: Progress | None = None) -> TxRe
 
 
 def _commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore, progress: Progress | None) -> None:
-    with checked(ws, tx) as (tx, stager, changes):
+    with checked(ws, tx) as (tx, stager, changes, hashes):
         # Staged files an older roscoe linked into the blob store get their own
         # inode back first: the live tree must never share one with a blob.
         release_links(blobs, stager, ws.home.linked_images(tx.id))
@@ -227,7 +239,7 @@ def _commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore, progress: Prog
         linked = sorted({c.old.hash or "" for c in changes.changes if replaced(c.old, c.new)})
         with images_shared(blobs, tx.id, tx.root, linked):
             try:
-                rows = store_images(blobs, tx, changes)
+                rows = store_images(blobs, tx, changes, hashes)
             except Conflict as e:
                 raise logged(ws.journal, e) from None
             checkpoint("after-images")
@@ -242,16 +254,18 @@ def _commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore, progress: Prog
 
 
 @contextmanager
-def checked(ws: Workspace, tx: TxRecord) -> Iterator[tuple[TxRecord, Stager | None, ChangeSet]]:
+def checked(ws: Workspace, tx: TxRecord) -> Iterator[tuple[TxRecord, Stager | None, ChangeSet, HashCache]]:
     """Steps 1-3 under the transaction's lock and the root's: the transaction
-    (read again), its stager and its change set, past policy and conflicts.
-    Once the body returns, the staging dir is removed."""
+    (read again), its stager, its change set (past policy and conflicts) and
+    the hashes that change set was made with. Once the body returns, the
+    staging dir is removed."""
     with ws.locked(tx, exclusive=True), root_lock(ws.home.path, tx.root):
         tx = ws.get(tx.id)
         ws.require_open(tx, "commit")
         stager = ws.stager(tx)
+        hashes = ws.hash_cache(tx)
         try:
-            changes = ws._compare(tx, stager)
+            changes = ws._compare(tx, stager, hashes)
         except StagingCorrupt:
             if tx.target:  # a bucket object replaced under the mount fails reads there
                 from journal.gcs_commit import objects_moved
@@ -264,7 +278,7 @@ def checked(ws: Workspace, tx: TxRecord) -> Iterator[tuple[TxRecord, Stager | No
         moved = check_bases(changes, ws.journal.bases(tx.id))
         if moved:
             raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved)))
-        yield tx, stager, changes
+        yield tx, stager, changes, hashes
         if stager is not None:
             stager.discard()
         ws.remove_tx_dir(tx.id)
@@ -297,19 +311,23 @@ def logged(journal: Journal, conflict: Conflict) -> Conflict:
     return conflict
 
 
-def store_images(blobs: BlobStore, tx: TxRecord, changes: ChangeSet) -> list[ChangeRow]:
+def store_images(blobs: BlobStore, tx: TxRecord, changes: ChangeSet, hashes: HashCache) -> list[ChangeRow]:
     """Step 4: old bytes from the live tree, hard-linked or copied (checked
     against the hash the diff saw: a mismatch is a conflict), durable before
     this returns."""
     rows: list[ChangeRow] = []
-    for seq, c in enumerate(changes.changes):
-        old_blob = None
-        try:
-            if c.old is not None and c.old.type == FILE:
-                old_blob = capture_old(blobs, tx.root, c.path, c.old, link=replaced(c.old, c.new))
-        except (BlobCorrupt, FileNotFoundError, durable.NotADirectoryOnPath):
-            raise Conflict(what="commit refused", tx=tx.id, paths=c.path) from None
-        rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, None))
+    dirs = durable.DirFds(tx.root)
+    try:
+        for seq, c in enumerate(changes.changes):
+            old_blob = None
+            try:
+                if c.old is not None and c.old.type == FILE:
+                    old_blob = capture_old(blobs, dirs, c.path, c.old, link=replaced(c.old, c.new), hashes=hashes)
+            except (BlobCorrupt, FileNotFoundError, durable.NotADirectoryOnPath):
+                raise Conflict(what="commit refused", tx=tx.id, paths=c.path) from None
+            rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, None))
+    finally:
+        dirs.close()
     blobs.sync()
     return rows
 

@@ -253,7 +253,7 @@ def commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore) -> None:
     from journal.commit import checked, images_linked, logged
 
     target = GcsTarget(tx.target)
-    with checked(ws, tx) as (tx, stager, changes):
+    with checked(ws, tx) as (tx, stager, changes, _):
         with leased(target, ws.journal, tx) as lease:
             keys = {k for c in changes.changes for k in (target.key(c.path), target.key(c.path, dir=True))}
             current = target.stat_many(keys)
@@ -380,7 +380,7 @@ def content(blobs: BlobStore, row: ChangeRow, state: dict[str, Any], *, old: boo
     if state["kind"] != "file":
         return b""
     digest = row.old_blob if old else row.new_blob
-    return b"".join(blobs.read(digest or ""))
+    return b"".join([bytes(chunk) for chunk in blobs.read(digest or "")])
 
 
 def apply_ops(

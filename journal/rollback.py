@@ -11,12 +11,14 @@ them, unless forced.
 from __future__ import annotations
 
 import os
+from contextlib import closing
 
-from cowfs import livetree
+from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, classify
 from cowfs.converge import matches, obstacles
 from cowfs.entry import FILE
 from cowfs.errors import Conflict, RoscoeError, RootError, TransactionState
+from cowfs.hashcache import HashCache
 from journal.blobs import BlobCorrupt
 from journal.faults import checkpoint
 from journal.rootlock import root_lock
@@ -47,7 +49,8 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
     blobs = blob_store(ws.home.path)
     written = ws.journal.changes(target.id)
     with root_lock(ws.home.path, target.root):
-        live = {r.path: livetree.entry(target.root, r.path) for r in written}
+        hashes = HashCache(None, lambda: not durable.is_fuse(target.root))
+        live = {r.path: livetree.entry(target.root, r.path, hashes) for r in written}
         moved = [r.path for r in written if not matches(live[r.path], r.new, owners=False)]
         if moved and not force:
             later = ws.journal.later_commits_touching(target, moved)
@@ -69,15 +72,16 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
         tx = new_record(target.root, f"rollback of {target.id}", rolls_back=target.id)._replace(state="committing")
         checkpoint("before-images")
         linked = sorted({e.hash or "" for r in written if (e := live[r.path]) is not None and replaced(e, r.old)})
-        with images_shared(blobs, tx.id, tx.root, linked):
+        with images_shared(blobs, tx.id, tx.root, linked), closing(durable.DirFds(tx.root)) as dirs:
             rows: list[ChangeRow] = []
             for r in written:
                 current, wanted = live[r.path], r.old
                 status = classify(current, wanted)
                 if status is None:
                     continue
-                old_blob = capture_old(blobs, tx.root, r.path, current, link=replaced(current, wanted)) \
-                    if current and current.type == FILE else None
+                old_blob = capture_old(
+                    blobs, dirs, r.path, current, link=replaced(current, wanted), hashes=hashes,
+                ) if current and current.type == FILE else None
                 rows.append(ChangeRow(len(rows), r.path, status, current, wanted, old_blob, r.old_blob))
             blobs.sync()
             checkpoint("after-images")

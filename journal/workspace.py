@@ -26,6 +26,7 @@ from journal.store import ApprovalRecord, Journal, RunRecord, TxRecord, now_ns
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cowfs.config import Config
+    from cowfs.hashcache import HashCache
     from cowfs.patch import FilePatch
     from cowfs.savepoint import Savepoint
     from journal.approval import Status
@@ -347,14 +348,19 @@ class Workspace:
             return [forced]
         return list(ORDER)
 
-    def _compare(self, tx: TxRecord, stager: Stager | None) -> ChangeSet:
+    def hash_cache(self, tx: TxRecord) -> HashCache:
+        """The hashes this transaction's comparisons remember (``cowfs.hashcache``)."""
+        from cowfs.hashcache import HashCache
+
+        return HashCache.load(self.home.hash_cache(tx.id), lambda: not durable.is_fuse(tx.root))
+
+    def _compare(self, tx: TxRecord, stager: Stager | None, hashes: HashCache | None = None) -> ChangeSet:
         if stager is None:
             return ChangeSet(tx.root, ())
         if not os.path.isdir(tx.root):
             raise RootError(root=tx.root, reason="no longer exists")
-        from cowfs.hashcache import HashCache
-
-        hashes = HashCache.load(self.home.hash_cache(tx.id), lambda: not durable.is_fuse(tx.root))
+        if hashes is None:
+            hashes = self.hash_cache(tx)
         try:
             changes = compare(tx.root, stager.touches(), hashes)
         except (UnsupportedUpper, OSError) as e:
