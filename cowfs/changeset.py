@@ -13,7 +13,7 @@ from collections import namedtuple
 
 import xxhash
 
-from cowfs import livetree
+from cowfs import durable, livetree
 from cowfs.entry import DIR, SUPPORTED, Entry, read_entry
 
 TYPE_CHECKING = False
@@ -142,6 +142,14 @@ def classify(old: Entry | None, new: Entry | None) -> str | None:
 def compare(root: str, touches: Iterable[Touch], hashes: HashCache | None = None) -> ChangeSet:
     """Compare each touched path's staged state with the live tree (file hashes
     remembered in ``hashes`` when they can be)."""
+    dirs = durable.DirFds(root)
+    try:
+        return _compare(root, touches, hashes, dirs)
+    finally:
+        dirs.close()
+
+
+def _compare(root: str, touches: Iterable[Touch], hashes: HashCache | None, dirs: durable.DirFds) -> ChangeSet:
     changes: dict[str, Change] = {}
     unsupported: list[Unsupported] = []
 
@@ -153,7 +161,7 @@ def compare(root: str, touches: Iterable[Touch], hashes: HashCache | None = None
                 unsupported.append(Unsupported(child, old.type))
 
     for t in touches:
-        old = livetree.entry(root, t.rel, hashes)
+        old = livetree.entry(root, t.rel, hashes, dirs)
         if t.staged is None:
             if old is None:
                 continue
@@ -164,7 +172,7 @@ def compare(root: str, touches: Iterable[Touch], hashes: HashCache | None = None
             if old.type == DIR:
                 delete_below(t.rel)
             continue
-        new = read_entry(t.staged, digest_of=None if hashes is None else (
+        new = read_entry(t.staged, t.st, digest_of=None if hashes is None else (
             lambda st, read, rel=t.rel: hashes.digest("staged", rel, st, read)))
         if new.type not in SUPPORTED:
             unsupported.append(Unsupported(t.rel, new.type))

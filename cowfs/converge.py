@@ -14,6 +14,13 @@ make it what the target says, in three passes that keep the tree walkable:
 
 Running it again after a crash anywhere finishes the job; nothing is done
 twice. Every write goes through ``cowfs.durable``.
+
+Durability: on FUSE every file is fsynced before its rename and every
+touched directory after. On a local disk one syncfs at the end makes it all
+durable at once, and nothing is synced before the renames: a crash before
+that syncfs (and before the commit record after it) is undone all-old by
+``journal.recovery`` from the old images, which were made durable before
+the first change, so a new file half on disk never survives one.
 """
 
 from __future__ import annotations
@@ -93,6 +100,7 @@ class _Convergence:
             for path, _ in self.order
         }
         self.touched: set[str] = set()
+        self.written: set[str] = set()  # files and symlinks made with their mode, owner and mtime
         self.dirs = durable.DirFds(root)
         self.batch = durable.batches_syncs(root)
         self.done = 0
@@ -118,7 +126,7 @@ class _Convergence:
 
     def create(self) -> None:
         """Pass 2, parents first: directories now; files and symlinks to temp
-        names, then one flush, then the renames that make them appear."""
+        names (each fsynced on FUSE), then the renames that make them appear."""
         pending: list[tuple[str, str]] = []
         for path, target in self.order:
             current = self.now[path]
@@ -142,17 +150,16 @@ class _Convergence:
             else:
                 continue
             pending.append((path, temp))
-        if self.batch and pending:
-            durable.sync_filesystem(self.root)
         for path, temp in pending:
             _at(self.dirs, path, lambda fd, name: durable.rename(fd, temp, name))
+            self.written.add(path)
             self.changed(path)
 
     def set_meta(self) -> None:
         """Pass 3, children first (a read-only directory is made so last):
-        modes, file and symlink mtimes, owners."""
+        modes, file and symlink mtimes, owners, where pass 2 did not set them."""
         for path, target in reversed(self.order):
-            if target is None:
+            if target is None or path in self.written:
                 continue
             try:
                 st = durable.lstat_at(self.dirs.get(parent(path)), durable.basename(path))
@@ -186,15 +193,17 @@ class _Convergence:
                 continue
 
 
-def obstacles(root: str, targets: Sequence[tuple[str, Entry | None]]) -> list[str]:
+def obstacles(
+    root: str, targets: Sequence[tuple[str, Entry | None]], dirs: durable.DirFds | None = None,
+) -> list[str]:
     """Paths ``converge`` could not make true without touching paths outside
     ``targets``: a directory to remove that holds entries the targets do not
     name, or a path to create whose parent is neither a directory now nor one
-    the targets make."""
+    the targets make. (``dirs``: open directory fds of ``root`` to use.)"""
     wanted = dict(targets)
     blocked = []
     for path, target in sorted(targets, key=lambda t: path_key(t[0])):
-        st = livetree.lstat(root, path)
+        st = livetree.lstat(root, path, dirs)
         if st is not None and stat.S_ISDIR(st.st_mode) and (target is None or target.type != DIR):
             names = livetree.children(root, path)
             if any(f"{path}/{name}" not in wanted for name in names):
@@ -203,7 +212,7 @@ def obstacles(root: str, targets: Sequence[tuple[str, Entry | None]]) -> list[st
         up = parent(path)
         if target is not None and up:
             made = wanted.get(up)
-            there = livetree.lstat(root, up)
+            there = livetree.lstat(root, up, dirs)
             if not (made is not None and made.type == DIR) and not (there is not None and stat.S_ISDIR(there.st_mode)):
                 blocked.append(path)
     return blocked

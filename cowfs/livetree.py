@@ -19,33 +19,46 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cowfs.hashcache import HashCache
 
-def lstat(root: str, rel: str) -> os.stat_result | None:
-    """lstat of ``rel`` under ``root`` without following symlinks on the way."""
-    with durable.parent_dir(root, rel) as fd:
-        if fd is None:
-            return None
+def lstat(root: str, rel: str, dirs: durable.DirFds | None = None) -> os.stat_result | None:
+    """lstat of ``rel`` under ``root`` without following symlinks on the way
+    (its parent taken from ``dirs`` when given, as in ``entry``)."""
+    if dirs is not None:
         try:
-            return os.lstat(durable.split(rel)[-1], dir_fd=fd)
-        except OSError as e:
-            if e.errno in durable.ABSENT:
-                return None
-            raise
+            return _lstat_in(dirs.get(rel.rpartition("/")[0]), rel)
+        except durable.NotADirectoryOnPath:
+            return None
+    with durable.parent_dir(root, rel) as fd:
+        return None if fd is None else _lstat_in(fd, rel)
 
 
-def entry(root: str, rel: str, hashes: HashCache | None = None) -> Entry | None:
+def _lstat_in(dir_fd: int, rel: str) -> os.stat_result | None:
+    try:
+        return os.lstat(durable.basename(rel), dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in durable.ABSENT:
+            return None
+        raise
+
+
+def entry(
+    root: str, rel: str, hashes: HashCache | None = None, dirs: durable.DirFds | None = None,
+) -> Entry | None:
     """The fingerprint (with content hash, remembered in ``hashes`` when it
-    can be) of ``rel`` in the live tree, or None."""
-    with durable.parent_dir(root, rel) as fd:
-        if fd is None:
-            return None
-        name = durable.split(rel)[-1]
+    can be) of ``rel`` in the live tree, or None. With ``dirs`` (open fds of
+    ``root``'s directories, for many lookups), its parent is taken from there."""
+    if dirs is not None:
         try:
-            st = os.lstat(name, dir_fd=fd)
-        except OSError as e:
-            if e.errno in durable.ABSENT:
-                return None
-            raise
-        return _entry_at(fd, name, st, rel, hashes)
+            fd = dirs.get(rel.rpartition("/")[0])
+        except durable.NotADirectoryOnPath:
+            return None
+        return _entry_in(fd, rel, hashes)
+    with durable.parent_dir(root, rel) as parent:
+        return None if parent is None else _entry_in(parent, rel, hashes)
+
+
+def _entry_in(dir_fd: int, rel: str, hashes: HashCache | None) -> Entry | None:
+    st = _lstat_in(dir_fd, rel)
+    return None if st is None else _entry_at(dir_fd, durable.basename(rel), st, rel, hashes)
 
 
 def _entry_at(dir_fd: int, name: str, st: os.stat_result, rel: str, hashes: HashCache | None) -> Entry:

@@ -26,12 +26,14 @@ WH_PREFIX = ".wh."
 WH_OPAQUE = (".wh..wh..opq", ".wh..opq")
 
 
-class Touch(namedtuple("_Touch", "rel staged")):
-    """A path the run touched: ``staged`` is its new copy, or None when deleted."""
+class Touch(namedtuple("_Touch", "rel staged st", defaults=(None,))):
+    """A path the run touched: ``staged`` is its new copy, or None when
+    deleted; ``st`` that copy's lstat when the walk already took it."""
 
     __slots__ = ()
     rel: str
     staged: str | None
+    st: os.stat_result | None
 
 
 def _xattr(path: str, name: str) -> bytes | None:
@@ -91,7 +93,7 @@ def _walk(dirpath: str, rel: str, root: str, wh_files: bool, inside_opaque: bool
                 if _xattr(d.path, xname) is not None:
                     raise UnsupportedUpper(f"{child}: {xname}")
         present.add(name)
-        yield Touch(child, d.path)
+        yield Touch(child, d.path, st)
         if stat.S_ISDIR(st.st_mode):
             yield from _walk(d.path, child, root, wh_files, opaque)
     if opaque:

@@ -18,7 +18,7 @@ at once or not at all.
    SQLite transaction with synchronous=FULL; the transaction is `committing`;
 6. apply: ``cowfs.converge`` makes every path its new state (temp file,
    fsync, rename; directories created and removed, never renamed; fsync of
-   every touched directory; on a local disk one syncfs per batch instead of
+   every touched directory; on a local disk one syncfs at the end instead of
    an fsync per file, on FUSE an fsync per file). A staged file on the live
    tree's filesystem is hard-linked to the temp name instead of copied: the
    commit writes no byte of data twice;

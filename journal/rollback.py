@@ -48,9 +48,9 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
         raise RootError(root=target.root, reason="no longer exists")
     blobs = blob_store(ws.home.path)
     written = ws.journal.changes(target.id)
-    with root_lock(ws.home.path, target.root):
+    with root_lock(ws.home.path, target.root), closing(durable.DirFds(target.root)) as dirs:
         hashes = HashCache(None, lambda: not durable.is_fuse(target.root))
-        live = {r.path: livetree.entry(target.root, r.path, hashes) for r in written}
+        live = {r.path: livetree.entry(target.root, r.path, hashes, dirs) for r in written}
         moved = [r.path for r in written if not matches(live[r.path], r.new, owners=False)]
         if moved and not force:
             later = ws.journal.later_commits_touching(target, moved)
@@ -59,7 +59,7 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
                 what=f"rollback of {target.id} refused (--force overrides)", tx=target.id,
                 paths=", ".join(moved) + since,
             ))
-        blocked = obstacles(target.root, [(r.path, r.old) for r in written])
+        blocked = obstacles(target.root, [(r.path, r.old) for r in written], dirs)
         if blocked:
             raise logged(ws.journal, Conflict(
                 what=f"rollback of {target.id} refused: it would have to touch paths it never wrote",
@@ -72,7 +72,7 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
         tx = new_record(target.root, f"rollback of {target.id}", rolls_back=target.id)._replace(state="committing")
         checkpoint("before-images")
         linked = sorted({e.hash or "" for r in written if (e := live[r.path]) is not None and replaced(e, r.old)})
-        with images_shared(blobs, tx.id, tx.root, linked), closing(durable.DirFds(tx.root)) as dirs:
+        with images_shared(blobs, tx.id, tx.root, linked):
             rows: list[ChangeRow] = []
             for r in written:
                 current, wanted = live[r.path], r.old
