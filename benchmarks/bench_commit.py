@@ -209,6 +209,11 @@ def main() -> int:
                     help="after the timed rounds, one more commit and rollback of every shape "
                          "under cProfile (python -m cProfile -o DIR/SHAPE-commit.prof -m cli.main ...), "
                          "summarized by where the time goes")
+    ap.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
+                    help="untimed pause between the commit and its rollback (default 0). An operator's"
+                         " rollback comes long after the commit; from 2.2 s on, the files the commit"
+                         " wrote are past the hash cache's racy window (cowfs/hashcache.py), and the"
+                         " rollback checks their images by identity instead of reading them")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     ap.add_argument("--python", default=lib.default_python(), help="the venv's python (default %(default)s)")
     ap.add_argument("--roscoe", default=lib.default_roscoe(), help="the roscoe CLI (default %(default)s)")
@@ -350,6 +355,7 @@ def main() -> int:
                     now = sig(os.path.join(shape.root, rel))
                     if (now is None) != (want is None) or (now and want and now[1:] != want[1:]):
                         raise SystemExit(f"{name}: after the commit, {rel} is {now}, expected {want}")
+                time.sleep(args.settle)
                 t_rollback, p = cli("rollback", tx, "--yes")
                 after = {rel: sig(os.path.join(shape.root, rel)) for rel in staged}
                 if after != before:
@@ -388,7 +394,7 @@ def main() -> int:
         info = lib.machine()
         print(f"{info['date']}  nproc {info['nproc']}  kernel {info['kernel']}  euid {info['euid']}  "
               f"backend {', '.join(sorted(backends)) or '?'}  runs {args.runs} "
-              f"(+{WARMUP} warm-up of {', '.join(warm)})")
+              f"(+{WARMUP} warm-up of {', '.join(warm)})  settle {args.settle:g} s")
         print(f"{'shape / case':<34} {'median':>9} {'p90':>9} {'min':>9}   (ms)")
         for name in shapes:
             s = roots[name]
@@ -445,7 +451,7 @@ def main() -> int:
 
         if args.json:
             lib.write_json(args.json, {
-                "benchmark": "bench_commit", "machine": info, "runs": args.runs,
+                "benchmark": "bench_commit", "machine": info, "runs": args.runs, "settle_s": args.settle,
                 "warmup": {"rounds": WARMUP, "shapes": warm},
                 "bytecode": compiled, "stale_during_run": stale, "backend": sorted(backends),
                 "shapes": {name: {"what": SHAPES[name], "root": roots[name].root, "files": roots[name].files,
