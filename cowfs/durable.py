@@ -5,9 +5,10 @@ Every path is resolved one component at a time from a directory fd with
 ``O_NOFOLLOW``, so a symlink planted in the live tree can never redirect a
 read or a write. New content is written to a temp name in its directory,
 fsynced, then renamed over its target; directories are fsynced after their
-entries change. (On a local disk a caller may instead sync the whole
-filesystem once, with ``sync_filesystem``, when a batch is done.) Directories are never renamed (gcsfuse cannot do it
-atomically): they are created and removed.
+entries change (on a local disk a caller may instead sync the whole
+filesystem once, with ``sync_filesystem``, when a batch is done).
+Directories are never renamed (gcsfuse cannot do it atomically): they are
+created and removed.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import xxhash
 
 from cowfs.durable import chunks_of
 
+
 def hash_bytes(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 

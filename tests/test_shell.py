@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,26 @@ def spawn_shell(roscoe: Roscoe, shell: str, root: Path, *options: str):  # type:
     )
 
 
+def wait_for_foreground(argv: list[str]) -> None:
+    """Wait (up to 20 s) until a process runs ``argv`` in the foreground of its terminal."""
+    want = ("\0".join(argv) + "\0").encode()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read() != want:
+                        continue
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if fields[2] == fields[5]:  # its process group is the terminal's foreground group
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{argv} never ran in the foreground")
+
+
 @pytest.mark.parametrize("shell", ["/bin/bash", "/bin/sh"])
 def test_a_person_uses_the_shell_then_commits(roscoe: Roscoe, root: Path, shell: str) -> None:
     child = spawn_shell(roscoe, shell, root)
@@ -42,7 +63,11 @@ def test_a_person_uses_the_shell_then_commits(roscoe: Roscoe, root: Path, shell:
     child.expect(f"tx={tx}\r\n")
     child.expect(PROMPT[shell])
     # ^C stops the command in the foreground, not the shell and not roscoe.
-    child.sendline("sleep 60")
+    # It is sent once that command holds the terminal, as a person's would be
+    # (a ^C while the line is still unread only flushes the terminal's input,
+    # and one while the shell forks can reach the child before it execs).
+    child.sendline("sleep 61.5")
+    wait_for_foreground(["sleep", "61.5"])
     child.sendintr()
     child.expect(PROMPT[shell])
     child.sendline("echo still-here")
