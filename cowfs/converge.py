@@ -59,7 +59,7 @@ def converge(
     root: str,
     targets: Sequence[tuple[str, Entry | None]],
     *,
-    content: Callable[[str, Entry], Iterator[bytes | memoryview] | str],
+    content: Callable[[str, Entry], Iterator[bytes] | str],
     tag: str,
     owners: bool,
     step: Callable[[], None] = lambda: None,

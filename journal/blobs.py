@@ -56,7 +56,7 @@ class BlobStore:
         # (The run never fsynced what it wrote: link_new, or sync(), does.)
         return durable.link_new(src, self.path(digest), sync=not self.batch)
 
-    def put_stream(self, chunks: Iterator[bytes | memoryview], digest: str) -> None:
+    def put_stream(self, chunks: Iterator[bytes], digest: str) -> None:
         """Store bytes that must hash to ``digest``; refuses them otherwise."""
         if self.has(digest):
             for _ in chunks:
@@ -64,7 +64,7 @@ class BlobStore:
             return
         h = xxhash.xxh3_128()
 
-        def hashed() -> Iterator[bytes | memoryview]:
+        def hashed() -> Iterator[bytes]:
             for chunk in chunks:
                 h.update(chunk)
                 yield chunk
@@ -125,9 +125,8 @@ class BlobStore:
                 if not name.startswith("."):
                     yield os.path.join(directory, name)
 
-    def read(self, digest: str) -> Iterator[memoryview]:
-        """The blob's bytes, in ``durable.chunks_of`` (use each at once); raises
-        BlobCorrupt at the end if they do not hash to its name."""
+    def read(self, digest: str) -> Iterator[bytes]:
+        """The blob's bytes; raises BlobCorrupt at the end if they do not hash to its name."""
         return self._read(self.path(digest), digest, "damaged")
 
     def verified(self, digest: str) -> str:
@@ -137,7 +136,7 @@ class BlobStore:
             pass
         return self.path(digest)
 
-    def _read(self, path: str, digest: str, problem: str) -> Iterator[memoryview]:
+    def _read(self, path: str, digest: str, problem: str) -> Iterator[bytes]:
         h = xxhash.xxh3_128()
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -126,7 +126,7 @@ def unshare_listed(blobs: BlobStore, marker: str) -> None:
     os.unlink(marker)
 
 
-Content = Callable[[str, Entry], "Iterator[bytes | memoryview] | str"]
+Content = Callable[[str, Entry], "Iterator[bytes] | str"]
 
 
 def apply_journaled(

@@ -380,7 +380,7 @@ def content(blobs: BlobStore, row: ChangeRow, state: dict[str, Any], *, old: boo
     if state["kind"] != "file":
         return b""
     digest = row.old_blob if old else row.new_blob
-    return b"".join([bytes(chunk) for chunk in blobs.read(digest or "")])
+    return b"".join(blobs.read(digest or ""))
 
 
 def apply_ops(
