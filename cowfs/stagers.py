@@ -30,16 +30,22 @@ ORDER = ("kernel", "kernel-bindfs", "copy")
 
 
 def remove_tree(path: str) -> None:
-    """Remove a staging dir, including overlay work dirs left with mode 000."""
+    """Remove a staging dir, including overlay work dirs left with mode 000
+    (made accessible first, when removing it as it is was refused)."""
     if not os.path.lexists(path):
         return
+    import shutil
+
+    try:
+        shutil.rmtree(path)
+        return
+    except PermissionError:
+        pass
     for dirpath, dirnames, _ in os.walk(path):
         for name in dirnames:
             full = os.path.join(dirpath, name)
             if not os.path.islink(full):
                 os.chmod(full, stat.S_IRWXU)
-    import shutil
-
     shutil.rmtree(path)
 
 
