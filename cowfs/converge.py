@@ -15,12 +15,14 @@ make it what the target says, in three passes that keep the tree walkable:
 Running it again after a crash anywhere finishes the job; nothing is done
 twice. Every write goes through ``cowfs.durable``.
 
-Durability: on FUSE every file is fsynced before its rename and every
-touched directory after. On a local disk one syncfs at the end makes it all
-durable at once, and nothing is synced before the renames: a crash before
-that syncfs (and before the commit record after it) is undone all-old by
-``journal.recovery`` from the old images, which were made durable before
-the first change, so a new file half on disk never survives one.
+Durability: no file appears under its name before its bytes are durable.
+On FUSE every file is fsynced before its rename and every touched directory
+after. On a local disk one syncfs before the renames and one at the end
+stand for all the fsyncs. A staged file linked into place (no temp name
+when the path is new) must already be durable: the commit's sync of its
+images covers it. So after a crash or a power cut every path is old, or
+new and whole, and ``journal.recovery`` can tell a file this transaction
+made from one someone else put there.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def converge(
     owners: bool,
     step: Callable[[], None] = lambda: None,
     known: Mapping[str, Entry | None] | None = None,
+    spare: Callable[[str, Entry], bool] | None = None,
 ) -> int:
     """Make every ``(path, target)`` true in the live tree under ``root``.
 
@@ -71,10 +74,11 @@ def converge(
     whose bytes are already verified, copied in the kernel); ``tag`` names this
     transaction's temp files; ``step`` is called after every change to the
     tree (fault hooks and progress); ``known`` gives the current state of
-    paths just read and hashed, so they are not read again. Returns the
-    number of changes made.
+    paths just read and hashed, so they are not read again; an entry where
+    the target is absent that ``spare(path, entry)`` says someone else made
+    is left where it is. Returns the number of changes made.
     """
-    run = _Convergence(root, targets, content, tag, owners, step, known)
+    run = _Convergence(root, targets, content, tag, owners, step, known, spare)
     try:
         run.remove()
         run.create()
@@ -90,9 +94,10 @@ class _Convergence:
     the directories touched, open directory fds."""
 
     def __init__(  # type: ignore[no-untyped-def]
-        self, root: str, targets, content, tag: str, owners: bool, step, known,
+        self, root: str, targets, content, tag: str, owners: bool, step, known, spare,
     ) -> None:
         self.root, self.content, self.tag, self.owners, self.step = root, content, tag, owners, step
+        self.spare = spare
         self.order = sorted(targets, key=lambda t: path_key(t[0]))
         self.index = {path: i for i, (path, _) in enumerate(self.order)}
         self.now: dict[str, Entry | None] = {
@@ -117,6 +122,8 @@ class _Convergence:
         """Pass 1, children first: what has no target, or a target of another type."""
         for path, target in reversed(self.order):
             current = self.now[path]
+            if current is not None and target is None and self.spare is not None and self.spare(path, current):
+                continue
             if current is not None and (target is None or current.type != target.type):
                 _at(self.dirs, path, durable.remove)
                 if current.type == DIR:
@@ -126,7 +133,8 @@ class _Convergence:
 
     def create(self) -> None:
         """Pass 2, parents first: directories now; files and symlinks to temp
-        names (each fsynced on FUSE), then the renames that make them appear."""
+        names (or a new staged file linked straight into place), then one
+        flush, then the renames that make them appear."""
         pending: list[tuple[str, str]] = []
         for path, target in self.order:
             current = self.now[path]
@@ -140,6 +148,11 @@ class _Convergence:
                 continue
             if target.type == FILE and not (current is not None and current.hash == target.hash):
                 source = self.content(path, target)
+                if current is None and self.batch and isinstance(source, durable.Staged) and _linked(
+                        self.dirs, path, source, target, owner):
+                    self.written.add(path)
+                    self.changed(path)
+                    continue
                 _at(self.dirs, path, lambda fd, name: durable.write_file(
                     fd, None, temp, source, mode=target.mode, mtime_ns=target.mtime_ns, owner=owner,
                     sync=not self.batch))
@@ -150,6 +163,8 @@ class _Convergence:
             else:
                 continue
             pending.append((path, temp))
+        if self.batch and pending:
+            durable.sync_filesystem(self.root)
         for path, temp in pending:
             _at(self.dirs, path, lambda fd, name: durable.rename(fd, temp, name))
             self.written.add(path)
@@ -235,6 +250,20 @@ def _at(dirs: durable.DirFds, path: str, action: Callable[[int, str], None]) -> 
     except OSError as e:
         # Errors name the path in the tree, not a temp file or a bare name.
         raise type(e)(e.errno, e.strerror, path) from e
+
+
+def _linked(
+    dirs: durable.DirFds, path: str, source: durable.Staged, target: Entry, owner: tuple[int, int] | None,
+) -> bool:
+    """A new file made by linking its staged copy straight into place."""
+    done = False
+
+    def link(fd: int, name: str) -> None:
+        nonlocal done
+        done = durable.link_staged_as(fd, name, source, mode=target.mode, mtime_ns=target.mtime_ns, owner=owner)
+
+    _at(dirs, path, link)
+    return done
 
 
 def remove_temps(root: str, paths: Sequence[str], tag: str) -> int:

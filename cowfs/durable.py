@@ -173,15 +173,28 @@ def write_file(
     syncs the filesystem itself), then rename it over ``name`` (unless None:
     the caller renames later). The target is old or new, never half."""
     linked = _link_staged(source, dir_fd, temp) if isinstance(source, Staged) else None
-    if linked is not None and not sync and (
-        stat.S_IMODE(linked.st_mode) == mode and linked.st_mtime_ns == mtime_ns
-        and (owner is None or (linked.st_uid, linked.st_gid) == owner)
-    ):
+    if linked is not None and not sync and _has_meta(linked, mode, mtime_ns, owner):
         pass  # the staged inode already is the target: nothing to set, nothing to sync
     else:
         _write_temp(dir_fd, temp, source, linked is not None, mode=mode, mtime_ns=mtime_ns, owner=owner, sync=sync)
     if name is not None:
         rename(dir_fd, temp, name)
+
+
+def link_staged_as(
+    dir_fd: int, name: str, source: Staged, *, mode: int, mtime_ns: int, owner: tuple[int, int] | None = None,
+) -> bool:
+    """Hard-link the staged file ``source`` straight as the new entry ``name``
+    (which must not exist: FileExistsError otherwise), when it already has
+    the mode, mtime and owner the target wants: one link(2), atomic by itself,
+    so no temp name and no rename. False, with nothing done, when it cannot
+    be (see ``_link_staged``, or other metadata): the caller writes a temp."""
+    return _link_staged(source, dir_fd, name, only_if=(mode, mtime_ns, owner)) is not None
+
+
+def _has_meta(st: os.stat_result, mode: int, mtime_ns: int, owner: tuple[int, int] | None) -> bool:
+    return stat.S_IMODE(st.st_mode) == mode and st.st_mtime_ns == mtime_ns and (
+        owner is None or (st.st_uid, st.st_gid) == owner)
 
 
 def _write_temp(
@@ -215,17 +228,20 @@ def _write_temp(
     os.close(fd)
 
 
-def _link_staged(src: str, dir_fd: int, temp: str) -> os.stat_result | None:
+def _link_staged(
+    src: str, dir_fd: int, temp: str, only_if: tuple[int, int, tuple[int, int] | None] | None = None,
+) -> os.stat_result | None:
     """Hard-link the staged regular file ``src`` as ``temp``; its lstat, or
     None when it cannot be linked here (another filesystem, a file with other
-    links, an attribute that cannot be removed), and the caller copies.
+    links, an attribute that cannot be removed; or, with ``only_if``, a mode,
+    mtime or owner other than those), and the caller copies.
 
     Its extended attributes are removed first, so the live tree gets what a
     copy would get: not the overlay's own (``user.overlay.origin``), nor any
     the run set (file capabilities, ACLs), which the diff never showed."""
     try:
         st = os.lstat(src)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or (only_if is not None and not _has_meta(st, *only_if)):
             return None
         for attr in os.listxattr(src, follow_symlinks=False):
             os.removexattr(src, attr, follow_symlinks=False)

@@ -28,14 +28,11 @@ class BlobStore:
         self.root = path
         self.batch = batch
         self._made: set[str] = set()
-        self._unsynced = False
 
     def sync(self) -> None:
-        """Make every blob put (or found) so far durable: one syncfs when
-        batching, none when this store was not asked for a blob."""
-        if self.batch and self._unsynced:
+        """Make every blob put so far durable (one syncfs when batching)."""
+        if self.batch and os.path.isdir(self.root):
             durable.sync_filesystem(self.root)
-            self._unsynced = False
 
     def path(self, digest: str) -> str:
         return os.path.join(self.root, digest[:2], digest[2:])
@@ -54,14 +51,13 @@ class BlobStore:
     def put_link(self, src: str, digest: str) -> bool:
         """Store the file at ``src`` (already hashed to ``digest``) by hard link;
         False when it cannot be linked (the caller copies instead)."""
-        self._unsynced = True  # (the run never fsynced what it wrote: link_new, or sync(), does)
         if self.has(digest):
             return True
+        # (The run never fsynced what it wrote: link_new, or sync(), does.)
         return durable.link_new(src, self.path(digest), sync=not self.batch)
 
     def put_stream(self, chunks: Iterator[bytes], digest: str) -> None:
         """Store bytes that must hash to ``digest``; refuses them otherwise."""
-        self._unsynced = True  # (one already there may be another process's, not synced yet)
         if self.has(digest):
             for _ in chunks:
                 pass
@@ -98,7 +94,6 @@ class BlobStore:
                     known.st_dev, known.st_ino, known.st_size, known.st_mtime_ns):
                 raise BlobCorrupt(digest=digest, problem="not the file that was hashed", store=self.root)
 
-        self._unsynced = True
         return durable.link_out(dir_fd, name, self._fan(digest), digest[2:], check, sync=not self.batch)
 
     def unshare(self, digest: str) -> bool:
@@ -108,7 +103,6 @@ class BlobStore:
         Whether the store has the blob."""
         try:
             if os.lstat(self.path(digest)).st_nlink == 1:
-                self._unsynced = True  # (it may be another process's, not synced yet)
                 return True
         except FileNotFoundError:
             return False

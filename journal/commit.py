@@ -13,15 +13,16 @@ at once or not at all.
    other link (listed first, and unshared again if it is still live when the
    commit ends, see ``images_shared``), else a copy. The new bytes need no
    image: all-old recovery and rollback never read them, and the staging
-   layer keeps them until the commit record is written;
+   layer keeps them until the commit record is written. The same sync makes
+   them durable, before any of them is linked into the live tree;
 5. intent: every change with its before and after state, journaled in one
    SQLite transaction with synchronous=FULL; the transaction is `committing`;
 6. apply: ``cowfs.converge`` makes every path its new state (temp file,
    fsync, rename; directories created and removed, never renamed; fsync of
-   every touched directory; on a local disk one syncfs at the end instead of
-   an fsync per file, on FUSE an fsync per file). A staged file on the live
-   tree's filesystem is hard-linked to the temp name instead of copied: the
-   commit writes no byte of data twice;
+   every touched directory; on a local disk one syncfs before the renames
+   and one after instead of an fsync per file). A staged file on the live
+   tree's filesystem is hard-linked instead of copied (straight to its name
+   when the path is new): the commit writes no byte of data twice;
 7. the commit record: one row update to `committed`. That is the commit point.
 
 A crash before step 7 is undone by ``journal.recovery`` (all-old, always);
@@ -39,7 +40,7 @@ from contextlib import contextmanager
 from cowfs import durable
 from cowfs.changeset import ChangeSet
 from cowfs.converge import converge, remove_temps
-from cowfs.entry import FILE, Entry
+from cowfs.entry import DIR, FILE, Entry
 from cowfs.errors import CommitFailed, Conflict, RoscoeError, StagingCorrupt
 from cowfs.stagers import Stager
 from journal.approval import ApprovalNeeded, enforce, requested
@@ -175,11 +176,13 @@ def undo(journal: Journal, blobs: BlobStore, tx: TxRecord, rows: list[ChangeRow]
     """Put every path of ``rows`` back to its old state and leave `committing`
     (an undone rollback is aborted; an undone commit is open again). Returns
     None when done, else why it could not be done yet."""
+    wrote = {r.path: r.new for r in rows}
     try:
         remove_temps(tx.root, [r.path for r in rows], tx.id)
         converge(
             tx.root, [(r.path, r.old) for r in rows], content=lambda p, e: blobs.verified(e.hash or ""),
             tag=tx.id, owners=owners_kept(), step=lambda: checkpoint("undo"),
+            spare=lambda path, entry: not made_by(entry, wrote.get(path)),
         )
         remove_temps(tx.root, [r.path for r in rows], tx.id)
     except RoscoeError as e:
@@ -189,6 +192,24 @@ def undo(journal: Journal, blobs: BlobStore, tx: TxRecord, rows: list[ChangeRow]
     checkpoint("before-reopen")
     journal.reopen(tx.id, "aborted" if tx.rolls_back else "open")
     return None
+
+
+def staged_durable(stager: Stager | None, blobs: BlobStore) -> None:
+    """The staged bytes go into the live tree by hard link, never copied and
+    synced there: make them durable first. The images' syncfs did, when the
+    blob store shares their filesystem; on FUSE each file is fsynced as it is
+    placed."""
+    if stager is None or not durable.batches_syncs(stager.tx_dir):
+        return
+    if os.stat(stager.tx_dir).st_dev != os.stat(blobs.root).st_dev:
+        durable.sync_filesystem(stager.tx_dir)
+
+
+def made_by(entry: Entry, new: Entry | None) -> bool:
+    """Whether a live entry is (or could be, half made) the one a change wrote:
+    a file with its bytes, a symlink with its target, a directory."""
+    return new is not None and entry.type == new.type and (
+        entry.type == DIR or (entry.hash, entry.target) == (new.hash, new.target))
 
 
 def check_bases(changes: ChangeSet, bases: dict[str, Entry | None]) -> list[str]:
@@ -242,6 +263,7 @@ def _commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore, progress: Prog
                 rows = store_images(blobs, tx, changes, hashes)
             except Conflict as e:
                 raise logged(ws.journal, e) from None
+            staged_durable(stager, blobs)
             checkpoint("after-images")
             known = {c.path: c.old for c in changes.changes}
 
