@@ -37,6 +37,12 @@ from cowfs.entry import DIR, FILE, SYMLINK, Entry
 
 TEMP_PREFIX = ".roscoe-"
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing stays off the start-up path of `tx run`)
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
 
 def temp_name(tag: str, index: int) -> str:
     return f"{TEMP_PREFIX}{tag}-{index}"
@@ -148,8 +154,9 @@ class _Convergence:
                 continue
             if target.type == FILE and not (current is not None and current.hash == target.hash):
                 source = self.content(path, target)
-                if current is None and self.batch and isinstance(source, durable.Staged) and _linked(
-                        self.dirs, path, source, target, owner):
+                if current is None and self.batch and isinstance(source, durable.Staged) and _at(
+                        self.dirs, path, lambda fd, name: durable.link_staged_as(
+                            fd, name, source, mode=target.mode, mtime_ns=target.mtime_ns, owner=owner)):
                     self.written.add(path)
                     self.changed(path)
                     continue
@@ -237,33 +244,20 @@ def parent(path: str) -> str:
     return path.rpartition("/")[0]
 
 
-def _at(dirs: durable.DirFds, path: str, action: Callable[[int, str], None]) -> None:
-    """Run ``action(dir_fd, name)`` in the real directory that holds ``path``."""
+def _at(dirs: durable.DirFds, path: str, action: Callable[[int, str], T]) -> T:
+    """Run ``action(dir_fd, name)`` in the real directory that holds ``path``;
+    its result."""
     try:
         fd = dirs.get(parent(path))
     except durable.NotADirectoryOnPath:
         raise durable.NotADirectoryOnPath(2, f"parent of {path!r} is missing or not a directory", path) from None
     try:
-        action(fd, durable.basename(path))
+        return action(fd, durable.basename(path))
     except durable.NotADirectoryOnPath:
         raise
     except OSError as e:
         # Errors name the path in the tree, not a temp file or a bare name.
         raise type(e)(e.errno, e.strerror, path) from e
-
-
-def _linked(
-    dirs: durable.DirFds, path: str, source: durable.Staged, target: Entry, owner: tuple[int, int] | None,
-) -> bool:
-    """A new file made by linking its staged copy straight into place."""
-    done = False
-
-    def link(fd: int, name: str) -> None:
-        nonlocal done
-        done = durable.link_staged_as(fd, name, source, mode=target.mode, mtime_ns=target.mtime_ns, owner=owner)
-
-    _at(dirs, path, link)
-    return done
 
 
 def remove_temps(root: str, paths: Sequence[str], tag: str) -> int:

@@ -9,26 +9,37 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cowfs import durable
 from cowfs.entry import Entry, kind_of
 from cowfs.hashing import hash_bytes, hash_fd
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (typing stays off the start-up path of `tx run`)
+    from typing import TypeVar
+
     from cowfs.hashcache import HashCache
+
+    T = TypeVar("T")
 
 def lstat(root: str, rel: str, dirs: durable.DirFds | None = None) -> os.stat_result | None:
     """lstat of ``rel`` under ``root`` without following symlinks on the way
     (its parent taken from ``dirs`` when given, as in ``entry``)."""
+    return _in_parent(root, rel, dirs, lambda fd: _lstat_in(fd, rel))
+
+
+def _in_parent(root: str, rel: str, dirs: durable.DirFds | None, read: Callable[[int], T | None]) -> T | None:
+    """``read(fd)`` of the real directory holding ``rel`` (from ``dirs``, or
+    walked from ``root``), or None when it has none."""
     if dirs is not None:
         try:
-            return _lstat_in(dirs.get(rel.rpartition("/")[0]), rel)
+            fd = dirs.get(rel.rpartition("/")[0])
         except durable.NotADirectoryOnPath:
             return None
-    with durable.parent_dir(root, rel) as fd:
-        return None if fd is None else _lstat_in(fd, rel)
+        return read(fd)
+    with durable.parent_dir(root, rel) as parent:
+        return None if parent is None else read(parent)
 
 
 def _lstat_in(dir_fd: int, rel: str) -> os.stat_result | None:
@@ -46,14 +57,7 @@ def entry(
     """The fingerprint (with content hash, remembered in ``hashes`` when it
     can be) of ``rel`` in the live tree, or None. With ``dirs`` (open fds of
     ``root``'s directories, for many lookups), its parent is taken from there."""
-    if dirs is not None:
-        try:
-            fd = dirs.get(rel.rpartition("/")[0])
-        except durable.NotADirectoryOnPath:
-            return None
-        return _entry_in(fd, rel, hashes)
-    with durable.parent_dir(root, rel) as parent:
-        return None if parent is None else _entry_in(parent, rel, hashes)
+    return _in_parent(root, rel, dirs, lambda fd: _entry_in(fd, rel, hashes))
 
 
 def _entry_in(dir_fd: int, rel: str, hashes: HashCache | None) -> Entry | None:
