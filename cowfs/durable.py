@@ -411,6 +411,24 @@ def link_out(
     not possible here (another filesystem, or a file with other links, which
     could change the bytes through them); the caller copies instead."""
     temp = os.path.join(directory, f".{new_name}.{os.getpid()}.link")
+    if link_aside(dir_fd, name, temp) is None:
+        return False
+    try:
+        check(temp)
+    except BaseException:
+        _unlink_quietly(-1, temp)
+        raise
+    settle_link(temp, os.path.join(directory, new_name), sync=sync)
+    return True
+
+
+def link_aside(dir_fd: int, name: str, temp: str) -> os.stat_result | None:
+    """Hard-link the regular file ``name`` of ``dir_fd`` (never through a
+    symlink) as ``temp`` and return the lstat of that inode, now pinned: its
+    bytes can be read through ``temp`` whatever happens to ``name`` since.
+    None, with nothing left behind, when that is not possible here (another
+    filesystem, not a regular file, or a file with other links, which could
+    change the bytes through them)."""
     try:
         try:
             os.link(name, temp, src_dir_fd=dir_fd, follow_symlinks=False)
@@ -419,23 +437,37 @@ def link_out(
             os.link(name, temp, src_dir_fd=dir_fd, follow_symlinks=False)
     except OSError as e:
         if e.errno in CANNOT_LINK:
-            return False
+            return None
         raise
     try:
         st = os.lstat(temp)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 2:
-            os.unlink(temp)
-            return False
-        check(temp)
+    except BaseException:
+        _unlink_quietly(-1, temp)
+        raise
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 2:
+        _unlink_quietly(-1, temp)
+        return None
+    return st
+
+
+def settle_link(temp: str, path: str, *, sync: bool = True) -> None:
+    """Rename the linked ``temp`` to the new name ``path`` in the same
+    filesystem, fsyncing the file first and the directory after unless the
+    caller syncs the filesystem itself."""
+    try:
         if sync:
             _fsync_path(temp, FILE_READ)
-        os.rename(temp, os.path.join(directory, new_name))
+        os.rename(temp, path)
     except BaseException:
         _unlink_quietly(-1, temp)
         raise
     if sync:
-        _fsync_path(directory, DIR_FLAGS)
-    return True
+        _fsync_path(os.path.dirname(path), DIR_FLAGS)
+
+
+def discard(path: str) -> None:
+    """Remove a temp file of ours if it is there."""
+    _unlink_quietly(-1, path)
 
 
 def _fsync_path(path: str, flags: int) -> None:

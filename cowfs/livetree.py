@@ -78,13 +78,25 @@ def _entry_at(dir_fd: int, name: str, st: os.stat_result, rel: str, hashes: Hash
             finally:
                 os.close(fd)
 
-        digest = read() if hashes is None else hashes.digest("live", rel, st, read)
-        return Entry("file", st.st_size, mode, st.st_mtime_ns, digest, None, **common)
+        return file_entry(st, read() if hashes is None else hashes.digest("live", rel, st, read))
     if kind == "symlink":
         target = os.readlink(name, dir_fd=dir_fd)
         raw = os.fsencode(target)
         return Entry("symlink", len(raw), mode, st.st_mtime_ns, hash_bytes(raw), target, **common)
     return Entry(kind, 0, mode, st.st_mtime_ns, None, None, **common)
+
+
+def file_entry(st: os.stat_result, digest: str) -> Entry:
+    """The fingerprint of a regular file whose lstat is ``st`` and whose bytes hash to ``digest``."""
+    return Entry("file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, digest, None,
+                 uid=st.st_uid, gid=st.st_gid)
+
+
+def same_inode(a: os.stat_result, b: os.stat_result) -> bool:
+    """Whether two lstats are of one inode, unchanged in between (any write,
+    chmod or link count change moves the ctime)."""
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
 def children(root: str, rel: str) -> list[str]:

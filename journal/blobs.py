@@ -28,6 +28,7 @@ class BlobStore:
         self.root = path
         self.batch = batch
         self._made: set[str] = set()
+        self._pins = 0
 
     def sync(self) -> None:
         """Make every blob put so far durable (one syncfs when batching)."""
@@ -95,6 +96,44 @@ class BlobStore:
                 raise BlobCorrupt(digest=digest, problem="not the file that was hashed", store=self.root)
 
         return durable.link_out(dir_fd, name, self._fan(digest), digest[2:], check, sync=not self.batch)
+
+    def pin(self, dir_fd: int, name: str) -> tuple[str, os.stat_result] | None:
+        """Hard-link the live file ``name`` of ``dir_fd`` to a temp name in
+        the store: its bytes can then be hashed there, and kept as a blob
+        by ``adopt`` with no second read, as no later swap of ``name`` can
+        change what the temp holds. The temp and the inode's lstat, or None
+        when it cannot be linked. The caller ``discard``s what it does not
+        adopt; ``drop_stale_pins`` removes those of a dead process."""
+        directory = os.path.join(self.root, ".pins")
+        if directory not in self._made:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._made.add(directory)
+        self._pins += 1
+        temp = os.path.join(directory, f"{os.getpid()}.{self._pins}")
+        st = durable.link_aside(dir_fd, name, temp)
+        return None if st is None else (temp, st)
+
+    def adopt(self, temp: str, digest: str) -> None:
+        """Keep the pinned ``temp``, whose bytes hash to ``digest``, as that
+        blob (or drop it if the store has the blob). Like ``put_linked``, the
+        blob shares a live file's inode until the commit replaces that file:
+        the caller lists it in a share marker first."""
+        if self.unshare(digest):
+            durable.discard(temp)
+            return
+        durable.settle_link(temp, os.path.join(self._fan(digest), digest[2:]), sync=not self.batch)
+
+    def drop_stale_pins(self) -> None:
+        """Remove the pins a dead process left (hard links of live files)."""
+        directory = os.path.join(self.root, ".pins")
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            pid = name.partition(".")[0]
+            if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
+                durable.discard(os.path.join(directory, name))
 
     def unshare(self, digest: str) -> bool:
         """Give the blob an inode of its own if it still shares one (with the

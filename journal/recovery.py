@@ -66,10 +66,16 @@ def recover(ws: object) -> list[Recovered]:
 def unshare_left_blobs(home: str) -> None:
     """Blobs a commit that died had hard-linked from live files it never
     replaced get an inode of their own (``journal.commit.images_shared``);
-    those of a commit still running (its root lock held) are left to it."""
+    those of a commit still running (its root lock held) are left to it.
+    The pins a dead rollback left (``journal.rollback.Pins``) are removed."""
     import json
     import os
 
+    pins = os.path.join(home, "blobs", ".pins")
+    if os.path.isdir(pins) and os.listdir(pins):
+        from journal.blobs import BlobStore
+
+        BlobStore(os.path.join(home, "blobs")).drop_stale_pins()
     if not os.path.isdir(os.path.join(home, "blobs", ".shared")):
         return
     from journal.commit import blob_store, unshare_listed

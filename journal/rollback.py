@@ -16,10 +16,11 @@ from contextlib import closing
 from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, classify
 from cowfs.converge import matches, obstacles
-from cowfs.entry import FILE
+from cowfs.entry import FILE, Entry
 from cowfs.errors import Conflict, RoscoeError, RootError, TransactionState
 from cowfs.hashcache import HashCache
-from journal.blobs import BlobCorrupt
+from cowfs.hashing import hash_file
+from journal.blobs import BlobCorrupt, BlobStore
 from journal.faults import checkpoint
 from journal.rootlock import root_lock
 from journal.store import ChangeRow, TxRecord
@@ -27,6 +28,55 @@ from journal.store import ChangeRow, TxRecord
 
 class ImagesDropped(RoscoeError):
     """transaction {tx} is too old to roll back: `roscoe gc` dropped its images"""
+
+
+class Pins:
+    """The files a rollback replaces that the commit wrote, each hard-linked
+    into the blob store before it is hashed. The one read of their bytes
+    then both checks them against what the commit wrote and vouches for the
+    image kept of them, so that the rollback can itself be rolled back."""
+
+    def __init__(self, blobs: BlobStore, dirs: durable.DirFds) -> None:
+        self.blobs = blobs
+        self.dirs = dirs
+        self.pinned: dict[str, tuple[str, os.stat_result]] = {}
+
+    def entry(self, row: ChangeRow, hashes: HashCache) -> Entry | None:
+        """The live entry of ``row.path``, read through a pin when the commit
+        wrote a file there that the rollback replaces."""
+        from journal.commit import replaced
+
+        if row.new is not None and row.new.type == FILE and replaced(row.new, row.old):
+            try:
+                pin = self.blobs.pin(self.dirs.get(row.path.rpartition("/")[0]), durable.basename(row.path))
+            except OSError as e:
+                if e.errno not in durable.ABSENT:
+                    raise
+                pin = None  # (not there: the plain lookup says what is)
+            if pin is not None:
+                temp, pinned = pin
+                digest = hash_file(temp)
+                now = livetree.lstat(self.dirs.root, row.path, self.dirs)
+                if now is not None and livetree.same_inode(now, pinned):
+                    self.pinned[row.path] = pin
+                    return livetree.file_entry(pinned, digest)
+                durable.discard(temp)  # (swapped meanwhile: read it as it is now)
+        return livetree.entry(self.dirs.root, row.path, hashes, self.dirs)
+
+    def adopt(self, path: str, current: Entry) -> str | None:
+        """Keep the pin of ``path`` as the image of ``current`` (its digest),
+        or None when it has none."""
+        pin = self.pinned.pop(path, None)
+        if pin is None:
+            return None
+        assert current.hash is not None
+        self.blobs.adopt(pin[0], current.hash)
+        return current.hash
+
+    def close(self) -> None:
+        for temp, _ in self.pinned.values():
+            durable.discard(temp)
+        self.pinned.clear()
 
 
 def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxRecord:  # type: ignore[no-untyped-def]
@@ -48,9 +98,10 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
         raise RootError(root=target.root, reason="no longer exists")
     blobs = blob_store(ws.home.path)
     written = ws.journal.changes(target.id)
-    with root_lock(ws.home.path, target.root), closing(durable.DirFds(target.root)) as dirs:
+    with root_lock(ws.home.path, target.root), closing(durable.DirFds(target.root)) as dirs, \
+            closing(Pins(blobs, dirs)) as pins:
         hashes = HashCache(None, lambda: not durable.is_fuse(target.root))
-        live = {r.path: livetree.entry(target.root, r.path, hashes, dirs) for r in written}
+        live = {r.path: pins.entry(r, hashes) for r in written}
         moved = [r.path for r in written if not matches(live[r.path], r.new, owners=False)]
         if moved and not force:
             later = ws.journal.later_commits_touching(target, moved)
@@ -79,9 +130,12 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
                 status = classify(current, wanted)
                 if status is None:
                     continue
-                old_blob = capture_old(
-                    blobs, dirs, r.path, current, link=replaced(current, wanted), hashes=hashes,
-                ) if current and current.type == FILE else None
+                old_blob = None
+                if current is not None and current.type == FILE:
+                    link = replaced(current, wanted)
+                    old_blob = (pins.adopt(r.path, current) if link else None) or capture_old(
+                        blobs, dirs, r.path, current, link=link, hashes=hashes,
+                    )
                 rows.append(ChangeRow(len(rows), r.path, status, current, wanted, old_blob, r.old_blob))
             blobs.sync()
             checkpoint("after-images")

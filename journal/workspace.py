@@ -208,8 +208,9 @@ class Workspace:
 
     def recover(self) -> list[object]:
         """Undo interrupted commits (see journal.recovery); cheap when there are none."""
-        shared = os.path.join(self.home.path, "blobs", ".shared")
-        if not self.journal.in_state("committing") and not (os.path.isdir(shared) and os.listdir(shared)):
+        blobs = os.path.join(self.home.path, "blobs")
+        left = any(os.path.isdir(d) and os.listdir(d) for d in (f"{blobs}/.shared", f"{blobs}/.pins"))
+        if not left and not self.journal.in_state("committing"):
             return []
         from journal.recovery import recover
 

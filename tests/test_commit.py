@@ -507,10 +507,13 @@ LATER = {
     "deletes-an-added-file": "rm case1/new.txt",
     "adds-a-deleted-file": f'printf "back, other\\n" > case1/old.tmp; {STAMP} case1/old.tmp',
     "modifies-in-an-added-dir": f'printf "m2\\n" > case2/made/m.txt; {STAMP} case2/made/m.txt',
+    "links-over-an-added-file": "rm case1/new.txt; ln -s notes.md case1/new.txt",
+    "puts-a-dir-at-an-added-file": "rm case1/new.txt; mkdir case1/new.txt",
 }
 LATER_PATH = {
     "modifies": "case1/notes.md", "deletes-an-added-file": "case1/new.txt",
     "adds-a-deleted-file": "case1/old.tmp", "modifies-in-an-added-dir": "case2/made/m.txt",
+    "links-over-an-added-file": "case1/new.txt", "puts-a-dir-at-an-added-file": "case1/new.txt",
 }
 
 

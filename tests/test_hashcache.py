@@ -20,6 +20,7 @@ import xxhash
 import cowfs.entry
 import cowfs.livetree
 import journal.commit
+import journal.rollback
 from cowfs import hashcache
 from cowfs.errors import Conflict
 from journal.blobs import BlobStore
@@ -273,3 +274,138 @@ def test_a_file_changed_after_the_check_and_before_its_link_is_a_conflict(
     assert checks == ([] if how == "rename-after-vouching" else [xxhash.xxh3_128_hexdigest(b"# notes\n")])
     assert notes.read_text() == "# NOTES\n" and snapshot(root) == swapped
     assert ws.get(tx).state == "open"
+
+
+# -- a rollback reads each file it replaces once, through a pin in the blob store
+
+def pins(home: Path) -> list[str]:
+    directory = home / "blobs" / ".pins"
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def pin_reads(monkeypatch: pytest.MonkeyPatch, then: object = None) -> list[str]:
+    """The pins a rollback hashed (filled as they happen); ``then(digest)`` runs after each."""
+    read: list[str] = []
+    real = journal.rollback.hash_file
+
+    def counted(path: str) -> str:
+        digest = real(path)
+        read.append(digest)
+        if callable(then):
+            then(digest)
+        return digest
+
+    monkeypatch.setattr(journal.rollback, "hash_file", counted)
+    return read
+
+
+def test_a_rollback_right_after_its_commit_reads_each_replaced_file_once(
+        ws: Workspace, root: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The files the commit just wrote are far inside the racy window, so no
+    # remembered hash may vouch for them: they are hard-linked into the
+    # store first and read there, once, which checks them against what the
+    # commit wrote and is the image the rollback keeps of them.
+    before = snapshot(root)
+    tx = ws.begin(root).id
+    assert ws.run(tx, ["sh", "-c", SCRIPT], cwd=os.fspath(root)).exit_code == 0
+    commit(ws, tx)
+    committed = snapshot(root)
+    reads, checks, pinned = Reads(monkeypatch), image_checks(monkeypatch), pin_reads(monkeypatch)
+    undone = rollback(ws, tx)
+    assert sorted(pinned) == sorted(xxhash.xxh3_128_hexdigest(b) for b in (b"edited notes\n", bytes(200000)))
+    assert (reads.take(), checks) == ((0, 0), [])
+    assert snapshot(root) == before and pins(home) == []
+    blobs = BlobStore(os.fspath(home / "blobs"))
+    images = sorted(r.old_blob for r in ws.journal.changes(undone.id) if r.old_blob)
+    assert images == sorted(pinned)
+    assert [os.stat(blobs.path(d)).st_nlink for d in images] == [1, 1]
+    assert [blobs.check(d) for d in images] == [None, None]
+    rollback(ws, undone.id)  # the pinned images give back exactly what the commit wrote
+    assert snapshot(root) == committed
+
+
+def test_a_file_swapped_after_its_pin_is_read_as_it_is_now(
+        ws: Workspace, root: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Other bytes of the same size and mtime, renamed over the file between
+    # its pin and the check that the pin is still the file: read again, a
+    # conflict, and the swapped-in file is left alone.
+    tx = ws.begin(root).id
+    assert ws.run(tx, ["sh", "-c", SCRIPT], cwd=os.fspath(root)).exit_code == 0
+    commit(ws, tx)
+    notes = root / "case1" / "notes.md"
+    st = notes.stat()
+    swapped: dict[str, tuple[object, ...]] = {}
+
+    def swap(digest: str) -> None:
+        if digest == xxhash.xxh3_128_hexdigest(b"edited notes\n"):
+            (root / "case1" / "spare").write_bytes(b"EDITED NOTES\n")
+            os.utime(root / "case1" / "spare", ns=(st.st_mtime_ns, st.st_mtime_ns))
+            os.rename(root / "case1" / "spare", notes)
+            swapped.update(snapshot(root))
+
+    pinned = pin_reads(monkeypatch, then=swap)
+    reads = Reads(monkeypatch)
+    blobs_before = sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file())
+    with pytest.raises(Conflict) as refused:
+        rollback(ws, tx)
+    assert refused.value.fields["paths"] == "case1/notes.md"
+    assert len(pinned) == 2 and reads.take() == (1, 0)  # notes.md read again, as it is now
+    assert notes.read_bytes() == b"EDITED NOTES\n" and snapshot(root) == swapped
+    assert pins(home) == [] and sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file()) == blobs_before
+
+
+def test_a_file_with_another_hard_link_is_copied_not_pinned(
+        ws: Workspace, root: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A write through the other name would change a pinned image: such a
+    # file is read where it is and its image is a copy of its own.
+    tx = ws.begin(root).id
+    assert ws.run(tx, ["sh", "-c", SCRIPT], cwd=os.fspath(root)).exit_code == 0
+    commit(ws, tx)
+    os.link(root / "case1" / "notes.md", root / "case1" / "notes-hard")
+    pinned, reads = pin_reads(monkeypatch), Reads(monkeypatch)
+    undone = rollback(ws, tx)
+    assert pinned == [xxhash.xxh3_128_hexdigest(bytes(200000))] and reads.take() == (1, 0)
+    assert (root / "case1" / "notes.md").read_text() == "# notes\n"
+    assert (root / "case1" / "notes-hard").read_text() == "edited notes\n"
+    image = xxhash.xxh3_128_hexdigest(b"edited notes\n")
+    assert image in [r.old_blob for r in ws.journal.changes(undone.id)]
+    blobs = BlobStore(os.fspath(home / "blobs"))
+    assert os.stat(blobs.path(image)).st_nlink == 1 and blobs.check(image) is None and pins(home) == []
+
+
+def test_a_refused_rollback_leaves_no_pin_and_no_image(
+        ws: Workspace, root: Path, home: Path, roscoe: Roscoe) -> None:
+    tx = ws.begin(root).id
+    assert ws.run(tx, ["sh", "-c", SCRIPT], cwd=os.fspath(root)).exit_code == 0
+    commit(ws, tx)
+    (root / "case1" / "notes.md").write_text("edited by hand\n")
+    blobs_before = sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file())
+    edited = snapshot(root)
+    done = roscoe("tx", "rollback", tx, "--yes")
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.decode() == (
+        f"roscoe: error: rollback of {tx} refused (--force overrides): "
+        f"the live tree changed under transaction {tx}; nothing was written. Changed: case1/notes.md\n")
+    assert snapshot(root) == edited and pins(home) == []
+    assert sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file()) == blobs_before
+
+
+def test_pins_of_a_dead_rollback_are_removed_by_the_next_command(root: Path, home: Path, roscoe: Roscoe) -> None:
+    assert roscoe("tx", "list").returncode == 0
+    directory = home / "blobs" / ".pins"
+    directory.mkdir(parents=True)
+    dead = subprocess_pid_gone()
+    os.link(root / "case1" / "notes.md", directory / f"{dead}.1")
+    os.link(root / "case1" / "old.tmp", directory / f"{os.getpid()}.1")  # a rollback still running
+    assert roscoe("tx", "list").returncode == 0
+    assert pins(home) == [f"{os.getpid()}.1"]
+    assert os.stat(root / "case1" / "notes.md").st_nlink == 1
+
+
+def subprocess_pid_gone() -> int:
+    """The pid of a process that has exited (and was reaped)."""
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
