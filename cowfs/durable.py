@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -398,27 +398,6 @@ def link_new(src: str, path: str, *, sync: bool = True) -> bool:
     if sync:
         _fsync_path(path, FILE_READ)
         _fsync_path(directory, DIR_FLAGS)
-    return True
-
-
-def link_out(
-    dir_fd: int, name: str, directory: str, new_name: str, check: Callable[[str], None], *, sync: bool = True,
-) -> bool:
-    """Hard-link the regular file ``name`` of ``dir_fd`` (never through a
-    symlink) as the new file ``new_name`` of the existing ``directory``: to
-    a temp name beside it, then ``check(temp)`` (which raises to refuse it),
-    then renamed into place. False, with nothing left behind, when that is
-    not possible here (another filesystem, or a file with other links, which
-    could change the bytes through them); the caller copies instead."""
-    temp = os.path.join(directory, f".{new_name}.{os.getpid()}.link")
-    if link_aside(dir_fd, name, temp) is None:
-        return False
-    try:
-        check(temp)
-    except BaseException:
-        _unlink_quietly(-1, temp)
-        raise
-    settle_link(temp, os.path.join(directory, new_name), sync=sync)
     return True
 
 

@@ -84,18 +84,22 @@ class BlobStore:
         Until then the blob shares the live file's inode: the caller lists it
         in a share marker first and ``unshare``s it after. (The caller found
         no such blob yet.)"""
-
-        def check(temp: str) -> None:
+        pin = self.pin(dir_fd, name)
+        if pin is None:
+            return False
+        temp, st = pin
+        try:
             if known is None:
                 for _ in self._read(temp, digest, "not what was read"):
                     pass
-                return
-            st = os.lstat(temp)
-            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (
+            elif (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (
                     known.st_dev, known.st_ino, known.st_size, known.st_mtime_ns):
                 raise BlobCorrupt(digest=digest, problem="not the file that was hashed", store=self.root)
-
-        return durable.link_out(dir_fd, name, self._fan(digest), digest[2:], check, sync=not self.batch)
+        except BaseException:
+            durable.discard(temp)
+            raise
+        durable.settle_link(temp, os.path.join(self._fan(digest), digest[2:]), sync=not self.batch)
+        return True
 
     def pin(self, dir_fd: int, name: str) -> tuple[str, os.stat_result] | None:
         """Hard-link the live file ``name`` of ``dir_fd`` to a temp name in
@@ -103,7 +107,8 @@ class BlobStore:
         by ``adopt`` with no second read, as no later swap of ``name`` can
         change what the temp holds. The temp and the inode's lstat, or None
         when it cannot be linked. The caller ``discard``s what it does not
-        adopt; ``drop_stale_pins`` removes those of a dead process."""
+        adopt; ``drop_stale_pins`` removes those of a dead process (as
+        every command does first)."""
         directory = os.path.join(self.root, ".pins")
         if directory not in self._made:
             os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -132,7 +137,7 @@ class BlobStore:
             return
         for name in names:
             pid = name.partition(".")[0]
-            if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
+            if not (pid.isdigit() and _alive(pid)):
                 durable.discard(os.path.join(directory, name))
 
     def unshare(self, digest: str) -> bool:
@@ -209,8 +214,25 @@ class BlobStore:
                     if not name.startswith("."):
                         yield fan + name
 
+    def stale_temps(self) -> Iterator[str]:
+        """Temp files a dead process left in the fan dirs: a copy into the
+        store that a crash interrupted (``.NAME.PID.tmp``)."""
+        if not os.path.isdir(self.root):
+            return
+        for fan in sorted(os.listdir(self.root)):
+            sub = os.path.join(self.root, fan)
+            if len(fan) == 2 and os.path.isdir(sub):
+                for name in sorted(os.listdir(sub)):
+                    parts = name.rsplit(".", 2)
+                    if name.startswith(".") and len(parts) == 3 and parts[1].isdigit() and not _alive(parts[1]):
+                        yield os.path.join(sub, name)
+
     def remove(self, digest: str) -> None:
         try:
             os.unlink(self.path(digest))
         except FileNotFoundError:
             pass
+
+
+def _alive(pid: str) -> bool:
+    return os.path.exists(f"/proc/{pid}")

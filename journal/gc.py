@@ -2,8 +2,9 @@
 
 Transactions committed more than N days ago lose their images (and with them
 the possibility of rollback, which then says so); blobs no remaining
-transaction names are deleted. Blobs younger than an hour are kept whatever
-the journal says, as a commit in progress may be storing them right now.
+transaction names are deleted, and so are the temp files a crashed copy
+into the store left. Blobs younger than an hour are kept whatever the
+journal says, as a commit in progress may be storing them right now.
 """
 
 from __future__ import annotations
@@ -34,4 +35,10 @@ def gc(ws: object, keep_days: float, *, grace_ns: int = GRACE_NS) -> dict[str, o
         blobs.remove(digest)
         removed += 1
         freed += st.st_size
+    for temp in list(blobs.stale_temps()):
+        st = os.lstat(temp)
+        if now - st.st_ctime_ns < grace_ns:
+            continue
+        os.unlink(temp)
+        freed += st.st_size if st.st_nlink == 1 else 0
     return {"dropped": dropped, "removed_blobs": removed, "freed_bytes": freed}

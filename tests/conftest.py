@@ -115,6 +115,13 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def gone_pid() -> int:
+    """The pid of a process that has exited and was reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 def missing(what: str, how: str = "scripts/test.sh installs it") -> None:
     """A component a test needs is missing: a failure under CI (CI=true), a skip elsewhere."""
     message = f"{what} is missing: {how}"

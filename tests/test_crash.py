@@ -458,12 +458,16 @@ def scratch_base(tmp_path: Path) -> Path:
 ATTEMPTS = 8
 
 
-def test_sigkill_at_random_moments_of_a_big_commit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("verb", ["commit", "rollback"])
+def test_sigkill_at_random_moments_of_a_big_commit(tmp_path: Path, verb: str) -> None:
     """SIGKILL a commit of 3,025 changes (2,500 files added in 25 new dirs, 500
-    modified) at random moments: one delay drawn in each eighth of an
-    uninterrupted commit's duration (seeded). After `roscoe recover` the tree
-    is entirely old (the transaction open again, and the next attempt commits
-    it again) or entirely new (committed; the next attempt starts afresh)."""
+    modified), or the rollback of that commit, at random moments: one delay
+    drawn in each eighth of an uninterrupted command's duration and one in
+    each quarter of its apply phase (seeded).
+    After `roscoe recover` the tree is entirely as before the command (the
+    next attempt runs it again) or entirely as after it (the next attempt
+    starts afresh), no blob shares an inode with a live file, no pin is
+    left, and `verify` passes."""
     base = scratch_base(tmp_path)
     try:
         template = base / "template"
@@ -473,28 +477,63 @@ def test_sigkill_at_random_moments_of_a_big_commit(tmp_path: Path) -> None:
         def fresh(name: str) -> tuple[Path, Path, str]:
             home, live = base / f"home-{name}", base / f"live-{name}"
             shutil.copytree(template, live, symlinks=True)
-            return home, live, stage(home, live, BIG_CHANGE)
+            tx = stage(home, live, BIG_CHANGE)
+            if verb == "rollback":
+                ws = Workspace.open(home)
+                try:
+                    commit(ws, tx)
+                finally:
+                    ws.close()
+            return home, live, tx
 
-        # One uninterrupted commit: `new`, and how long a commit takes.
-        home, live, tx = fresh("ref")
-        started = time.monotonic()
-        done = Roscoe(home)("tx", "commit", tx, "--yes")
-        duration = time.monotonic() - started
-        assert done.returncode == 0, done.stderr
-        new = snapshot(live)
+        # Uninterrupted commands: what they leave, how long one takes and
+        # when it journals its intent (the faster of two: the first pays for
+        # a colder cache).
+        timings = []
+        for ref in ("ref1", "ref2"):
+            home, live, tx = fresh(ref)
+            before = snapshot(live)
+            started, started_ns = time.monotonic(), time.time_ns()
+            done = Roscoe(home)("tx", verb, tx, "--yes")
+            duration = time.monotonic() - started
+            assert done.returncode == 0, done.stderr
+            after = snapshot(live)
+            journal = Journal(os.path.join(home, "journal.db"))
+            try:
+                intents = [e.time_ns for e in journal.audit_events(since_ns=started_ns) if e.kind == "commit-start"]
+            finally:
+                journal.close()
+            assert len(intents) == 1, intents
+            timings.append((duration, (intents[0] - started_ns) / 1e9))
+            remove_tree(os.fspath(live))
+            remove_tree(os.fspath(home))
+        duration, intent = min(timings)
+        new = before if verb == "rollback" else after
         assert len(new) == len(old) + NEW_DIRS * (NEW_FILES + 1)
-        remove_tree(os.fspath(live))
-        remove_tree(os.fspath(home))
+        assert (before, after) == ((old, new) if verb == "commit" else (new, old))
 
+        def landed(home: Path, tx: str) -> bool:
+            """Whether the journal says the command took effect."""
+            listed = txs(home)
+            if verb == "commit":
+                return listed[tx]["state"] == "committed"
+            assert listed[tx]["state"] == "committed"
+            undone = [t["state"] for t in listed.values() if t["rolls_back"] == tx]
+            assert set(undone) <= {"aborted", "committed"} and undone.count("committed") <= 1, undone
+            return "committed" in undone
+
+        # One delay in each eighth of the command, and one in each quarter of
+        # its apply phase (from the journaled intent on), which is short.
         rng = random.Random(0x5EED)
         delays = [(i + rng.random()) / ATTEMPTS * duration for i in range(ATTEMPTS)]
+        delays += [intent + (i + rng.random()) / 4 * (duration - intent) for i in range(4)]
         rng.shuffle(delays)
         outcomes = []
         home, live, tx = fresh("0")
         for attempt, delay in enumerate(delays):
             roscoe = Roscoe(home)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "tx", "commit", tx, "--yes"],
+                [sys.executable, "-m", "cli.main", "tx", verb, tx, "--yes"],
                 env=roscoe.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
             time.sleep(delay)
@@ -505,21 +544,22 @@ def test_sigkill_at_random_moments_of_a_big_commit(tmp_path: Path) -> None:
             assert recovered.returncode in (0, 6), recovered.stderr
             got = snapshot(live)
             assert temps(live) == []
-            outcome = "old" if got == old else "new" if got == new else None
+            outcome = "before" if got == before else "after" if got == after else None
             assert outcome is not None, (
-                f"attempt {attempt}: killed after {delay:.3f}s of {duration:.3f}s: the tree is neither all-old"
-                f" nor all-new ({len(diff_keys(got, old))} paths differ from old,"
-                f" {len(diff_keys(got, new))} from new)")
-            state = txs(home)[tx]["state"]
-            assert state == ("open" if outcome == "old" else "committed"), (attempt, outcome, state)
+                f"attempt {attempt}: killed after {delay:.3f}s of {duration:.3f}s: the tree is neither all"
+                f" before nor all after the {verb} ({len(diff_keys(got, before))} paths differ from before,"
+                f" {len(diff_keys(got, after))} from after)")
+            assert landed(home, tx) == (outcome == "after"), (attempt, outcome)
+            assert shared_blobs(home) == [], attempt
+            assert not any((home / "blobs" / ".pins").glob("*")), attempt
             checked = roscoe("verify")
             assert checked.returncode == 0, checked.stdout + checked.stderr
             outcomes.append((round(delay, 3), proc.returncode, recovered.returncode, outcome))
-            if outcome == "new" and attempt + 1 < ATTEMPTS:
+            if outcome == "after" and attempt + 1 < len(delays):
                 remove_tree(os.fspath(live))
                 remove_tree(os.fspath(home))
                 home, live, tx = fresh(str(attempt + 1))
-        print(f"commit {duration:.3f}s; delay, commit exit, recover exit, outcome:", outcomes)
+        print(f"{verb} {duration:.3f}s; delay, exit, recover exit, outcome:", outcomes)
     finally:
         remove_tree(os.fspath(base))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from journal.gc import gc
 from journal.store import SCHEMA_VERSION
 from journal.workspace import Workspace
-from tests.conftest import Roscoe, snapshot
+from tests.conftest import Roscoe, gone_pid, snapshot
 
 
 def committed(roscoe: Roscoe, root: Path, script: str) -> str:
@@ -83,4 +83,21 @@ def test_recover_removes_the_staging_a_crash_after_the_commit_record_left(roscoe
         f"roscoe: removed the leftover staging dir of finished tx {tx}\nroscoe: nothing to recover\n").encode())
     assert not (home / "tx" / tx).exists()
     assert (root / "x.txt").read_text() == "x\n"
+    assert roscoe("verify").returncode == 0
+
+
+def test_gc_removes_the_temp_files_of_a_crashed_copy_into_the_store(roscoe: Roscoe, root: Path, home: Path) -> None:
+    committed(roscoe, root, "printf 'v2\\n' > case1/notes.md && rm case1/old.tmp")
+    dead = gone_pid()
+    fan = home / "blobs" / "ab"
+    fan.mkdir(exist_ok=True)
+    (fan / f".cdef.{dead}.tmp").write_bytes(b"x" * 100)
+    (fan / f".cdef.{os.getpid()}.tmp").write_bytes(b"y" * 10)  # a copy still being written
+    ws = Workspace.open(home)
+    try:
+        assert gc(ws, 30, grace_ns=0) == {"dropped": [], "removed_blobs": 0, "freed_bytes": 100}
+    finally:
+        ws.close()
+    assert sorted(p.name for p in fan.iterdir()) == [f".cdef.{os.getpid()}.tmp"]
+    assert blob_count(home) == 3
     assert roscoe("verify").returncode == 0

@@ -27,7 +27,7 @@ from journal.blobs import BlobStore
 from journal.commit import commit
 from journal.rollback import rollback
 from journal.workspace import Workspace
-from tests.conftest import Roscoe, snapshot
+from tests.conftest import Roscoe, gone_pid, snapshot
 
 T0 = 1_700_000_000_000_000_000
 
@@ -394,18 +394,10 @@ def test_pins_of_a_dead_rollback_are_removed_by_the_next_command(root: Path, hom
     assert roscoe("tx", "list").returncode == 0
     directory = home / "blobs" / ".pins"
     directory.mkdir(parents=True)
-    dead = subprocess_pid_gone()
+    dead = gone_pid()
     os.link(root / "case1" / "notes.md", directory / f"{dead}.1")
     os.link(root / "case1" / "old.tmp", directory / f"{os.getpid()}.1")  # a rollback still running
     assert roscoe("tx", "list").returncode == 0
     assert pins(home) == [f"{os.getpid()}.1"]
     assert os.stat(root / "case1" / "notes.md").st_nlink == 1
 
-
-def subprocess_pid_gone() -> int:
-    """The pid of a process that has exited (and was reaped)."""
-    import subprocess
-
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid
