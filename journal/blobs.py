@@ -98,7 +98,7 @@ class BlobStore:
         except BaseException:
             durable.discard(temp)
             raise
-        durable.settle_link(temp, os.path.join(self._fan(digest), digest[2:]), sync=not self.batch)
+        self._settle(temp, digest)
         return True
 
     def pin(self, dir_fd: int, name: str) -> tuple[str, os.stat_result] | None:
@@ -126,6 +126,9 @@ class BlobStore:
         if self.unshare(digest):
             durable.discard(temp)
             return
+        self._settle(temp, digest)
+
+    def _settle(self, temp: str, digest: str) -> None:
         durable.settle_link(temp, os.path.join(self._fan(digest), digest[2:]), sync=not self.batch)
 
     def drop_stale_pins(self) -> None:

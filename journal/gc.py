@@ -36,9 +36,12 @@ def gc(ws: object, keep_days: float, *, grace_ns: int = GRACE_NS) -> dict[str, o
         removed += 1
         freed += st.st_size
     for temp in list(blobs.stale_temps()):
-        st = os.lstat(temp)
-        if now - st.st_ctime_ns < grace_ns:
+        try:
+            st = os.lstat(temp)
+            if now - st.st_ctime_ns < grace_ns:
+                continue
+            os.unlink(temp)
+        except FileNotFoundError:
             continue
-        os.unlink(temp)
         freed += st.st_size if st.st_nlink == 1 else 0
     return {"dropped": dropped, "removed_blobs": removed, "freed_bytes": freed}
