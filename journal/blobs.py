@@ -208,27 +208,27 @@ class BlobStore:
         return None
 
     def digests(self) -> Iterator[str]:
-        if not os.path.isdir(self.root):
-            return
-        for fan in sorted(os.listdir(self.root)):
-            sub = os.path.join(self.root, fan)
-            if len(fan) == 2 and os.path.isdir(sub):
-                for name in sorted(os.listdir(sub)):
-                    if not name.startswith("."):
-                        yield fan + name
+        for fan, name in self._fanned():
+            if not name.startswith("."):
+                yield fan + name
 
     def stale_temps(self) -> Iterator[str]:
         """Temp files a dead process left in the fan dirs: a copy into the
         store that a crash interrupted (``.NAME.PID.tmp``)."""
+        for fan, name in self._fanned():
+            parts = name.rsplit(".", 2)
+            if name.startswith(".") and len(parts) == 3 and parts[1].isdigit() and not _alive(parts[1]):
+                yield os.path.join(self.root, fan, name)
+
+    def _fanned(self) -> Iterator[tuple[str, str]]:
+        """(fan dir, name) of every entry in the fan dirs, sorted."""
         if not os.path.isdir(self.root):
             return
         for fan in sorted(os.listdir(self.root)):
             sub = os.path.join(self.root, fan)
             if len(fan) == 2 and os.path.isdir(sub):
                 for name in sorted(os.listdir(sub)):
-                    parts = name.rsplit(".", 2)
-                    if name.startswith(".") and len(parts) == 3 and parts[1].isdigit() and not _alive(parts[1]):
-                        yield os.path.join(sub, name)
+                    yield fan, name
 
     def remove(self, digest: str) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -283,7 +283,7 @@ def pins(home: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
-def pin_reads(monkeypatch: pytest.MonkeyPatch, then: object = None) -> list[str]:
+def pin_reads(monkeypatch: pytest.MonkeyPatch, then: Callable[[str], None] | None = None) -> list[str]:
     """The pins a rollback hashed (filled as they happen); ``then(digest)`` runs after each."""
     read: list[str] = []
     real = journal.rollback.hash_file
@@ -291,7 +291,7 @@ def pin_reads(monkeypatch: pytest.MonkeyPatch, then: object = None) -> list[str]
     def counted(path: str) -> str:
         digest = real(path)
         read.append(digest)
-        if callable(then):
+        if then is not None:
             then(digest)
         return digest
 
