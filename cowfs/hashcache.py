@@ -28,6 +28,8 @@ import os
 import time
 from collections.abc import Callable
 
+from cowfs.livetree import identity
+
 RACY_NS = 2_000_000_000
 SIDES = ("live", "staged")
 
@@ -58,10 +60,10 @@ class HashCache:
     def digest(self, side: str, rel: str, st: os.stat_result, read: Callable[[], str]) -> str:
         """The hash of the ``side`` file ``rel`` whose lstat is ``st``:
         remembered when it is safe to, else ``read()``."""
-        identity = _identity(st)
+        now = identity(st)
         entry = self.known[side].get(rel)
         if (
-            isinstance(entry, list) and len(entry) == 7 and entry[:5] == identity
+            isinstance(entry, list) and len(entry) == 7 and entry[:5] == now
             and isinstance(entry[5], int) and isinstance(entry[6], str)
             and (side == "staged" or (st.st_ctime_ns < entry[5] - RACY_NS and self.trust_live()))
         ):
@@ -69,7 +71,7 @@ class HashCache:
             return entry[6]
         hashed_at = time.time_ns()
         digest = read()
-        self.used[side][rel] = [*identity, hashed_at, digest]
+        self.used[side][rel] = [*now, hashed_at, digest]
         self.changed = True
         return digest
 
@@ -81,7 +83,7 @@ class HashCache:
         commit then need not read the bytes again to check them."""
         entry = self.used["live"].get(rel)
         return (
-            isinstance(entry, list) and len(entry) == 7 and entry[:5] == _identity(st) and entry[6] == digest
+            isinstance(entry, list) and len(entry) == 7 and entry[:5] == identity(st) and entry[6] == digest
             and isinstance(entry[5], int) and st.st_ctime_ns < entry[5] - RACY_NS and self.trust_live()
         )
 
@@ -102,7 +104,3 @@ class HashCache:
             durable.save_new(self.path, iter([data]), mode=0o600, sync=False)
         except OSError:
             pass  # a cache: a full disk here must not fail the diff
-
-
-def _identity(st: os.stat_result) -> list[int | str]:
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]

@@ -92,11 +92,16 @@ def file_entry(st: os.stat_result, digest: str) -> Entry:
                  uid=st.st_uid, gid=st.st_gid)
 
 
+def identity(st: os.stat_result) -> list[int]:
+    """What tells one state of an inode from any other: any write, chmod,
+    rename over or link count change moves one of these (the ctime, which
+    no process can set, at least)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def same_inode(a: os.stat_result, b: os.stat_result) -> bool:
-    """Whether two lstats are of one inode, unchanged in between (any write,
-    chmod or link count change moves the ctime)."""
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
-        b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+    """Whether two lstats are of one inode, unchanged in between."""
+    return identity(a) == identity(b)
 
 
 def children(root: str, rel: str) -> list[str]:

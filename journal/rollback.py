@@ -21,6 +21,7 @@ from cowfs.errors import Conflict, RoscoeError, RootError, TransactionState
 from cowfs.hashcache import HashCache
 from cowfs.hashing import hash_file
 from journal.blobs import BlobCorrupt, BlobStore
+from journal.commit import apply_journaled, blob_store, capture_old, images_shared, logged, replaced
 from journal.faults import checkpoint
 from journal.rootlock import root_lock
 from journal.store import ChangeRow, TxRecord
@@ -44,8 +45,6 @@ class Pins:
     def entry(self, row: ChangeRow, hashes: HashCache) -> Entry | None:
         """The live entry of ``row.path``, read through a pin when the commit
         wrote a file there that the rollback replaces."""
-        from journal.commit import replaced
-
         if row.new is not None and row.new.type == FILE and replaced(row.new, row.old):
             try:
                 pin = self.blobs.pin(self.dirs.get(row.path.rpartition("/")[0]), durable.basename(row.path))
@@ -81,7 +80,6 @@ class Pins:
 
 def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxRecord:  # type: ignore[no-untyped-def]
     """Roll back the committed transaction ``ref``; returns the new rollback transaction."""
-    from journal.commit import apply_journaled, blob_store, capture_old, images_shared, logged, replaced
     from journal.workspace import Workspace, new_record
 
     assert isinstance(ws, Workspace)
