@@ -7,11 +7,24 @@ with xxh3-128 hashes. Nothing here writes the live tree.
 
 from __future__ import annotations
 
-from cowfs.changeset import Change, ChangeSet, Unsupported, compare
-from cowfs.entry import Entry
 from cowfs.errors import ExitCode, RoscoeError
-from cowfs.home import Home
-from cowfs.plan import Plan, PlanError
+
+# Loaded on first use: `tx commit` and `tx rollback` start on every agent
+# call and need neither plans nor the sandbox.
+_LAZY = {
+    "Change": "cowfs.changeset", "ChangeSet": "cowfs.changeset", "Unsupported": "cowfs.changeset",
+    "compare": "cowfs.changeset", "Entry": "cowfs.entry", "Home": "cowfs.home", "Plan": "cowfs.plan",
+    "PlanError": "cowfs.plan",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'cowfs' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
 
 __all__ = [
     "Change", "ChangeSet", "Entry", "ExitCode", "Home", "Plan", "PlanError", "RoscoeError", "Unsupported",

@@ -23,6 +23,7 @@ from collections import namedtuple
 from cowfs.errors import CommandNotExecutable, CommandNotFound, SandboxError, UsageError
 from cowfs import seccomp
 from cowfs.limits import NO_LIMITS, Enforced, Limits, RunCgroup
+from cowfs.paths import under
 
 # The shim first joins the run's cgroup (by writing 0 to the cgroup.procs files
 # it inherits at fds 5 and 6, so nothing of CMD runs outside it) or sets the
@@ -97,10 +98,6 @@ def userns_hint() -> str:
         if value == bad_value.get(path, "0"):
             return hint
     return ""
-
-
-def under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def sandbox_cwd(cwd: str | None, root: str) -> str:

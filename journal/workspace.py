@@ -12,19 +12,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from collections import namedtuple
 
-from cowfs import durable, livetree, sandbox
+from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, compare
 from cowfs.errors import (
     AmbiguousTransaction, NoBackend, NoSuchTransaction, RootError, SandboxError,
     StagingCorrupt, TransactionBusy, TransactionState, UsageError,
 )
 from cowfs.home import Home
+from cowfs.paths import under
 from cowfs.stagers import ORDER, STAGERS, Stager, stager_for
 from cowfs.upper import UnsupportedUpper
 from journal.store import ApprovalRecord, Journal, RunRecord, TxRecord, now_ns
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from cowfs import sandbox
     from cowfs.config import Config
     from cowfs.hashcache import HashCache
     from cowfs.patch import FilePatch
@@ -108,7 +110,7 @@ def resolve_root(root: str | os.PathLike[str], home: Home) -> str:
     if path == "/":
         raise RootError(root=given, reason="the whole filesystem cannot be a root; name the tree to stage")
     state = os.path.realpath(home.path)
-    if sandbox.under(state, path) or sandbox.under(path, state):
+    if under(state, path) or under(path, state):
         raise RootError(root=given, reason=f"overlaps the state dir {home.path}")
     return path
 
@@ -224,6 +226,8 @@ class Workspace:
 
     def check_invocable(self, root: str | os.PathLike[str], argv: list[str]) -> str:
         """Resolve ``root`` and fail (127/126) now if ``argv[0]`` cannot run there."""
+        from cowfs import sandbox
+
         path = resolve_root(root, self.home)
         if argv:
             sandbox.precheck(argv[0], sandbox.sandbox_cwd(_cwd(), path), path, os.environ.get("PATH"))
@@ -249,13 +253,17 @@ class Workspace:
     def run(
         self, ref: str, argv: list[str], *, cwd: str | None = None,
         env: dict[str, str] | None = None, network: bool = True, timeout: float | None = None,
-        limits: sandbox.Limits = sandbox.NO_LIMITS, writable: tuple[str, ...] | list[str] = (),
+        limits: sandbox.Limits | None = None, writable: tuple[str, ...] | list[str] = (),
         savepoint: Savepoint | None = None,
     ) -> RunResult:
         """Run ``argv`` in the transaction's overlay. ``limits`` caps memory and
         processes; ``writable`` paths outside the root are bound read-write.
         With a ``savepoint`` (cowfs.savepoint), a run that exits non-zero
         leaves the staged layer, and the bases, exactly as they were."""
+        from cowfs import sandbox
+
+        if limits is None:
+            limits = sandbox.NO_LIMITS
         if not argv:
             raise UsageError(detail="no command given")
         tx = self.get(ref)
@@ -475,5 +483,7 @@ def _cwd() -> str | None:
 
 
 def _hint() -> str:
-    hint = sandbox.userns_hint()
+    from cowfs.sandbox import userns_hint
+
+    hint = userns_hint()
     return f" ({hint})" if hint else ""

@@ -64,6 +64,33 @@ def test_diff_json_commit_and_rollback_stay_light(tmp_path: Path) -> None:
     assert {m.split(".")[0] for m in modules} & {"typer", "rich", "click"} == set()
 
 
+def test_commit_and_rollback_load_neither_the_sandbox_nor_plans(tmp_path: Path) -> None:
+    """`tx commit ID` and `tx rollback ID` run no command and read no plan:
+    their start-up, paid on every agent call, skips those modules."""
+    root = tmp_path / "root"
+    root.mkdir()
+    env = {"ROSCOE_HOME": str(tmp_path / "home")}
+    staged = (
+        "from journal.workspace import Workspace\n"
+        f"ws = Workspace.open({str(tmp_path / 'home')!r})\n"
+        f"tx = ws.begin({str(root)!r}).id\n"
+        "ws.run(tx, ['sh', '-c', 'echo x > x'])\n"
+        "ws.close()\n"
+        "print(tx)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", staged], capture_output=True, text=True, check=True,
+                          cwd=root, env=dict(os.environ, PYTHONPATH=str(REPO), **env))
+    tx = done.stdout.split()[-1]
+    never = {"cowfs.sandbox", "cowfs.seccomp", "cowfs.limits", "cowfs.plan", "cowfs.planrun", "threading"}
+    committed = loaded_after(f"from cli.main import main\nassert main(['tx', 'commit', {tx!r}, '--yes']) == 0", env)
+    assert committed & never == set()
+    rolled_back = loaded_after(
+        "import contextlib, io\nfrom cli.main import main\nwith contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert main(['tx', 'rollback', {tx!r}, '--yes']) == 0", env)
+    assert rolled_back & never == set()
+    assert not (root / "x").exists()
+
+
 def test_tx_plan_stays_light(tmp_path: Path) -> None:
     """Agents stage plans on every transaction: `tx plan [--dry-run] --json PLAN`
     and plain `tx plan --root R PLAN` load neither typer nor rich."""
