@@ -25,7 +25,12 @@ ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 # A hard link is not possible here: copy instead.
 CANNOT_LINK = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP)
 FUSE_MAGIC = 0x65735546
-CHUNK = 1 << 20
+# 256 KiB: reads of 1 MiB took 3.5x as long for files of 1 MiB (150 against
+# 42 ms for 200 of them in the page cache, on this project's VM): each read
+# allocates a 1 MiB bytes object, and for files that size glibc hands that
+# memory back to the kernel after every file, so every read faults its pages
+# in again. From 64 KiB to 512 KiB, and for a 256 MiB file, all the same.
+CHUNK = 1 << 18
 
 
 class NotADirectoryOnPath(OSError):
@@ -121,10 +126,29 @@ def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
         raise
 
 
-def _libc():  # type: ignore[no-untyped-def]
-    import ctypes
+_LIBC = None
 
-    return ctypes.CDLL(None, use_errno=True)
+
+def _libc():  # type: ignore[no-untyped-def]
+    """The C library, through ctypes (loaded once, on first use)."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return _LIBC
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages to disk now, without
+    waiting (sync_file_range(2) with SYNC_FILE_RANGE_WRITE): the disk then
+    works while the next file is copied. Only a hint: the later syncfs is what
+    makes them durable, and a failure here is left for it to report."""
+    _libc().sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
 def is_fuse(path: str) -> bool:
@@ -210,6 +234,8 @@ def _write_temp(
             pass  # the staged bytes themselves
         elif isinstance(source, str):
             _copy_file(source, fd)
+            if not sync:
+                start_writeback(fd)
         else:
             for chunk in source:
                 view = memoryview(chunk)
@@ -321,6 +347,49 @@ def chunks_of(fd: int) -> Iterator[bytes]:
     project's VM, 170 ms against 40 ms for 256 MiB in the page cache.)"""
     while chunk := os.read(fd, CHUNK):
         yield chunk
+
+
+READ_AHEAD_FILES = 32
+READ_AHEAD_BYTES = 8 << 20
+
+
+class ReadAhead:
+    """Keeps the disk busy ahead of a loop that reads ``paths`` whole, in
+    order (``reached(path)`` before each read): the first 8 MiB of each of
+    the next 32 files are asked for at once (posix_fadvise WILLNEED), so a
+    cold file is in the page cache, or on its way, when its turn comes.
+    Reading 200 cold files of 1 MiB this way took 195-220 ms against 370-480
+    one after another, on this project's VM. Only a hint: a file that cannot
+    be opened is skipped here and fails where it is read."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        self.index = {path: i for i, path in enumerate(paths)}
+        self.advised = 0
+
+    def reached(self, path: str) -> None:
+        i = self.index.get(path)
+        if i is None:
+            return
+        end = min(len(self.paths), i + READ_AHEAD_FILES)
+        while self.advised < end:
+            try:
+                fd = os.open(self.paths[self.advised], FILE_READ)
+            except OSError:
+                pass
+            else:
+                try:
+                    os.posix_fadvise(fd, 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            self.advised += 1
+
+    def __iter__(self) -> Iterator[str]:
+        for path in self.paths:
+            self.reached(path)
+            yield path
 
 
 def read_chunks(dir_fd: int, name: str) -> Iterator[bytes]:

@@ -89,7 +89,8 @@ class Entry(_Entry):
 
     @classmethod
     def from_record(cls, d: dict[str, Any]) -> Entry:
-        return cls.from_json(d)._replace(uid=d.get("uid"), gid=d.get("gid"))
+        return cls(d["type"], d["size"], int(d["mode"], 8), d["mtime_ns"], d.get("hash"), d.get("target"),
+                   d.get("uid"), d.get("gid"))
 
     def same_content(self, other: Entry) -> bool:
         return self.type == other.type and self.hash == other.hash and self.size == other.size

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cowfs import durable
-from cowfs.changeset import ChangeSet
+from cowfs.changeset import ChangeSet, path_key
 from cowfs.converge import converge, remove_temps
 from cowfs.entry import DIR, FILE, Entry
 from cowfs.errors import CommitFailed, Conflict, RoscoeError, StagingCorrupt
@@ -140,7 +140,13 @@ def apply_journaled(
     read and checked). With ``new``, ``tx`` (a rollback) is journaled together
     with its intent."""
 
+    if content is None:
+        ahead = durable.ReadAhead([
+            blobs.path(r.new.hash) for r in sorted(rows, key=lambda r: path_key(r.path))
+            if r.new is not None and r.new.type == FILE and r.new.hash is not None])
+
     def from_blobs(path: str, entry: Entry) -> str:
+        ahead.reached(blobs.path(entry.hash or ""))
         return blobs.verified(entry.hash or "")
 
     journal.record_intent(tx.id, rows, diff_hash, new=tx if new else None)

@@ -42,25 +42,39 @@ class Pins:
         self.dirs = dirs
         self.pinned: dict[str, tuple[str, os.stat_result]] = {}
 
-    def entry(self, row: ChangeRow, hashes: HashCache) -> Entry | None:
-        """The live entry of ``row.path``, read through a pin when the commit
-        wrote a file there that the rollback replaces."""
-        if row.new is not None and row.new.type == FILE and replaced(row.new, row.old):
-            try:
-                pin = self.blobs.pin(self.dirs.get(row.path.rpartition("/")[0]), durable.basename(row.path))
-            except OSError as e:
-                if e.errno not in durable.ABSENT:
-                    raise
-                pin = None  # (not there: the plain lookup says what is)
+    def read(self, rows: list[ChangeRow], hashes: HashCache) -> dict[str, Entry | None]:
+        """The live entry of every row's path. Where the commit wrote a file
+        that the rollback replaces, it is read through a pin: all of them
+        are pinned first, then hashed in order with the disk reading ahead."""
+        for row in rows:
+            if row.new is not None and row.new.type == FILE and replaced(row.new, row.old):
+                self._pin(row.path)
+        ahead = durable.ReadAhead([temp for temp, _ in self.pinned.values()])
+        live: dict[str, Entry | None] = {}
+        for row in rows:
+            pin = self.pinned.get(row.path)
             if pin is not None:
                 temp, pinned = pin
+                ahead.reached(temp)
                 digest = hash_file(temp)
                 now = livetree.lstat(self.dirs.root, row.path, self.dirs)
                 if now is not None and livetree.same_inode(now, pinned):
-                    self.pinned[row.path] = pin
-                    return livetree.file_entry(pinned, digest)
+                    live[row.path] = livetree.file_entry(pinned, digest)
+                    continue
+                del self.pinned[row.path]
                 durable.discard(temp)  # (swapped meanwhile: read it as it is now)
-        return livetree.entry(self.dirs.root, row.path, hashes, self.dirs)
+            live[row.path] = livetree.entry(self.dirs.root, row.path, hashes, self.dirs)
+        return live
+
+    def _pin(self, path: str) -> None:
+        try:
+            pin = self.blobs.pin(self.dirs.get(path.rpartition("/")[0]), durable.basename(path))
+        except OSError as e:
+            if e.errno not in durable.ABSENT:
+                raise
+            return  # (not there: the plain lookup says what is)
+        if pin is not None:
+            self.pinned[path] = pin
 
     def adopt(self, path: str, current: Entry) -> str | None:
         """Keep the pin of ``path`` as the image of ``current`` (its digest),
@@ -99,7 +113,7 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
     with root_lock(ws.home.path, target.root), closing(durable.DirFds(target.root)) as dirs, \
             closing(Pins(blobs, dirs)) as pins:
         hashes = HashCache(None, lambda: not durable.is_fuse(target.root))
-        live = {r.path: pins.entry(r, hashes) for r in written}
+        live = pins.read(written, hashes)
         moved = [r.path for r in written if not matches(live[r.path], r.new, owners=False)]
         if moved and not force:
             later = ws.journal.later_commits_touching(target, moved)
