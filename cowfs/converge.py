@@ -224,6 +224,7 @@ def obstacles(
     the targets make. (``dirs``: open directory fds of ``root`` to use.)"""
     wanted = dict(targets)
     blocked = []
+    parents: dict[str, os.stat_result | None] = {}
     for path, target in sorted(targets, key=lambda t: path_key(t[0])):
         st = livetree.lstat(root, path, dirs)
         if st is not None and stat.S_ISDIR(st.st_mode) and (target is None or target.type != DIR):
@@ -234,7 +235,9 @@ def obstacles(
         up = parent(path)
         if target is not None and up:
             made = wanted.get(up)
-            there = livetree.lstat(root, up, dirs)
+            if up not in parents:
+                parents[up] = livetree.lstat(root, up, dirs)
+            there = parents[up]
             if not (made is not None and made.type == DIR) and not (there is not None and stat.S_ISDIR(there.st_mode)):
                 blocked.append(path)
     return blocked

@@ -309,11 +309,10 @@ def make_dir(dir_fd: int, name: str, mode: int = 0o700) -> None:
 
 def remove(dir_fd: int, name: str) -> None:
     """Unlink a file or symlink, or remove an empty directory."""
-    st = os.lstat(name, dir_fd=dir_fd)
-    if stat.S_ISDIR(st.st_mode):
-        os.rmdir(name, dir_fd=dir_fd)
-    else:
+    try:
         os.unlink(name, dir_fd=dir_fd)
+    except IsADirectoryError:  # (Linux: unlink(2) of a directory)
+        os.rmdir(name, dir_fd=dir_fd)
 
 
 def set_meta(

@@ -42,7 +42,12 @@ class BlobStore:
         """The blob's directory, made if need be (once per store object)."""
         directory = os.path.join(self.root, digest[:2])
         if directory not in self._made:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            try:
+                os.mkdir(directory, mode=0o700)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:  # (no store yet)
+                os.makedirs(directory, mode=0o700, exist_ok=True)
             self._made.add(directory)
         return directory
 
