@@ -8,12 +8,17 @@ checked against its name whenever it is read back.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import xxhash
 
 from cowfs import durable
 from cowfs.errors import RoscoeError
+
+
+# A pin of a process in another pid namespace is kept this long (ns).
+PIN_GRACE_NS = 3600 * 10**9
 
 
 class BlobCorrupt(RoscoeError):
@@ -119,7 +124,7 @@ class BlobStore:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             self._made.add(directory)
         self._pins += 1
-        temp = os.path.join(directory, f"{os.getpid()}.{self._pins}")
+        temp = os.path.join(directory, f"{_pid_namespace()}.{os.getpid()}.{self._pins}")
         st = durable.link_aside(dir_fd, name, temp)
         return None if st is None else (temp, st)
 
@@ -137,16 +142,30 @@ class BlobStore:
         durable.settle_link(temp, os.path.join(self._fan(digest), digest[2:]), sync=not self.batch)
 
     def drop_stale_pins(self) -> None:
-        """Remove the pins a dead process left (hard links of live files)."""
+        """Remove the pins a dead process left (hard links of live files).
+        A pin is named by its process's pid namespace and pid; one of
+        another pid namespace (a roscoe in a container sharing this
+        ``ROSCOE_HOME``), whose pid means nothing here, is removed once it
+        is an hour old."""
         directory = os.path.join(self.root, ".pins")
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
             return
+        ours = _pid_namespace()
         for name in names:
-            pid = name.partition(".")[0]
-            if not (pid.isdigit() and _alive(pid)):
-                durable.discard(os.path.join(directory, name))
+            path = os.path.join(directory, name)
+            parts = name.split(".")
+            if len(parts) == 3 and parts[0] != ours:
+                try:
+                    age = time.time_ns() - os.lstat(path).st_ctime_ns
+                except FileNotFoundError:
+                    continue
+                if age < PIN_GRACE_NS:
+                    continue
+            elif len(parts) in (2, 3) and parts[-2].isdigit() and _alive(parts[-2]):
+                continue  # (two parts: a pin of an older roscoe, pid.n)
+            durable.discard(path)
 
     def unshare(self, digest: str) -> bool:
         """Give the blob an inode of its own if it still shares one (with the
@@ -244,3 +263,17 @@ class BlobStore:
 
 def _alive(pid: str) -> bool:
     return os.path.exists(f"/proc/{pid}")
+
+
+_NAMESPACE: str | None = None
+
+
+def _pid_namespace() -> str:
+    """This process's pid namespace (the inode of /proc/self/ns/pid)."""
+    global _NAMESPACE
+    if _NAMESPACE is None:
+        try:
+            _NAMESPACE = str(os.stat("/proc/self/ns/pid").st_ino)
+        except OSError:
+            _NAMESPACE = "0"
+    return _NAMESPACE

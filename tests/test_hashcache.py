@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ import xxhash
 
 import cowfs.entry
 import cowfs.livetree
+import journal.blobs
 import journal.commit
 import journal.rollback
 from cowfs import hashcache
@@ -27,7 +31,7 @@ from journal.blobs import BlobStore
 from journal.commit import commit
 from journal.rollback import rollback
 from journal.workspace import Workspace
-from tests.conftest import Roscoe, gone_pid, snapshot
+from tests.conftest import REPO, Roscoe, gone_pid, missing, snapshot
 
 T0 = 1_700_000_000_000_000_000
 
@@ -394,10 +398,53 @@ def test_pins_of_a_dead_rollback_are_removed_by_the_next_command(root: Path, hom
     assert roscoe("tx", "list").returncode == 0
     directory = home / "blobs" / ".pins"
     directory.mkdir(parents=True)
-    dead = gone_pid()
-    os.link(root / "case1" / "notes.md", directory / f"{dead}.1")
-    os.link(root / "case1" / "old.tmp", directory / f"{os.getpid()}.1")  # a rollback still running
+    ours, dead = journal.blobs._pid_namespace(), gone_pid()
+    os.link(root / "case1" / "notes.md", directory / f"{ours}.{dead}.1")
+    os.link(root / "case1" / "old.tmp", directory / f"{ours}.{os.getpid()}.1")  # a rollback still running
+    os.link(root / "case2" / "script.sh", directory / f"{dead}.1")  # an older roscoe's name: pid.n
     assert roscoe("tx", "list").returncode == 0
-    assert pins(home) == [f"{os.getpid()}.1"]
+    assert pins(home) == [f"{ours}.{os.getpid()}.1"]
     assert os.stat(root / "case1" / "notes.md").st_nlink == 1
+    assert os.stat(root / "case2" / "script.sh").st_nlink == 1
+
+
+def test_a_roscoe_in_another_pid_namespace_keeps_our_pins(root: Path, home: Path, roscoe: Roscoe) -> None:
+    """Its /proc does not show our pid: it must not take our pins for a dead
+    process's (a rollback running here would fail), nor we its."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        missing("unshare (util-linux)")
+    store = BlobStore(str(home / "blobs"))
+    fd = os.open(root / "case1", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        pin = store.pin(fd, "notes.md")
+    finally:
+        os.close(fd)
+    assert pin is not None
+    mine = os.path.basename(pin[0])
+    assert mine == f"{journal.blobs._pid_namespace()}.{os.getpid()}.1"
+    done = subprocess.run([unshare, "--pid", "--fork", "--mount-proc", sys.executable, "-m", "cli.main", "tx", "list"],
+                          capture_output=True, env=roscoe.env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert pins(home) == [mine]
+
+    theirs = f"{int(journal.blobs._pid_namespace()) + 1}.{gone_pid()}.1"
+    os.link(root / "case1" / "old.tmp", home / "blobs" / ".pins" / theirs)
+    store.drop_stale_pins()
+    assert pins(home) == sorted([mine, theirs])  # its pid means nothing here: kept for an hour
+
+
+def test_a_pin_of_another_pid_namespace_goes_after_an_hour(
+        root: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = home / "blobs" / ".pins"
+    directory.mkdir(parents=True)
+    theirs = f"{int(journal.blobs._pid_namespace()) + 1}.{os.getpid()}.1"
+    os.link(root / "case1" / "old.tmp", directory / theirs)
+    store = BlobStore(str(home / "blobs"))
+    store.drop_stale_pins()
+    assert pins(home) == [theirs]
+    monkeypatch.setattr(journal.blobs, "PIN_GRACE_NS", 0)
+    store.drop_stale_pins()
+    assert pins(home) == [] and os.stat(root / "case1" / "old.tmp").st_nlink == 1
+
 
