@@ -234,13 +234,13 @@ def _write_temp(
             pass  # the staged bytes themselves
         elif isinstance(source, str):
             _copy_file(source, fd)
-            if not sync:
-                start_writeback(fd)
         else:
             for chunk in source:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
+        if not linked and not sync:
+            start_writeback(fd)
         if owner is not None:
             os.fchown(fd, *owner)
         os.fchmod(fd, mode)
