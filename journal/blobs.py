@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import xxhash
 
 from cowfs import durable
 from cowfs.errors import RoscoeError
-
 
 # A pin of a process in another pid namespace is kept this long (ns).
 PIN_GRACE_NS = 3600 * 10**9
@@ -200,12 +199,22 @@ class BlobStore:
         """The blob's bytes; raises BlobCorrupt at the end if they do not hash to its name."""
         return self._read(self.path(digest), digest, "damaged")
 
-    def verified(self, digest: str) -> str:
+    def verified(self, digest: str, hashed: Callable[[str], str] | None = None) -> str:
         """The path of the blob, once its bytes were read and hash to its name
-        (then copy it in the kernel: a reflink where the filesystem has them)."""
-        for _ in self.read(digest):
-            pass
-        return self.path(digest)
+        (then copy it in the kernel: a reflink where the filesystem has them).
+        ``hashed(path)``, when given, is what hashes them (``HashedAhead``)."""
+        if hashed is None:
+            for _ in self.read(digest):
+                pass
+            return self.path(digest)
+        path = self.path(digest)
+        try:
+            actual = hashed(path)
+        except FileNotFoundError:
+            raise BlobCorrupt(digest=digest, problem="missing", store=self.root) from None
+        if actual != digest:
+            raise BlobCorrupt(digest=digest, problem=f"damaged (its bytes hash to {actual})", store=self.root)
+        return path
 
     def _read(self, path: str, digest: str, problem: str) -> Iterator[bytes]:
         h = xxhash.xxh3_128()

@@ -42,6 +42,7 @@ from cowfs.changeset import ChangeSet, path_key
 from cowfs.converge import converge, remove_temps
 from cowfs.entry import DIR, FILE, Entry
 from cowfs.errors import CommitFailed, Conflict, RoscoeError, StagingCorrupt
+from cowfs.hashahead import HashedAhead
 from cowfs.stagers import Stager
 from journal.approval import ApprovalNeeded, enforce, requested
 from journal.blobs import BlobCorrupt, BlobStore
@@ -140,15 +141,24 @@ def apply_journaled(
     read and checked). With ``new``, ``tx`` (a rollback) is journaled together
     with its intent."""
 
-    if content is None:
-        ahead = durable.ReadAhead([
-            blobs.path(r.new.hash) for r in sorted(rows, key=lambda r: path_key(r.path))
-            if r.new is not None and r.new.type == FILE and r.new.hash is not None])
+    images = [r.new for r in sorted(rows, key=lambda r: path_key(r.path))
+              if content is None and r.new is not None and r.new.type == FILE and r.new.hash is not None]
+    checked = HashedAhead([blobs.path(e.hash or "") for e in images], sum(e.size for e in images), workers=1)
 
     def from_blobs(path: str, entry: Entry) -> str:
-        ahead.reached(blobs.path(entry.hash or ""))
-        return blobs.verified(entry.hash or "")
+        return blobs.verified(entry.hash or "", checked.digest)
 
+    try:
+        _apply(journal, blobs, tx, rows, diff_hash, known=known, progress=progress, content=content or from_blobs,
+               new=new)
+    finally:
+        checked.close()
+
+
+def _apply(
+    journal: Journal, blobs: BlobStore, tx: TxRecord, rows: list[ChangeRow], diff_hash: str, *,
+    known: dict[str, Entry | None] | None, progress: Progress | None, content: Content, new: bool,
+) -> None:
     journal.record_intent(tx.id, rows, diff_hash, new=tx if new else None)
     checkpoint("after-intent")
     total = len(rows)
@@ -163,7 +173,7 @@ def apply_journaled(
 
     try:
         converge(
-            tx.root, [(r.path, r.new) for r in rows], content=content or from_blobs,
+            tx.root, [(r.path, r.new) for r in rows], content=content,
             tag=tx.id, owners=owners_kept(), step=step, known=known,
         )
     except (OSError, RoscoeError) as e:

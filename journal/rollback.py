@@ -19,7 +19,7 @@ from cowfs.converge import matches, obstacles
 from cowfs.entry import FILE, Entry
 from cowfs.errors import Conflict, RoscoeError, RootError, TransactionState
 from cowfs.hashcache import HashCache
-from cowfs.hashing import hash_file
+from cowfs.hashahead import HashedAhead
 from journal.blobs import BlobCorrupt, BlobStore
 from journal.commit import apply_journaled, blob_store, capture_old, images_shared, logged, replaced
 from journal.faults import checkpoint
@@ -45,18 +45,25 @@ class Pins:
     def read(self, rows: list[ChangeRow], hashes: HashCache) -> dict[str, Entry | None]:
         """The live entry of every row's path. Where the commit wrote a file
         that the rollback replaces, it is read through a pin: all of them
-        are pinned first, then hashed in order with the disk reading ahead."""
+        are pinned first, then hashed in order, by helper threads a few
+        files ahead when there are many bytes (cowfs.hashahead)."""
         for row in rows:
             if row.new is not None and row.new.type == FILE and replaced(row.new, row.old):
                 self._pin(row.path)
-        ahead = durable.ReadAhead([temp for temp, _ in self.pinned.values()])
+        hashed = HashedAhead([temp for temp, _ in self.pinned.values()],
+                             sum(st.st_size for _, st in self.pinned.values()))
+        try:
+            return self._entries(rows, hashes, hashed)
+        finally:
+            hashed.close()
+
+    def _entries(self, rows: list[ChangeRow], hashes: HashCache, hashed: HashedAhead) -> dict[str, Entry | None]:
         live: dict[str, Entry | None] = {}
         for row in rows:
             pin = self.pinned.get(row.path)
             if pin is not None:
                 temp, pinned = pin
-                ahead.reached(temp)
-                digest = hash_file(temp)
+                digest = hashed.digest(temp)
                 now = livetree.lstat(self.dirs.root, row.path, self.dirs)
                 if now is not None and livetree.same_inode(now, pinned):
                     live[row.path] = livetree.file_entry(pinned, digest)

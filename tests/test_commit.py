@@ -601,6 +601,38 @@ def test_rollback_needing_a_bad_blob_fails_and_leaves_the_tree(roscoe: Roscoe, r
     assert not any(p.name.startswith(".roscoe-") for p in root.rglob("*"))
 
 
+@pytest.mark.parametrize("harm", [None, damage], ids=["whole", "corrupt-blob"])
+def test_a_rollback_of_many_bytes_checks_its_images_in_helper_threads(
+        roscoe: Roscoe, root: Path, home: Path, harm: Callable[[Path], None] | None) -> None:
+    """Over 16 MiB of images to copy back, helper threads check them ahead of
+    the copy (cowfs.hashahead): the same bytes land, and a damaged image is
+    the same error, with the tree as it was."""
+    big = os.urandom(24 << 20)
+    (root / "case1" / "exhibit.bin").write_bytes(big)
+    os.utime(root / "case1" / "exhibit.bin", ns=(1_700_000_000_000_000_000,) * 2)
+    before = snapshot(root)
+    t = staged(roscoe, root, f"head -c 100 /dev/zero | dd of=case1/exhibit.bin conv=notrunc status=none; "
+                             f"{STAMP} case1/exhibit.bin; {MANY}")
+    ok(commit(roscoe, t))
+    committed = snapshot(root)
+    if harm is None:
+        rollback(roscoe, t)
+        assert snapshot(root) == before
+        verified(roscoe)
+        return
+    notes = b"# notes\n"
+    blob = blob_file(home, notes)
+    assert blob.is_file() and blob_file(home, big).is_file()
+    harm(blob)
+    done = roscoe("tx", "rollback", t, "--yes")
+    assert (done.returncode, done.stdout) == (1, b"")
+    line = one_error_line(done.stderr)
+    found = xxhash.xxh3_128_hexdigest(b"other bytes entirely\n")
+    assert f"blob {xxhash.xxh3_128_hexdigest(notes)} is damaged (its bytes hash to {found})" in line, line
+    assert snapshot(root) == committed
+    assert not any(p.name.startswith(".roscoe-") for p in root.rglob("*"))
+
+
 def test_a_write_through_a_descriptor_kept_open_over_the_commit_damages_only_the_image(roscoe: Roscoe, root: Path, home: Path) -> None:
     # The README's caveat of linked images: a writer that kept the old file
     # open writes into its image. The damage is named, never restored.
