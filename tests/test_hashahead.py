@@ -54,6 +54,15 @@ def test_few_bytes_start_no_thread(tmp_path: Path) -> None:
     hashed.close()
 
 
+def test_small_files_start_no_thread_however_many(tmp_path: Path) -> None:
+    """Handing a digest between threads costs about what hashing 16 KiB does."""
+    paths = files(tmp_path, 200, 128 << 10)  # 25 MiB in all, 128 KiB a file
+    hashed = HashedAhead(paths, 200 * (128 << 10))
+    assert hashed.threads == []
+    assert [hashed.digest(p) for p in paths] == [real(p) for p in paths]
+    hashed.close()
+
+
 def test_a_read_error_is_raised_where_the_digest_is_asked_for(tmp_path: Path) -> None:
     paths = files(tmp_path, 4, 8 * MiB)
     os.unlink(paths[1])
