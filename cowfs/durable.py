@@ -136,7 +136,8 @@ def _libc():  # type: ignore[no-untyped-def]
         import ctypes
 
         _LIBC = ctypes.CDLL(None, use_errno=True)
-        _LIBC.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        if hasattr(_LIBC, "sync_file_range"):
+            _LIBC.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     return _LIBC
 
 
@@ -148,7 +149,9 @@ def start_writeback(fd: int) -> None:
     waiting (sync_file_range(2) with SYNC_FILE_RANGE_WRITE): the disk then
     works while the next file is copied. Only a hint: the later syncfs is what
     makes them durable, and a failure here is left for it to report."""
-    _libc().sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+    start = getattr(_libc(), "sync_file_range", None)
+    if start is not None:
+        start(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
 def is_fuse(path: str) -> bool:

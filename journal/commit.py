@@ -141,8 +141,9 @@ def apply_journaled(
     read and checked). With ``new``, ``tx`` (a rollback) is journaled together
     with its intent."""
 
-    images = [r.new for r in sorted(rows, key=lambda r: path_key(r.path))
-              if content is None and r.new is not None and r.new.type == FILE and r.new.hash is not None]
+    images = [] if content is not None else [
+        r.new for r in sorted(rows, key=lambda r: path_key(r.path))
+        if r.new is not None and r.new.type == FILE and r.new.hash is not None]
     checked = HashedAhead([blobs.path(e.hash or "") for e in images], sum(e.size for e in images), workers=1)
 
     def from_blobs(path: str, entry: Entry) -> str:
