@@ -7,9 +7,9 @@ reads release the GIL), so on two cores two files are hashed at once, and
 the images are checked while the main thread copies the ones before.
 
 ``digest(path)`` hands over a file's digest (waiting for it if need be) or
-raises what reading it raised; a path may be asked for more than once. The helpers stay at most ``window``
-files ahead of the last path asked for, so what they read is still in the
-page cache when it is copied. Under ``THREADS_FROM`` bytes in all, or
+raises what reading it raised; a path may be asked for more than once. The
+helpers stay at most ``WINDOW`` files ahead of the last path asked for, so
+what they read is still in the page cache when it is copied. Under ``THREADS_FROM`` bytes in all, or
 under ``THREADS_FROM_AVERAGE`` a file on average, no thread is started: each
 file is hashed when it is asked for. (Handing over a file's digest between
 threads costs about as much as hashing 16 KiB: a rollback of 2,000 files of
@@ -41,7 +41,7 @@ class HashedAhead:
             import threading
 
             self.cond = threading.Condition()
-            for _ in range(min(workers, len(paths), os.cpu_count() or 1)):
+            for _ in range(min(workers, len(self.paths), os.cpu_count() or 1)):
                 thread = threading.Thread(target=self._work, daemon=True)
                 thread.start()
                 self.threads.append(thread)
