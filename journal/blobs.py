@@ -15,6 +15,7 @@ import xxhash
 
 from cowfs import durable
 from cowfs.errors import RoscoeError
+from cowfs.hashing import hash_file
 
 # A pin of a process in another pid namespace is kept this long (ns).
 PIN_GRACE_NS = 3600 * 10**9
@@ -203,13 +204,9 @@ class BlobStore:
         """The path of the blob, once its bytes were read and hash to its name
         (then copy it in the kernel: a reflink where the filesystem has them).
         ``hashed(path)``, when given, is what hashes them (``HashedAhead``)."""
-        if hashed is None:
-            for _ in self.read(digest):
-                pass
-            return self.path(digest)
         path = self.path(digest)
         try:
-            actual = hashed(path)
+            actual = (hashed or hash_file)(path)
         except FileNotFoundError:
             raise BlobCorrupt(digest=digest, problem="missing", store=self.root) from None
         if actual != digest:
