@@ -183,13 +183,13 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
             writable_binds(args.writable or (), root, ws.home.path)  # before a transaction exists
             tx = ws.begin(root, args.message)
         say(f"tx {tx.id}")
-        command = args.command
+        command, pass_fds = args.command, ()
         if interactive:
             say(f"shell in the staged overlay of {tx.root}; exit to leave (nothing lands until commit)")
-            command = prompt_shell(command, tx.id, env)
+            command, pass_fds = prompt_shell(command, tx.id, env)
         result = ws.run(
             tx.id, command, env=env, network=network, timeout=timeout, limits=limits,
-            writable=args.writable or (),
+            writable=args.writable or (), pass_fds=pass_fds,
         )
         if args.report:
             write_report(args.report, result.report())
@@ -255,21 +255,21 @@ def shell_command() -> list[str]:
     return [shell, "-i"] if sys.stdin.isatty() else [shell]
 
 
-def prompt_shell(command: list[str], tx_id: str, env: dict[str, str]) -> list[str]:
-    """The shell with a prompt that names the transaction.
+def prompt_shell(command: list[str], tx_id: str, env: dict[str, str]) -> tuple[list[str], tuple[int, ...]]:
+    """The shell with a prompt that names the transaction, and the fds it needs.
 
     sh and most shells take PS1 from the environment; bash's ~/.bashrc sets
-    its own, so bash gets an rc file (in memory, inherited as an fd) that
-    reads ~/.bashrc first and then sets the prompt.
+    its own, so bash gets an rc file (in memory, passed to the run as an fd)
+    that reads ~/.bashrc first and then sets the prompt.
     """
     env["PS1"] = f"roscoe:{tx_id}$ "
     name = os.path.basename(command[0])
     if name in ("sh", "dash") and "-i" in command:
         # no job control: on exit dash would hand the terminal back to roscoe's
         # process group, which the run's pid namespace cannot name, and exit 2
-        return [*command, "+m"]
+        return [*command, "+m"], ()
     if name != "bash" or "-i" not in command:
-        return command
+        return command, ()
     rc = (
         '[ -f /etc/bash.bashrc ] && . /etc/bash.bashrc; [ -f ~/.bashrc ] && . ~/.bashrc\n'
         f"PS1='roscoe:{tx_id}:\\w\\$ '\n"
@@ -278,4 +278,4 @@ def prompt_shell(command: list[str], tx_id: str, env: dict[str, str]) -> list[st
     os.write(mem, rc.encode())
     fd = fcntl.fcntl(mem, fcntl.F_DUPFD, 10)  # inherited by bwrap and the shell, clear of fds 2-6
     os.close(mem)
-    return [command[0], "--rcfile", f"/proc/self/fd/{fd}", *command[1:]]
+    return [command[0], "--rcfile", f"/proc/self/fd/{fd}", *command[1:]], (fd,)

@@ -27,6 +27,7 @@ from collections import namedtuple
 
 from cowfs.errors import CommandNotExecutable, CommandNotFound, SandboxError, UsageError
 from cowfs import seccomp
+from cowfs.stdio import Stdio
 from cowfs.limits import NO_LIMITS, Enforced, Limits, RunCgroup
 from cowfs.paths import under
 
@@ -166,6 +167,8 @@ MASKED_PATHS = (
     "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
     "/proc/sched_debug", "/proc/scsi", "/proc/timer_list", "/proc/timer_stats", "/sys/firmware",
     "/sys/devices/virtual/powercap",
+    # beyond runc's list: the state of every physical page, readable by root
+    "/proc/kpagecount", "/proc/kpageflags", "/proc/kpagecgroup",
 )
 _kernel_view: list[str] = []
 
@@ -190,6 +193,27 @@ def kernel_view() -> list[str]:
                 args += ["--dev-bind", "/dev/null", path]
         _kernel_view.extend(args)
     return list(_kernel_view)
+
+
+_launcher: list[str] = []
+
+
+def private_mounts() -> list[str]:
+    """The command that starts bwrap in a mount namespace of its own whose
+    mounts are private: bwrap makes the run's mounts slaves, so without it a
+    mount the host makes during a run (an automount, another transaction's
+    FUSE mount) would show up in the run, and writable. As an ordinary user
+    that namespace belongs to a user namespace mapping the caller to itself."""
+    if not _launcher:
+        for d in ("/usr/bin", "/bin"):
+            path = os.path.join(d, "unshare")
+            if os.access(path, os.X_OK):
+                break
+        else:
+            raise SandboxError(detail="unshare not found (install util-linux)")
+        user = [] if os.geteuid() == 0 else ["--user", "--map-current-user"]
+        _launcher.extend([path, *user, "--mount", "--propagation", "private", "--"])
+    return list(_launcher)
 
 
 def host_sockets(root: str, writable: list[str]) -> list[str]:
@@ -250,9 +274,12 @@ def writable_binds(paths: list[str] | tuple[str, ...], root: str, state_dir: str
 def run(
     argv: list[str], *, root: str, mount_args: list[str], cwd: str, env: dict[str, str],
     probe: bool, network: bool = True, timeout: float | None = None,
-    limits: Limits = NO_LIMITS, binds: list[str] | None = None,
+    limits: Limits = NO_LIMITS, binds: list[str] | None = None, hidden: tuple[str, ...] = (),
+    pass_fds: tuple[int, ...] = (),
 ) -> Outcome:
-    """Run ``argv`` in the sandbox; ``binds`` come from ``writable_binds``."""
+    """Run ``argv`` in the sandbox; ``binds`` come from ``writable_binds``;
+    ``hidden`` dirs (the state dir) are empty in the run; of roscoe's file
+    descriptors above 2 only ``pass_fds`` reach the command (cowfs.stdio)."""
     cgroup = RunCgroup.create(limits) if limits else None
     if cgroup is None and limits.pids is not None:
         raise SandboxError(detail=(
@@ -261,11 +288,12 @@ def run(
         ))
     try:
         extra = list(binds or [])
-        outcome = _run(argv, root, mount_args, TMP_OVERLAY, extra, cwd, env, probe, network, timeout, limits, cgroup)
+        view = View(mount_args, extra, hidden, pass_fds)
+        outcome = _run(argv, root, view, TMP_OVERLAY, cwd, env, probe, network, timeout, limits, cgroup)
         if not outcome.started and "/newroot/tmp " in outcome.error:
             if under(cwd, "/tmp") and not under(cwd, root):
                 cwd = root
-            outcome = _run(argv, root, mount_args, TMP_EMPTY, extra, cwd, env, probe, network, timeout, limits, cgroup)
+            outcome = _run(argv, root, view, TMP_EMPTY, cwd, env, probe, network, timeout, limits, cgroup)
         if cgroup is not None:
             outcome = outcome._replace(enforced=outcome.enforced._replace(oom_kills=cgroup.oom_kills()))
     finally:
@@ -276,20 +304,31 @@ def run(
     return outcome
 
 
+class View(namedtuple("_View", "mount_args binds hidden pass_fds")):
+    """What a run sees besides the host read-only: the stager's mount of the
+    root, the writable binds, the dirs hidden (empty), the fds passed on."""
+
+    __slots__ = ()
+
+
 def _run(
-    argv: list[str], root: str, mount_args: list[str], tmp: list[str], binds: list[str], cwd: str,
+    argv: list[str], root: str, view: View, tmp: list[str], cwd: str,
     env: dict[str, str], probe: bool, network: bool, timeout: float | None, limits: Limits,
     cgroup: RunCgroup | None,
 ) -> Outcome:
     bwrap = bwrap_path()
-    args = [bwrap]
+    launcher = private_mounts()
+    args = [*launcher, bwrap]
     if os.geteuid() != 0:
         args.append("--unshare-user")  # bwrap then drops every capability itself
     else:
         args += ["--cap-drop", "ALL"]
         for cap in ROOT_CAPS:
             args += ["--cap-add", cap]
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *kernel_view(), *tmp, *binds, *mount_args]
+    binds = view.binds
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *kernel_view(), *tmp, *binds, *view.mount_args]
+    for path in view.hidden:
+        args += ["--tmpfs", path, "--remount-ro", path]
     args += host_sockets(root, binds[2::3])
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--chdir", cwd]
     if not network:
@@ -309,9 +348,10 @@ def _run(
     # bwrap's own messages land in memory, never between CMD's stderr lines; the
     # shim finds the real stderr at fd 3, the ready pipe at fd 4 and the
     # cgroup.procs files to join at fds 5 and 6.
+    stdio = Stdio(view.pass_fds)
     err_mem = os.memfd_create("roscoe-bwrap-stderr", os.MFD_CLOEXEC)
     ready_r, ready_w = os.pipe()
-    sources = [2, ready_w, err_mem, *(cgroup.procs_fds if cgroup is not None else ())]
+    sources = [stdio.fds[2], ready_w, err_mem, *(cgroup.procs_fds if cgroup is not None else ())]
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in sources]
     os.close(ready_w)
     actions = [
@@ -319,6 +359,7 @@ def _run(
         (os.POSIX_SPAWN_DUP2, high[1], 4),
         (os.POSIX_SPAWN_DUP2, high[2], 2),
         *((os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(high[3:], join)),
+        *((os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio.fds[:2]) if fd != target),
     ]
     if filter_fd is not None:  # bwrap reads the filter from it and closes it
         high.append(fcntl.fcntl(filter_fd, fcntl.F_DUPFD_CLOEXEC, 10))
@@ -332,14 +373,17 @@ def _run(
     try:
         try:
             pid = os.posix_spawn(
-                bwrap, args, env, file_actions=actions, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                args[0], args, env, file_actions=actions, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
             )
         except OSError as e:
+            stdio.abandon()
             raise SandboxError(detail=f"cannot start bwrap: {e.strerror}") from e
         finally:
             for fd in high:
                 os.close(fd)
+        stdio.started()
         code, timed_out = _wait(pid, timeout)
+        stdio.finish()
         started = os.read(ready_r, 16) == b"ready\n"
         error = os.pread(err_mem, 1 << 16, 0).decode(errors="replace").strip()
     finally:

@@ -20,7 +20,8 @@ kernel's attack surface for no file job.
 - **Kernel attack surface**: ``bpf``, ``perf_event_open``, ``userfaultfd``,
   ``io_uring`` (its ops would also bypass this filter), ``kcmp``,
   ``open_by_handle_at`` and ``name_to_handle_at``, NUMA policy calls,
-  ``lookup_dcookie``, ``vhangup``, ``fanotify_init``, and the x86 port I/O calls.
+  ``lookup_dcookie``, ``vhangup``, ``fanotify_init``, ``memfd_secret``, and
+  the x86 port I/O calls.
 - **Personality flags** other than the ones Docker allows (no turning off
   address space randomisation).
 - **Typing into the terminal**: the ``TIOCSTI`` and ``TIOCLINUX`` ioctls. A
@@ -89,7 +90,7 @@ DENIED = (
     "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
     "kcmp", "open_by_handle_at", "name_to_handle_at", "get_mempolicy", "set_mempolicy",
     "set_mempolicy_home_node", "mbind", "migrate_pages", "move_pages", "lookup_dcookie", "vhangup",
-    "fanotify_init", "iopl", "ioperm",
+    "fanotify_init", "iopl", "ioperm", "memfd_secret",
 )
 
 # System call numbers (from the kernel's uapi headers: asm/unistd_64.h for
@@ -110,7 +111,7 @@ _X86_64 = {
     "io_uring_enter": 426, "io_uring_register": 427, "kcmp": 312, "open_by_handle_at": 304,
     "name_to_handle_at": 303, "get_mempolicy": 239, "set_mempolicy": 238, "set_mempolicy_home_node": 450,
     "mbind": 237, "migrate_pages": 256, "move_pages": 279, "lookup_dcookie": 212, "vhangup": 153,
-    "fanotify_init": 300, "iopl": 172, "ioperm": 173,
+    "fanotify_init": 300, "iopl": 172, "ioperm": 173, "memfd_secret": 447,
 }
 _ARM64 = {
     "ioctl": 29, "clone": 220, "clone3": 435, "unshare": 97, "personality": 92, "socket": 198,
@@ -125,7 +126,7 @@ _ARM64 = {
     "io_uring_enter": 426, "io_uring_register": 427, "kcmp": 272, "open_by_handle_at": 265,
     "name_to_handle_at": 264, "get_mempolicy": 236, "set_mempolicy": 237, "set_mempolicy_home_node": 450,
     "mbind": 235, "migrate_pages": 238, "move_pages": 239, "lookup_dcookie": 18, "vhangup": 58,
-    "fanotify_init": 262,
+    "fanotify_init": 262, "memfd_secret": 447,
 }
 # machine -> (audit arch of the native ABI, its numbers, whether x32 numbers share the arch)
 _ABIS = {

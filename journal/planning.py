@@ -160,7 +160,8 @@ def _apply(ws: Workspace, record: TxRecord, plan: Plan, *, savepoint: bool) -> R
     points = Savepoint() if savepoint else None
     try:
         try:
-            run = ws.run(record.id, argv, cwd=record.root, env=env, savepoint=points)
+            run = ws.run(record.id, argv, cwd=record.root, env=env, savepoint=points,
+                         pass_fds=(plan_fd, result_fd))
         except BaseException:
             if points is not None:
                 _heal(ws, record)

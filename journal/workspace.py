@@ -254,10 +254,11 @@ class Workspace:
         self, ref: str, argv: list[str], *, cwd: str | None = None,
         env: dict[str, str] | None = None, network: bool = True, timeout: float | None = None,
         limits: sandbox.Limits | None = None, writable: tuple[str, ...] | list[str] = (),
-        savepoint: Savepoint | None = None,
+        savepoint: Savepoint | None = None, pass_fds: tuple[int, ...] = (),
     ) -> RunResult:
         """Run ``argv`` in the transaction's overlay. ``limits`` caps memory and
-        processes; ``writable`` paths outside the root are bound read-write.
+        processes; ``writable`` paths outside the root are bound read-write;
+        ``pass_fds`` reach the command (no other fd of roscoe's above 2 does).
         With a ``savepoint`` (cowfs.savepoint), a run that exits non-zero
         leaves the staged layer, and the bases, exactly as they were."""
         from cowfs import sandbox
@@ -292,7 +293,7 @@ class Workspace:
                     outcome = sandbox.run(
                         argv, root=tx.root, mount_args=stager.mount_args(), cwd=inner_cwd,
                         env=env, probe=tx.backend is None, network=network, timeout=timeout,
-                        limits=limits, binds=binds,
+                        limits=limits, binds=binds, hidden=(self.home.path,), pass_fds=pass_fds,
                     )
                 except NoBackend as e:
                     failures.append(f"{name}: {e.fields.get('detail')}")

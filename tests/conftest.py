@@ -92,11 +92,13 @@ class Roscoe:
 
     def __call__(
         self, *args: str | os.PathLike[str], input: bytes | None = None, cwd: str | os.PathLike[str] | None = None,
-        env: dict[str, str] | None = None, timeout: float = 120,
+        env: dict[str, str] | None = None, timeout: float = 120, **popen: object,
     ) -> subprocess.CompletedProcess[bytes]:
+        """``popen`` goes to subprocess.run: ``stdin``, ``stdout`` or ``pass_fds``
+        (then the output not redirected is still captured)."""
         return subprocess.run(
             [sys.executable, "-m", "cli.main", *map(os.fspath, args)],
-            input=input, capture_output=True, cwd=cwd, env=dict(self.env, **(env or {})), timeout=timeout,
+            input=input, cwd=cwd, env=dict(self.env, **(env or {})), timeout=timeout, **_captured(popen),
         )
 
     def begin(self, root: Path, *extra: str) -> str:
@@ -168,12 +170,17 @@ class UserRoscoe(Roscoe):
         self.user = lookup_test_user()
         self.env.update(HOME=self.user.pw_dir, USER=TEST_USER, LOGNAME=TEST_USER)
 
-    def __call__(self, *args, input=None, cwd=None, env=None, timeout=120):  # type: ignore[no-untyped-def,override]
+    def __call__(self, *args, input=None, cwd=None, env=None, timeout=120, **popen):  # type: ignore[no-untyped-def,override]
         return subprocess.run(
             [str(TEST_VENV / "bin" / "python"), "-m", "cli.main", *map(os.fspath, args)],
-            input=input, capture_output=True, cwd=cwd, env=dict(self.env, **(env or {})), timeout=timeout,
-            user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[],
+            input=input, cwd=cwd, env=dict(self.env, **(env or {})), timeout=timeout,
+            user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[], **_captured(popen),
         )
+
+
+def _captured(popen: dict[str, object]) -> dict[str, object]:
+    """subprocess.run arguments: stdout and stderr piped unless given."""
+    return {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
 
 
 @pytest.fixture

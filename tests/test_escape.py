@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import pytest
 
 from cowfs.sandbox import MASKED_PATHS
 from cowfs.stagers import remove_tree
-from tests.conftest import Roscoe, chown_tree, lookup_test_user, make_tree, snapshot
+from tests.conftest import TEST_VENV, Roscoe, chown_tree, lookup_test_user, make_tree, snapshot
 
 PY = "/usr/bin/python3"  # the sandbox sees the host's files read-only, so any python works
 
@@ -352,6 +353,7 @@ out = {
     "clone_newuser": call(56, L(0x10000000 | 17), L(0), None, None, L(0)),  # CLONE_NEWUSER | SIGCHLD
     "unshare_newuser": call(272, L(0x10000000)),
     "unshare_newns": call(272, L(0x00020000)),
+    "memfd_secret": call(447, L(0)),
     "int80_getpid": int80_getpid(),
 }
 print(json.dumps(out))
@@ -364,7 +366,7 @@ REFUSED = {
     "pivot_root": "EPERM", "fsopen": "EPERM", "open_tree": "EPERM", "move_mount": "EPERM", "setns": "EPERM",
     "name_to_handle_at": "EPERM", "open_by_handle_at": "EPERM", "kcmp": "EPERM", "syslog": "EPERM",
     "personality_no_aslr": "EPERM", "personality_query": "ok", "clone3": "ENOSYS", "clone_newuser": "EPERM",
-    "unshare_newuser": "EPERM", "unshare_newns": "EPERM", "int80_getpid": "EPERM",
+    "unshare_newuser": "EPERM", "unshare_newns": "EPERM", "memfd_secret": "EPERM", "int80_getpid": "EPERM",
 }
 
 
@@ -392,3 +394,110 @@ def test_a_run_cannot_make_a_user_namespace(caller: Caller) -> None:
                          "for how in -U -Ur -Urm; do unshare $how id -u 2>/dev/null || echo refused; done; id -u")
     assert (done.returncode, done.stdout) == (0, f"refused\nrefused\nrefused\n{caller.uid}\n".encode()), done.stderr
     assert snapshot(caller.root) == before and list(caller.outside.iterdir()) == []
+
+
+# -- what the caller hands the run ---------------------------------------------------
+
+def test_a_file_on_stdin_or_stdout_cannot_be_reopened_for_writing(caller: Caller) -> None:
+    # Reopened through /proc/self/fd, a file descriptor opens its file again on
+    # the host's own mount: a stdin of a live file would be rewritten in place.
+    live = caller.root / "case1" / "notes.md"
+    out = caller.outside / "out.txt"
+    out.write_bytes(b"")
+    os.chown(out, caller.uid, caller.gid)
+    before = snapshot(caller.root)
+    script = ("for fd in 0 1; do (echo TAMPER > /proc/self/fd/$fd) 2>/dev/null; done;"
+              " cat; echo out; echo err >&2")
+    with open(live, "rb") as stdin, open(out, "ab") as stdout:
+        done = caller.roscoe("tx", "run", "--root", caller.root, "--", "sh", "-c", script, stdin=stdin, stdout=stdout)
+    assert done.returncode == 0, done.stderr
+    assert snapshot(caller.root) == before
+    # What the command wrote to its stdin pipe it read back; its stdout lines,
+    # and nothing else, are in the file.
+    assert out.read_bytes() in (b"# notes\nTAMPER\nTAMPER\nout\n", b"TAMPER\n# notes\nTAMPER\nout\n")
+    assert done.stderr.decode().splitlines()[1:-1] == ["err"]
+
+
+def test_no_other_descriptor_of_the_caller_reaches_the_run(caller: Caller) -> None:
+    # A directory fd is an openat() anywhere below it; a file fd a write.
+    log = caller.outside / "log.txt"
+    log.write_bytes(b"")
+    os.chown(log, caller.uid, caller.gid)
+    dir_fd = os.open(caller.outside, os.O_RDONLY | os.O_DIRECTORY)
+    log_fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    probe = ("import json, os, sys\n"
+             "out = {}\n"
+             "for name, fd in (('dir', int(sys.argv[1])), ('log', int(sys.argv[2]))):\n"
+             "    try:\n"
+             "        if name == 'dir':\n"
+             "            os.close(os.open('escaped', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))\n"
+             "        else:\n"
+             "            os.write(fd, b'escaped')\n"
+             "        out[name] = 'escaped'\n"
+             "    except OSError as e:\n"
+             "        out[name] = e.errno\n"
+             "print(json.dumps(out))\n")
+    try:
+        done = caller.roscoe("tx", "run", "--root", caller.root, "--", PY, "-c", probe, str(dir_fd), str(log_fd),
+                             pass_fds=(dir_fd, log_fd))
+    finally:
+        os.close(dir_fd)
+        os.close(log_fd)
+    assert (done.returncode, json.loads(done.stdout)) == (0, {"dir": 9, "log": 9}), done.stderr  # EBADF
+    assert sorted(p.name for p in caller.outside.iterdir()) == ["log.txt"] and log.read_bytes() == b""
+
+
+MOUNTED_LATER = """
+import json, os, sys, time
+sub, go = sys.argv[1], sys.argv[2]
+print("inside", flush=True)
+deadline = time.monotonic() + 30
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.02)
+try:
+    with open(os.path.join(sub, "pwned"), "w") as f:
+        f.write("from the run")
+    result = "written"
+except OSError as e:
+    result = e.errno
+print(json.dumps({"go": os.path.exists(go), "write": result, "mounted": os.path.ismount(sub)}))
+"""
+
+
+def test_a_mount_the_host_makes_during_a_run_stays_out_of_it(caller: Caller) -> None:
+    # bwrap makes the run's mounts slaves: without a private layer in between,
+    # a mount the host makes below a shared mount (an automount, say) would
+    # show up in the run, writable.
+    shared, sub, go = caller.outside / "shared", caller.outside / "shared" / "sub", caller.outside / "go"
+    shared.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "roscoe-shared", shared], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", shared], check=True)
+        sub.mkdir()
+        run = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "tx", "run", "--root", caller.root, "--", PY, "-c", MOUNTED_LATER,
+             str(sub), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=caller.roscoe.env,
+        ) if caller.uid == 0 else subprocess.Popen(
+            [str(TEST_VENV / "bin" / "python"), "-m", "cli.main", "tx", "run", "--root", caller.root, "--", PY, "-c",
+             MOUNTED_LATER, str(sub), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=caller.roscoe.env,
+            user=caller.uid, group=caller.gid, extra_groups=[],
+        )
+        try:
+            assert run.stdout is not None and run.stdout.readline() == b"inside\n"
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "roscoe-later", sub], check=True)
+            go.write_text("go\n")
+            out, err = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        assert (run.returncode, json.loads(out)) == (0, {"go": True, "write": 30, "mounted": False}), err  # EROFS
+        assert os.listdir(sub) == []
+    finally:
+        subprocess.run(["umount", "-R", shared], check=False)
+
+
+def test_the_state_dir_is_empty_in_a_run(caller: Caller) -> None:
+    done = caller.roscoe("tx", "run", "--root", caller.root, "--", "sh", "-c", 'ls -A "$ROSCOE_HOME"; echo end')
+    assert (done.returncode, done.stdout) == (0, b"end\n"), done.stderr
+    assert (caller.roscoe.home / "journal.db").exists()
