@@ -29,6 +29,11 @@ SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
 RUN_PREFIX = "roscoe-run-"
 
 
+# bwrap's monitor and the run's init, in the cgroup with the command (see
+# cowfs.sandbox.JOIN): --pids N leaves the command N processes.
+SANDBOX_TASKS = 2
+
+
 class Limits(namedtuple("_Limits", "memory pids")):
     """What a run may use: ``memory`` in bytes, ``pids`` processes; None is no limit."""
 
@@ -251,7 +256,7 @@ class RunCgroup:
                 if os.path.exists(os.path.join(d, "memory.swap.max")):
                     _write(os.path.join(d, "memory.swap.max"), "0")
             if limits.pids is not None:
-                _write(os.path.join(d, "pids.max"), str(limits.pids))
+                _write(os.path.join(d, "pids.max"), str(limits.pids + SANDBOX_TASKS))
             return
         if limits.memory is not None:
             d = self.dirs["memory"]
@@ -260,7 +265,7 @@ class RunCgroup:
             if os.path.exists(memsw):  # swap accounting on: memory plus swap stays under the limit
                 _write(memsw, str(limits.memory))
         if limits.pids is not None:
-            _write(os.path.join(self.dirs["pids"], "pids.max"), str(limits.pids))
+            _write(os.path.join(self.dirs["pids"], "pids.max"), str(limits.pids + SANDBOX_TASKS))
 
     def oom_kills(self) -> int:
         if self.version == "cgroup2":

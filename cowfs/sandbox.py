@@ -32,15 +32,12 @@ from cowfs.stdio import Stdio
 from cowfs.limits import NO_LIMITS, Enforced, Limits, RunCgroup
 from cowfs.paths import under
 
-# The shim first joins the run's cgroup (by writing 0 to the cgroup.procs files
-# it inherits at fds 5 and 6, so nothing of CMD runs outside it) or sets the
-# RLIMIT_AS fallback. The probe (first run only) looks up the root's entries and
-# one file below them: a FUSE lower that answers the overlay's xattr probes with
-# EIO fails here, before CMD runs, so the next backend can be tried.
+# The shim sets the RLIMIT_AS fallback when the run has no cgroup. The probe
+# (first run only) looks up the root's entries and one file below them: a FUSE
+# lower that answers the overlay's xattr probes with EIO fails here, before CMD
+# runs, so the next backend can be tried.
 SHIM = (
-    'p=$1 j=$2 v=$3; shift 3; '
-    'for f in $j; do { echo 0 >&"$f"; } 2>/dev/null || { echo "$JOIN_FAILED" >&2; exit 1; }; done; '
-    'if [ -n "$j" ]; then exec 5>&- 6>&-; fi; '
+    'p=$1 v=$2; shift 2; '
     'if [ -n "$v" ]; then ulimit -v "$v" || exit 1; fi; '
     'if [ -n "$p" ]; then ls -lA -- "$p" >/dev/null 2>&1 && '
     '{ find "$p" -maxdepth 3 -type f -print0 -quit 2>/dev/null | xargs -0r ls -ld -- >/dev/null 2>&1; } '
@@ -48,8 +45,16 @@ SHIM = (
     'echo ready >&4; exec 4>&- 2>&3 3>&-; '
     'exec env --default-signal=INT,QUIT -- "$@"'
 )
+# A run with a cgroup starts with this: it joins the cgroup (writing 0 to the
+# cgroup.procs files it inherits at fds 5 and 6), closes them and execs the
+# sandbox, so bwrap's own processes are in the cgroup too. Its init (pid 1 of
+# the run) can be traced by the command: outside the cgroup it would be a
+# way around --memory and --pids.
 JOIN_FAILED = "roscoe: cannot join the run's cgroup"
-SHIM = SHIM.replace("$JOIN_FAILED", JOIN_FAILED)
+JOIN = (
+    'for f in $1; do { echo 0 >&"$f"; } 2>/dev/null || { echo "$JOIN_FAILED" >&2; exit 1; }; done; '
+    'exec 5>&- 6>&-; shift; exec "$@"'
+).replace("$JOIN_FAILED", JOIN_FAILED)
 JOIN_FDS = (5, 6)
 SECCOMP_FD = 7  # cowfs.seccomp's filter, read by bwrap before the shim starts
 # A run as root keeps only the capabilities a file job needs on the staged
@@ -339,17 +344,19 @@ def _run(
     if filter_fd is not None:
         args += ["--seccomp", str(SECCOMP_FD)]
     join = JOIN_FDS[:len(cgroup.procs_fds)] if cgroup is not None else ()
+    if join:
+        args = ["/bin/sh", "-c", JOIN, "roscoe-join", " ".join(map(str, join)), *args]
     rlimit = ""
     if cgroup is None and limits.memory is not None:
         rlimit = str(limits.memory // 1024)  # ulimit -v counts KiB
-    args += ["--", "/bin/sh", "-c", SHIM, "roscoe-run", root if probe else "", " ".join(map(str, join)), rlimit, *argv]
+    args += ["--", "/bin/sh", "-c", SHIM, "roscoe-run", root if probe else "", rlimit, *argv]
     enforced = Enforced(
         limits.memory, limits.pids, cgroup.version if cgroup is not None else ("rlimit" if rlimit else None), 0,
     )
 
     # bwrap's own messages land in memory, never between CMD's stderr lines; the
-    # shim finds the real stderr at fd 3, the ready pipe at fd 4 and the
-    # cgroup.procs files to join at fds 5 and 6.
+    # shim finds the real stderr at fd 3 and the ready pipe at fd 4; JOIN finds
+    # the cgroup.procs files to join at fds 5 and 6.
     stdio = Stdio(view.pass_fds)
     err_mem = os.memfd_create("roscoe-bwrap-stderr", os.MFD_CLOEXEC)
     ready_r, ready_w = os.pipe()

@@ -501,3 +501,13 @@ def test_the_state_dir_is_empty_in_a_run(caller: Caller) -> None:
     done = caller.roscoe("tx", "run", "--root", caller.root, "--", "sh", "-c", 'ls -A "$ROSCOE_HOME"; echo end')
     assert (done.returncode, done.stdout) == (0, b"end\n"), done.stderr
     assert (caller.roscoe.home / "journal.db").exists()
+
+
+def test_the_runs_init_is_held_by_the_runs_limits(roscoe: Roscoe, root: Path) -> None:
+    # bwrap's init (pid 1 of the run) can be traced by the command: outside the
+    # run's cgroup, code injected into it would escape --memory and --pids.
+    done = roscoe("tx", "run", "--root", root, "--pids", "20", "--memory", "512M", "--", "sh", "-c",
+                  "cat /proc/1/cgroup; echo --; cat /proc/self/cgroup")
+    assert done.returncode == 0, done.stderr
+    init, own = done.stdout.decode().split("--\n")
+    assert "roscoe-run-" in own and init == own
