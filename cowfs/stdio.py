@@ -53,17 +53,21 @@ def _feed(source: int, pipe: int, offset: int) -> None:
 
 
 def _drain(pipe: int, target: int) -> None:
-    """Copy ``pipe`` into ``target`` until every writer in the run is gone."""
+    """Copy ``pipe`` into ``target`` until every writer in the run is gone. If
+    the caller's file fails (ENOSPC, EIO), the rest is read and dropped: the
+    run goes on as it would have, and is not killed by SIGPIPE."""
+    failed = False
     try:
         while True:
             chunk = os.read(pipe, _CHUNK)
             if not chunk:
                 break
             view = memoryview(chunk)
-            while view:
-                view = view[os.write(target, view):]
-    except OSError:
-        pass  # the caller's file went away (ENOSPC, EIO): the run is not held up
+            while view and not failed:
+                try:
+                    view = view[os.write(target, view):]
+                except OSError:
+                    failed = True
     finally:
         os.close(pipe)
 

@@ -293,7 +293,7 @@ class Workspace:
                     outcome = sandbox.run(
                         argv, root=tx.root, mount_args=stager.mount_args(), cwd=inner_cwd,
                         env=env, probe=tx.backend is None, network=network, timeout=timeout,
-                        limits=limits, binds=binds, hidden=(self.home.path,), pass_fds=pass_fds,
+                        limits=limits, binds=binds, hidden=(os.path.realpath(self.home.path),), pass_fds=pass_fds,
                     )
                 except NoBackend as e:
                     failures.append(f"{name}: {e.fields.get('detail')}")
