@@ -33,15 +33,27 @@ from cowfs.limits import NO_LIMITS, Enforced, Limits, RunCgroup
 from cowfs.paths import under
 
 # The shim sets the RLIMIT_AS fallback when the run has no cgroup. The probe
-# (first run only) looks up the root's entries and one file below them: a FUSE
-# lower that answers the overlay's xattr probes with EIO fails here, before CMD
-# runs, so the next backend can be tried.
-SHIM = (
+# (first run only) looks up every entry of the root, then (depth first, three
+# levels at most) entries below it until a regular file has been looked up: a
+# FUSE lower that answers the overlay's xattr probes with EIO fails here, before
+# CMD runs, so the next backend can be tried. It uses the shell's builtins
+# only: ls, find and xargs cost 7 ms a run. PROBE returns 0 when a file was
+# looked up, 1 when a lookup failed (a name readdir gave that is not there), 2
+# when there is no file; a glob that matched nothing stays as its own text.
+PROBE = (
+    'probe() { local f found=2; '
+    'for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do '
+    'if [ -e "$f" ] || [ -L "$f" ]; then if [ -f "$f" ] && [ ! -L "$f" ]; then found=0; fi; '
+    'else case $f in "$1/*"|"$1/.[!.]*"|"$1/..?*") ;; *) return 1;; esac; fi; done; '
+    '[ $found = 0 ] && return 0; [ "$2" -gt 1 ] || return 2; '
+    'for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do '
+    'if [ -d "$f" ] && [ ! -L "$f" ]; then probe "$f" $(($2 - 1)); found=$?; [ $found = 2 ] || return $found; fi; '
+    'done; return 2; }; '
+)
+SHIM = PROBE + (
     'p=$1 v=$2; shift 2; '
     'if [ -n "$v" ]; then ulimit -v "$v" || exit 1; fi; '
-    'if [ -n "$p" ]; then ls -lA -- "$p" >/dev/null 2>&1 && '
-    '{ find "$p" -maxdepth 3 -type f -print0 -quit 2>/dev/null | xargs -0r ls -ld -- >/dev/null 2>&1; } '
-    '|| exit 1; fi; '
+    'if [ -n "$p" ]; then probe "$p" 3; [ $? = 1 ] && exit 1; fi; '
     'echo ready >&4; exec 4>&- 2>&3 3>&-; '
     'exec env --default-signal=INT,QUIT -- "$@"'
 )
