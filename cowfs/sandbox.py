@@ -307,12 +307,22 @@ def run(
         ))
     try:
         extra = list(binds or [])
-        view = View(mount_args, extra, hidden, pass_fds)
-        outcome = _run(argv, root, view, TMP_OVERLAY, cwd, env, probe, network, timeout, limits, cgroup)
-        if not outcome.started and "/newroot/tmp " in outcome.error:
-            if under(cwd, "/tmp") and not under(cwd, root):
-                cwd = root
-            outcome = _run(argv, root, view, TMP_EMPTY, cwd, env, probe, network, timeout, limits, cgroup)
+        view = View(mount_args, extra, hidden, pass_fds, host_sockets(root, extra[2::3]))
+        tmp = TMP_OVERLAY
+        for _ in range(ATTEMPTS):
+            outcome = _run(argv, root, view, tmp, cwd, env, probe, network, timeout, limits, cgroup)
+            if outcome.started:
+                break
+            if "/newroot/tmp " in outcome.error and tmp is TMP_OVERLAY:
+                if under(cwd, "/tmp") and not under(cwd, root):
+                    cwd = root
+                tmp = TMP_EMPTY
+            elif any(_gone(path) for path in view.sockets[2::3]):
+                # a host socket went away between the listing and bwrap's mount
+                # over it (bwrap cannot cover a path that is not there): list again
+                view = view._replace(sockets=host_sockets(root, extra[2::3]))
+            else:
+                break
         if cgroup is not None:
             outcome = outcome._replace(enforced=outcome.enforced._replace(oom_kills=cgroup.oom_kills()))
     finally:
@@ -323,11 +333,24 @@ def run(
     return outcome
 
 
-class View(namedtuple("_View", "mount_args binds hidden pass_fds")):
+class View(namedtuple("_View", "mount_args binds hidden pass_fds sockets")):
     """What a run sees besides the host read-only: the stager's mount of the
-    root, the writable binds, the dirs hidden (empty), the fds passed on."""
+    root, the writable binds, the dirs hidden (empty), the fds passed on, the
+    host's sockets covered (host_sockets)."""
 
     __slots__ = ()
+
+
+# Tries at setting the sandbox up: its private /tmp refused (see TMP_EMPTY),
+# or a host socket gone between the listing and bwrap's mount over it.
+ATTEMPTS = 6
+
+
+def _gone(path: str) -> bool:
+    try:
+        return not stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return True
 
 
 def _run(
@@ -348,7 +371,7 @@ def _run(
     args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *kernel_view(), *tmp, *binds, *view.mount_args]
     for path in view.hidden:
         args += ["--tmpfs", path, "--remount-ro", path]
-    args += host_sockets(root, binds[2::3])
+    args += view.sockets
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--chdir", cwd]
     if not network:
         args.append("--unshare-net")

@@ -511,3 +511,22 @@ def test_the_runs_init_is_held_by_the_runs_limits(roscoe: Roscoe, root: Path) ->
     assert done.returncode == 0, done.stderr
     init, own = done.stdout.decode().split("--\n")
     assert "roscoe-run-" in own and init == own
+
+
+def test_a_host_socket_that_goes_away_during_setup_does_not_fail_the_run(
+    root: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # bwrap cannot cover a path that is no longer there: a socket listed in
+    # /proc/net/unix and removed before bwrap mounts over it must not make the
+    # run fail. The first listing here names such a socket; the next is real.
+    from cowfs import sandbox
+
+    gone = f"/var/tmp/roscoe-gone-{os.getpid()}/host.sock"  # on the host's read-only disk, not /tmp
+    assert not os.path.exists(os.path.dirname(gone))
+    listings = [["--dev-bind", "/dev/null", gone]]
+    real = sandbox.host_sockets
+    monkeypatch.setattr(sandbox, "host_sockets", lambda *a: listings.pop() if listings else real(*a))
+    outcome = sandbox.run([PY, "-c", "print('ran')"], root=str(root), mount_args=[], cwd=str(root),
+                          env=dict(os.environ), probe=False)
+    assert (outcome.started, outcome.exit_code) == (True, 0), outcome.error
+    assert listings == []

@@ -261,3 +261,12 @@ def test_writable_paths_that_overlap_the_root_or_state_dir_are_refused(roscoe: R
         done = roscoe("tx", "run", "--root", root, "--writable", path, "--", "true")
         assert (done.returncode, done.stderr) == (125, f"roscoe: error: {message}\n".encode()), path
     assert json.loads(roscoe("tx", "list", "--json").stdout) == []
+
+
+def test_a_first_run_with_one_process_allowed_runs(roscoe: Roscoe, root: Path) -> None:
+    # The probe of a new transaction's root forks nothing, and bwrap's own two
+    # processes are not counted: --pids 1 is enough for a command that forks none.
+    done = roscoe("tx", "run", "--root", root, "--pids", "1", "--", "true")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.decode().splitlines()[-1].endswith("no changes staged (kernel); review: roscoe tx diff "
+                                                         + tx_from(done.stderr))
