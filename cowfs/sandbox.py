@@ -23,7 +23,6 @@ import select
 import signal
 import stat
 import sys
-import threading
 from collections import namedtuple
 
 from cowfs.errors import CommandNotExecutable, CommandNotFound, SandboxError, UsageError
@@ -412,8 +411,12 @@ def _run(
     # Like system(3), ^C and ^\\ belong to the command: roscoe and bwrap ignore
     # them (bwrap inherits SIG_IGN; killed, it would take the sandbox down) and
     # the shim gives the command the default actions back.
-    main = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in ((signal.SIGINT, signal.SIGQUIT) if main else ())}
+    previous = {}
+    for s in (signal.SIGINT, signal.SIGQUIT):
+        try:
+            previous[s] = signal.signal(s, signal.SIG_IGN)
+        except ValueError:  # not the main thread: signals are not this thread's to set
+            break
     try:
         try:
             pid = os.posix_spawn(

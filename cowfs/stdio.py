@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 
 _CHUNK = 1 << 16
 
@@ -101,11 +100,15 @@ class Stdio:
                 self.fds[fd] = write_end
                 self._pumps.append((_drain, (read_end, fd)))
             self._child_ends.append(self.fds[fd])
-        self._threads: list[threading.Thread] = []
+        self._threads: list = []  # threading.Thread, imported only when a pump runs
 
     def started(self) -> None:
         """The run holds its ends now: drop ours (so EOF and EPIPE can come) and pump."""
         self._close_child_ends()
+        if not self._pumps:
+            return
+        import threading  # 1 ms of start-up: only for the runs that need a pump
+
         for work, args in self._pumps:
             thread = threading.Thread(target=work, args=args, daemon=True, name="roscoe-stdio")
             thread.start()

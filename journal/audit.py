@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from collections import namedtuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import sqlite3
     from typing import Any
 
 GENESIS = "0" * 64
