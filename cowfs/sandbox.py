@@ -234,6 +234,14 @@ def private_mounts() -> list[str]:
     return list(_launcher)
 
 
+def _gone(path: str) -> bool:
+    """Whether ``path`` is no longer a socket the caller can see."""
+    try:
+        return not stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return True
+
+
 def host_sockets(root: str, writable: list[str]) -> list[str]:
     """bwrap arguments that put /dev/null over every pathname unix socket bound
     in roscoe's network namespace (/proc/net/unix), so that no run connects to
@@ -252,11 +260,8 @@ def host_sockets(root: str, writable: list[str]) -> list[str]:
         fields = line.split(None, 7)
         if len(fields) < 8 or not fields[7].startswith(b"/"):
             continue  # unbound, abstract (network namespace scoped) or relative
-        try:
-            path = os.path.realpath(os.fsdecode(fields[7]))
-            if path in seen or not stat.S_ISSOCK(os.lstat(path).st_mode):
-                continue
-        except OSError:
+        path = os.path.realpath(os.fsdecode(fields[7]))
+        if path in seen or _gone(path):
             continue  # gone, or out of the caller's reach (then out of the run's too)
         seen.add(path)
         if any(under(path, k) for k in KERNEL_FILESYSTEMS) or under(path, root):
@@ -343,13 +348,6 @@ class View(namedtuple("_View", "mount_args binds hidden pass_fds sockets")):
 # Tries at setting the sandbox up: its private /tmp refused (see TMP_EMPTY),
 # or a host socket gone between the listing and bwrap's mount over it.
 ATTEMPTS = 6
-
-
-def _gone(path: str) -> bool:
-    try:
-        return not stat.S_ISSOCK(os.lstat(path).st_mode)
-    except OSError:
-        return True
 
 
 def _run(

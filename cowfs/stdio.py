@@ -32,19 +32,20 @@ def _reopenable(fd: int) -> bool:
     return stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISBLK(mode)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _feed(source: int, pipe: int, offset: int) -> None:
     """Copy ``source`` from ``offset`` into ``pipe`` until EOF, or until the
     run closes its end. pread: the caller's offset stays put, so a sandbox
     that fails to start (and is tried again) has lost nothing of it."""
     try:
-        while True:
-            chunk = os.pread(source, _CHUNK, offset)
-            if not chunk:
-                break
+        while chunk := os.pread(source, _CHUNK, offset):
             offset += len(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(pipe, view):]
+            _write_all(pipe, chunk)
     except OSError:
         pass  # EPIPE: the run is done reading; EISDIR: a directory reads as empty
     finally:
@@ -57,14 +58,10 @@ def _drain(pipe: int, target: int) -> None:
     run goes on as it would have, and is not killed by SIGPIPE."""
     failed = False
     try:
-        while True:
-            chunk = os.read(pipe, _CHUNK)
-            if not chunk:
-                break
-            view = memoryview(chunk)
-            while view and not failed:
+        while chunk := os.read(pipe, _CHUNK):
+            if not failed:
                 try:
-                    view = view[os.write(target, view):]
+                    _write_all(target, chunk)
                 except OSError:
                     failed = True
     finally:

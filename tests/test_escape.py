@@ -42,6 +42,15 @@ class Caller:
     uid: int
     gid: int
 
+    def popen(self, *args: str | os.PathLike[str]) -> subprocess.Popen[bytes]:
+        """``roscoe ARGS`` started as this caller, stdout and stderr piped."""
+        if self.uid == 0:
+            return subprocess.Popen([sys.executable, "-m", "cli.main", *map(os.fspath, args)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.roscoe.env)
+        return subprocess.Popen([str(TEST_VENV / "bin" / "python"), "-m", "cli.main", *map(os.fspath, args)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.roscoe.env,
+                                user=self.uid, group=self.gid, extra_groups=[])
+
     def run(self, code: str, *args: str, network: str = "on") -> dict:
         """Run a Python probe in a new transaction; its stdout as JSON."""
         done = self.roscoe("tx", "run", "--root", self.root, "--network", network, "--", PY, "-c", code, *args)
@@ -474,14 +483,7 @@ def test_a_mount_the_host_makes_during_a_run_stays_out_of_it(caller: Caller) -> 
     try:
         subprocess.run(["mount", "--make-shared", shared], check=True)
         sub.mkdir()
-        run = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "tx", "run", "--root", caller.root, "--", PY, "-c", MOUNTED_LATER,
-             str(sub), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=caller.roscoe.env,
-        ) if caller.uid == 0 else subprocess.Popen(
-            [str(TEST_VENV / "bin" / "python"), "-m", "cli.main", "tx", "run", "--root", caller.root, "--", PY, "-c",
-             MOUNTED_LATER, str(sub), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=caller.roscoe.env,
-            user=caller.uid, group=caller.gid, extra_groups=[],
-        )
+        run = caller.popen("tx", "run", "--root", caller.root, "--", PY, "-c", MOUNTED_LATER, str(sub), str(go))
         try:
             assert run.stdout is not None and run.stdout.readline() == b"inside\n"
             subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "roscoe-later", sub], check=True)
