@@ -364,8 +364,8 @@ def _run(
         args += ["--cap-drop", "ALL"]
         for cap in ROOT_CAPS:
             args += ["--cap-add", cap]
-    binds = view.binds
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *kernel_view(), *tmp, *binds, *view.mount_args]
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *kernel_view(), *tmp, *view.binds,
+             *view.mount_args]
     for path in view.hidden:
         args += ["--tmpfs", path, "--remount-ro", path]
     args += view.sockets

@@ -177,11 +177,9 @@ def program(machine: str | None = None, *, network: bool = True) -> bytes | None
     asm.load(_NR)
     if x32:
         asm.jump(_JGE_K, _X32_BIT, "deny")
-    checked = {"ioctl": "ioctl", "clone": "clone", "unshare": "unshare", "personality": "personality"}
-    if not network:
-        checked["socket"] = "socket"
-    for name, label in checked.items():
-        asm.jump(_JEQ_K, numbers[name], label)
+    checked = ("ioctl", "clone", "unshare", "personality") + (() if network else ("socket",))
+    for name in checked:  # each jumps to the block of its own name, which reads its arguments
+        asm.jump(_JEQ_K, numbers[name], name)
     asm.jump(_JEQ_K, numbers["clone3"], "enosys")
     for name in DENIED:
         if name in numbers:

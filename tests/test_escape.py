@@ -77,12 +77,6 @@ def caller(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Caller]:
         remove_tree(outside)
 
 
-def errno_name(e: OSError) -> str:
-    import errno
-
-    return errno.errorcode[e.errno]
-
-
 # -- kernel settings -----------------------------------------------------------------
 
 WRITE_SYSCTLS = """
