@@ -93,6 +93,11 @@ class ChangeSet(namedtuple("_ChangeSet", "root changes unsupported", defaults=((
             h.update(path_key(u.path) + b"\0unsupported\0" + u.type.encode() + b"\0\0\0")
         return h.hexdigest()
 
+    def diff_hashes(self) -> tuple[str, ...]:
+        """The diff_hash, and what it was under earlier versions of its formula
+        (a journal keeps the hashes its commits recorded then)."""
+        return (self.diff_hash,)
+
     @property
     def summary(self) -> dict[str, int]:
         counts = {ADDED: 0, MODIFIED: 0, DELETED: 0}

@@ -86,6 +86,47 @@ class Config(namedtuple("_Config", "path policy approval roots")):
         return self.roots.get(os.path.normpath(root), RootConfig())
 
 
+def _least(values: list[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def _union(values: list[tuple[str, ...]]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(item for value in values for item in value))
+
+
+def _last(values: list[object], default: object) -> object:
+    given = [v for v in values if v != default]
+    return given[-1] if given else default
+
+
+def strictest(configs: list[Config]) -> Config:
+    """Every rule of every config in ``configs`` at once: deny globs and
+    approval paths united, limits the lowest, flags on if any sets them. Rules
+    are only ever added this way, never removed. ``notify`` and its timeout,
+    which say how to ask rather than what to allow, come from the last config
+    that sets them; roots from the first that names each."""
+    if len(configs) == 1:
+        return configs[0]
+    policies = [c.policy for c in configs]
+    rules = [c.approval for c in configs]
+    roots: dict[str, RootConfig] = {}
+    for c in configs:
+        for root, table in c.roots.items():
+            roots.setdefault(root, table)
+    return Config(
+        ", ".join(c.path for c in configs if c.path) or None,
+        Policy(_union([p.deny for p in policies]), _least([p.max_changes for p in policies]),
+               _least([p.max_bytes for p in policies])),
+        ApprovalRules(
+            any(r.when_deleting for r in rules), _least([r.when_changes_over for r in rules]),
+            _least([r.when_bytes_over for r in rules]), _union([r.when_paths for r in rules]),
+            _last([r.notify for r in rules], None), _last([r.notify_timeout for r in rules], NOTIFY_TIMEOUT),
+        ),
+        roots,
+    )
+
+
 def _nonnegative_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 

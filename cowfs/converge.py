@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from cowfs import durable, livetree
 from cowfs.changeset import path_key
 from cowfs.entry import DIR, FILE, SYMLINK, Entry
+from cowfs.errors import UnsafePath
+from cowfs.paths import plain
 
 TEMP_PREFIX = ".roscoe-"
 
@@ -84,6 +86,9 @@ def converge(
     the target is absent that ``spare(path, entry)`` says someone else made
     is left where it is. Returns the number of changes made.
     """
+    for path, _ in targets:
+        if not plain(path):
+            raise UnsafePath(path=path, root=root)
     run = _Convergence(root, targets, content, tag, owners, step, known, spare)
     try:
         run.remove()

@@ -48,6 +48,9 @@ def open_dir(root: str, rel: str) -> int:
     """
     fd = os.open(root, DIR_FLAGS)
     for part in split(rel):
+        if part in (".", ".."):  # never climb out of the root, whatever a caller passes
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"not a plain path inside the root: {rel!r}", rel)
         try:
             nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
         except OSError as e:
@@ -92,6 +95,8 @@ class DirFds:
             fd = os.open(self.root, DIR_FLAGS)
         else:
             up, _, name = rel_dir.rpartition("/")
+            if name in ("", ".", ".."):  # never climb out of the root, whatever a caller passes
+                raise OSError(errno.EINVAL, f"not a plain path inside the root: {rel_dir!r}", rel_dir)
             try:
                 fd = os.open(name, DIR_FLAGS, dir_fd=self.get(up))
             except OSError as e:

@@ -116,3 +116,7 @@ class Refused(RoscoeError):
 class CommitFailed(RoscoeError):
     """commit of {tx} failed at {path}: {reason}; {outcome}"""
 
+
+
+class UnsafePath(RoscoeError):
+    """refusing the path {path!r} under {root}: it is not a plain path inside the root (absolute, or with an empty, '.' or '..' name); nothing was changed there"""

@@ -5,8 +5,10 @@ recovery is one row of ``audit`` with its time, user, uid, host and pid. Each
 row's ``hash`` is SHA-256 over its own fields and the previous row's hash, and
 ``audit_head`` keeps the newest (seq, hash), so ``check`` finds a row that was
 edited, deleted, reordered or cut off the end. SQLite triggers refuse UPDATE
-and DELETE on ``audit``: editing it takes a deliberate DROP TRIGGER, which the
-chain then shows. The chain cannot stop someone who can rewrite the whole
+and DELETE on ``audit``, and any move of ``audit_head`` but one event forward:
+editing either takes a deliberate DROP TRIGGER, which the chain then shows.
+Events cut off the end together with a head rewound to match are found where
+the journal keeps other traces of them (``Journal.audit_problems``). The chain cannot stop someone who can rewrite the whole
 journal and recompute every hash; ship the head hash (``roscoe audit --json``
 prints it) off the machine to make that detectable too.
 
@@ -53,6 +55,23 @@ CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+"""
+
+
+# The head moves forward one event at a time, onto the event it names, and is
+# never deleted: rewinding it to hide events cut off the end takes a deliberate
+# DROP TRIGGER, as editing the trail does.
+HEAD_TRIGGERS = """
+CREATE TRIGGER audit_head_insert_once BEFORE INSERT ON audit_head
+WHEN (SELECT count(*) FROM audit_head) > 0
+  OR NEW.hash IS NOT (SELECT hash FROM audit WHERE seq = NEW.seq)
+BEGIN SELECT RAISE(ABORT, 'the audit head only moves forward'); END;
+CREATE TRIGGER audit_head_forward BEFORE UPDATE ON audit_head
+WHEN NEW.id IS NOT OLD.id OR NEW.seq IS NOT OLD.seq + 1
+  OR NEW.hash IS NOT (SELECT hash FROM audit WHERE seq = NEW.seq)
+BEGIN SELECT RAISE(ABORT, 'the audit head only moves forward'); END;
+CREATE TRIGGER audit_head_kept BEFORE DELETE ON audit_head
+BEGIN SELECT RAISE(ABORT, 'the audit head only moves forward'); END;
 """
 
 
@@ -135,7 +154,10 @@ def append(db: sqlite3.Connection, actor: Actor, tx: str | None, kind: str,
         "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (seq, when, tx, kind, actor.user, actor.uid, actor.host, actor.pid, text, prev, digest),
     )
-    db.execute("INSERT OR REPLACE INTO audit_head (id, seq, hash) VALUES (1, ?, ?)", (seq, digest))
+    if head:
+        db.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
+    else:
+        db.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?)", (seq, digest))
     return Event(seq, when, tx, kind, actor.user, actor.uid, actor.host, actor.pid, text, prev, digest)
 
 

@@ -313,7 +313,7 @@ def checked(ws: Workspace, tx: TxRecord) -> Iterator[tuple[TxRecord, Stager | No
                 if moved:
                     raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved))) from None
             raise
-        enforce(ws.journal, tx, changes, ws.config())
+        enforce(ws.journal, tx, changes, ws.rules(tx))
         moved = check_bases(changes, ws.journal.bases(tx.id))
         if moved:
             raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved)))

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 from cowfs.entry import Entry
 from cowfs.errors import RoscoeError, StateDirError
+from cowfs.paths import plain
 from journal import audit
 from journal.audit import SCHEMA as AUDIT_SCHEMA
 
@@ -29,7 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = [
     # version 1
@@ -125,6 +126,12 @@ SCHEMA = [
     ALTER TABLE changes ADD COLUMN generation TEXT;
     ALTER TABLE changes ADD COLUMN new_generation TEXT;
     """,
+    # version 5: the config in force when a transaction began (journal.rules),
+    # and an audit head that only moves forward, one event at a time, onto
+    # the hash of the event it names (journal.audit).
+    """
+    ALTER TABLE transactions ADD COLUMN rules TEXT;
+    """ + audit.HEAD_TRIGGERS,
 ]
 
 
@@ -172,10 +179,11 @@ def _text(blob: bytes) -> str:
 class TxRecord(namedtuple(
     "_TxRecord",
     "id root message state backend user host created_ns updated_ns"
-    " rolls_back committed_ns diff_hash images_dropped target",
-    defaults=(None, None, None, 0, None),
+    " rolls_back committed_ns diff_hash images_dropped target rules",
+    defaults=(None, None, None, 0, None, None),
 )):
-    """One row of ``transactions``."""
+    """One row of ``transactions``; ``rules`` the config files in force when
+    it began (``journal.rules``, encoded)."""
 
     __slots__ = ()
     id: str
@@ -282,6 +290,7 @@ def _tx(row: sqlite3.Row) -> TxRecord:
         row["id"], _text(row["root"]), row["message"], row["state"], row["backend"],
         row["user"], row["host"], row["created_ns"], row["updated_ns"],
         row["rolls_back"], row["committed_ns"], row["diff_hash"], row["images_dropped"], row["target"],
+        row["rules"],
     )
 
 
@@ -365,12 +374,16 @@ class Journal:
                  "tx_user": tx.user, "tx_host": tx.host}
         if tx.target:
             begun["target"] = tx.target
+        if tx.rules is not None:
+            from journal.rules import decode
+
+            begun["config"] = [s.to_event() for s in decode(tx.rules) or []]
         self.event(tx.id, "begin", begun)
         self.db.execute(
             "INSERT INTO transactions (id, root, message, state, backend, user, host, created_ns,"
-            " updated_ns, rolls_back, target) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " updated_ns, rolls_back, target, rules) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (tx.id, _blob(tx.root), tx.message, tx.state, tx.backend, tx.user, tx.host,
-             tx.created_ns, tx.updated_ns, tx.rolls_back, tx.target),
+             tx.created_ns, tx.updated_ns, tx.rolls_back, tx.target, tx.rules),
         )
 
     def get_tx(self, tx_id: str) -> TxRecord | None:
@@ -484,10 +497,20 @@ class Journal:
     def change_count(self, tx_id: str) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM changes WHERE tx = ?", (tx_id,)).fetchone()[0])
 
+    def _rel(self, blob: bytes, tx_id: str) -> str:
+        """A root-relative path read back from the journal, refused unless it is
+        plain (cowfs.paths.plain): an edited row must never reach outside the root."""
+        rel = _text(blob)
+        if not plain(rel):
+            raise JournalCorrupt(path=self.path, reason=(
+                f"transaction {tx_id} names the path {rel!r}, which is not a plain path inside its root;"
+                " it was never written by roscoe (the journal was edited) and is not used"))
+        return rel
+
     def changes(self, tx_id: str) -> list[ChangeRow]:
         rows = self.db.execute("SELECT * FROM changes WHERE tx = ? ORDER BY seq", (tx_id,))
         return [
-            ChangeRow(r["seq"], _text(r["path"]), r["status"], _entry(r["old"]), _entry(r["new"]),
+            ChangeRow(r["seq"], self._rel(r["path"], tx_id), r["status"], _entry(r["old"]), _entry(r["new"]),
                       r["old_blob"], r["new_blob"], _json(r["generation"]), _json(r["new_generation"]))
             for r in rows
         ]
@@ -521,12 +544,13 @@ class Journal:
 
     def latest_states(self) -> dict[tuple[str, str], tuple[str, Entry | None]]:
         """For every (root, path) any committed transaction changed: the newest
-        committed state and the transaction that wrote it."""
+        committed state and the transaction that wrote it. Paths that are not
+        plain are left out (``changes`` of their transaction refuses them)."""
         rows = self.db.execute(
             "SELECT t.root, c.path, c.new, t.id FROM changes c JOIN transactions t ON t.id = c.tx"
             " WHERE t.state = 'committed' ORDER BY t.committed_ns, c.seq"
         )
-        return {(_text(r[0]), _text(r[1])): (r[3], _entry(r[2])) for r in rows}
+        return {(_text(r[0]), _text(r[1])): (r[3], _entry(r[2])) for r in rows if plain(_text(r[1]))}
 
     def referenced_blobs(self, keep_dropped: bool = False) -> set[str]:
         sql = (
@@ -563,6 +587,16 @@ class Journal:
     def audit_events(self, tx_id: str | None = None, since_ns: int | None = None) -> list[audit.Event]:
         return audit.events(self.db, tx_id, since_ns)
 
+    def commit_hashes(self) -> dict[str, str]:
+        """The diff_hash each commit (or rollback) event of the trail recorded, by transaction."""
+        rows = self.db.execute("SELECT tx, detail FROM audit WHERE kind IN ('commit', 'rollback') AND tx IS NOT NULL")
+        return {tx: json.loads(detail).get("diff_hash") for tx, detail in rows}
+
+    def begin_configs(self) -> dict[str, list[dict[str, str | None]] | None]:
+        """The config files each begin event of the trail names, by transaction."""
+        rows = self.db.execute("SELECT tx, detail FROM audit WHERE kind = 'begin' AND tx IS NOT NULL")
+        return {tx: json.loads(detail).get("config") for tx, detail in rows}
+
     def audit_head(self) -> tuple[int, str] | None:
         return audit.head(self.db)
 
@@ -582,6 +616,7 @@ class Journal:
                 found.append((tx[0], f"transaction {tx[0]} has no begin event in the audit trail"))
             if tx[1] == "committed" and not have & {"commit", "rollback"}:
                 found.append((tx[0], f"committed transaction {tx[0]} has no commit event in the audit trail"))
+        found.extend(self._untraced_rows(since, kinds))
         approved = {(tx, d.get("diff_hash"), d.get("approver")) for tx, d in (
             (tx, json.loads(detail)) for tx, detail in self.db.execute(
                 "SELECT tx, detail FROM audit WHERE kind = 'approve'"))}
@@ -591,6 +626,34 @@ class Journal:
             if (tx_id, diff_hash, approver) not in approved:
                 found.append((tx_id, f"the approval of transaction {tx_id} by {approver} (diff {diff_hash})"
                                      " has no approve event in the audit trail"))
+        return found
+
+    def _untraced_rows(self, since: int, kinds: dict[str, set[str]]) -> list[tuple[str | None, str]]:
+        """Rows of the journal whose audit events are gone: the trace a trail cut
+        off at its end leaves even when its head was rewound to match. A cut
+        that took only events which left no row (diffs shown, refusals,
+        conflicts) cannot be seen here: only a head kept off the machine shows it."""
+        found: list[tuple[str | None, str]] = []
+        runs_seen: dict[str, set[int]] = {"run-start": set(), "run": set()}
+        for kind, detail in self.db.execute("SELECT kind, detail FROM audit WHERE kind IN ('run-start', 'run')"):
+            runs_seen[kind].add(json.loads(detail).get("run"))
+        for run_id, tx_id, ended in self.db.execute(
+                "SELECT id, tx, ended_ns FROM runs WHERE started_ns >= ? ORDER BY id", (since,)):
+            if run_id not in runs_seen["run-start"]:
+                found.append((tx_id, f"run {run_id} of transaction {tx_id} has no run-start event in the audit trail"))
+            if ended is not None and run_id not in runs_seen["run"]:
+                found.append((tx_id, f"the end of run {run_id} of transaction {tx_id} has no run event in the audit trail"))
+        for tx_id, state in self.db.execute("SELECT id, state FROM transactions WHERE created_ns >= ?", (since,)):
+            have = kinds.get(tx_id, set())
+            if state == "aborted" and not have & {"abort", "undo"}:
+                found.append((tx_id, f"aborted transaction {tx_id} has no abort event in the audit trail"))
+            if state in ("committing", "committed") and "commit-start" not in have:
+                found.append((tx_id, f"transaction {tx_id} has no commit-start event in the audit trail"))
+        requested = {tx for (tx,) in self.db.execute("SELECT tx FROM audit WHERE kind = 'approval-requested'")}
+        for (tx_id,) in self.db.execute(
+                "SELECT DISTINCT tx FROM approvals WHERE kind = 'requested' AND time_ns >= ?", (since,)):
+            if tx_id not in requested:
+                found.append((tx_id, f"the approval request of transaction {tx_id} has no event in the audit trail"))
         return found
 
     # -- approvals ----------------------------------------------------------------
@@ -692,12 +755,12 @@ class Journal:
     def base_generations(self, tx_id: str) -> dict[str, dict[str, int] | None]:
         """Per base path, the GCS object generations recorded when the last run ended."""
         rows = self.db.execute("SELECT path, generations FROM bases WHERE tx = ?", (tx_id,))
-        return {_text(r[0]): _json(r[1]) for r in rows}
+        return {self._rel(r[0], tx_id): _json(r[1]) for r in rows}
 
     def bases(self, tx_id: str) -> dict[str, Entry | None]:
         rows = self.db.execute("SELECT path, entry FROM bases WHERE tx = ?", (tx_id,))
         return {
-            _text(r[0]): Entry.from_json(json.loads(r[1])) if r[1] else None for r in rows
+            self._rel(r[0], tx_id): Entry.from_json(json.loads(r[1])) if r[1] else None for r in rows
         }
 
 

@@ -1,7 +1,10 @@
 """``roscoe verify``: the journal, the blob store and the live tree agree.
 
 Checks SQLite's own integrity, the audit trail's hash chain (journal.audit),
-that no commit is left interrupted, that every
+that the changes journaled for every committed transaction still hash to the
+diff_hash its commit event recorded and name only plain paths, that the
+config each transaction recorded at its begin is the one its begin event
+names, that no commit is left interrupted, that every
 image a rollback may need is present and hashes to its name, and that every
 path a committed transaction wrote still holds what the newest of them wrote.
 """
@@ -13,6 +16,10 @@ from collections import namedtuple
 
 from cowfs import livetree
 from cowfs.converge import matches
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from journal.store import Journal
 
 
 class Problem(namedtuple("_Problem", "kind tx path detail")):
@@ -46,6 +53,7 @@ def verify(ws: object) -> Report:
         problems.append(Problem("journal", None, None, integrity))
     for tx_id, what in ws.journal.audit_problems():
         problems.append(Problem("audit", tx_id, None, what))
+    problems.extend(_journaled_commits(ws.journal))
     for tx in ws.journal.in_state("committing"):
         problems.append(Problem("interrupted", tx.id, None, "a commit was interrupted: run `roscoe recover`"))
     blobs = blob_store(ws.home.path)
@@ -75,3 +83,43 @@ def verify(ws: object) -> Report:
     checked = {"blobs": len(needed), "paths": total, "transactions": len(ws.journal.committed()),
                "audit_events": head[0] if head else 0}
     return Report(problems, checked)
+
+
+def _journaled_commits(journal: Journal) -> list[Problem]:
+    """Committed transactions whose journaled changes are not what their audit
+    events say: rows edited (their diff_hash recomputed differs from the one
+    the commit event recorded) or naming paths outside the root; and
+    transactions whose recorded config is not the one their begin event names."""
+    from cowfs.changeset import Change, ChangeSet
+    from journal.rules import decode
+    from journal.store import JournalCorrupt
+
+    problems: list[Problem] = []
+    recorded = journal.commit_hashes()
+    for tx in journal.committed():
+        try:
+            rows = journal.changes(tx.id)
+        except JournalCorrupt as e:
+            problems.append(Problem("journal", tx.id, None, e.message))
+            continue
+        want = recorded.get(tx.id)
+        if want is None:
+            continue  # (no commit event: audit_problems says so)
+        changes = ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows))
+        if want not in changes.diff_hashes() or tx.diff_hash != want:
+            problems.append(Problem("journal", tx.id, None, (
+                f"the changes journaled for transaction {tx.id} hash to {changes.diff_hash}, not to"
+                f" {want}, the diff_hash its commit event recorded: the journal was edited after the commit")))
+    begun = journal.begin_configs()
+    for tx in journal.list_tx():
+        sources = decode(tx.rules)
+        if sources is None or tx.id not in begun:
+            continue  # (no begin event: audit_problems says so)
+        from journal.audit import _sha256
+
+        edited = [s.path for s in sources if s.text is not None and _sha256(s.text.encode()) != s.sha256]
+        if edited or begun.get(tx.id) != [s.to_event() for s in sources]:
+            problems.append(Problem("journal", tx.id, None, (
+                f"the config recorded with transaction {tx.id} is not the one its begin event names"
+                f" ({', '.join(edited) or 'path or hash differs'}): the journal was edited")))
+    return problems

@@ -133,10 +133,17 @@ class Workspace:
         self.journal.close()
 
     def config(self) -> Config:
-        """The config file's policy, approval rules and roots (read on each call)."""
-        from cowfs.config import load
+        """The rules of the config files in force now (``journal.rules``; read on each call)."""
+        from journal.rules import in_force, strictest
 
-        return load(self.home.config, required=bool(os.environ.get("ROSCOE_CONFIG")))
+        return strictest(None, in_force(self.home.path))
+
+    def rules(self, tx: TxRecord) -> Config:
+        """What ``tx`` is held to: the rules recorded when it began, and any a
+        config in force now adds (``journal.rules``)."""
+        from journal.rules import decode, in_force, strictest
+
+        return strictest(decode(tx.rules), in_force(self.home.path))
 
     # -- lookup -----------------------------------------------------------------
 
@@ -238,14 +245,17 @@ class Workspace:
     ) -> TxRecord:
         """Open a transaction of ``root``. ``target`` (gs://BUCKET/PREFIX, else the
         config's ``[roots."ROOT"] target``) commits through the GCS API."""
+        from journal.rules import encode, in_force, strictest
+
         path = resolve_root(root, self.home)
-        if target is None and os.path.exists(self.home.config):  # no config: no import of cowfs.config
-            target = self.config().root(path).target
+        sources = in_force(self.home.path)
+        if target is None and any(s.text is not None for s in sources):  # no config: no import of cowfs.config
+            target = strictest(None, sources).root(path).target
         if target:
             from journal.gcs_commit import check_target
 
             target = check_target(target)
-        record = new_record(path, message)._replace(target=target)
+        record = new_record(path, message)._replace(target=target, rules=encode(sources))
         os.makedirs(self.home.tx_dir(record.id), mode=0o700)
         self.journal.insert_tx(record)
         return record
@@ -422,7 +432,7 @@ class Workspace:
 
             with self.locked(tx, exclusive=False):
                 changes = self._compare(tx, self.stager(tx))
-            verdict = status(self.journal, tx, changes, self.config())
+            verdict = status(self.journal, tx, changes, self.rules(tx))
         elif tx.state == "committed":
             changes = self.committed_changes(tx)
         return TxView(tx, self.journal.runs(tx.id), changes, self.journal.approvals(tx.id), verdict)

@@ -7,6 +7,7 @@ journal's events move into the chain.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -98,8 +99,10 @@ def test_every_step_is_recorded_with_who_where_and_when(clerk: Roscoe, root: Pat
     assert len({e["pid"] for e in events[1:]}) > 5  # one process per command
 
     by_kind = {(e["tx"], e["kind"]): e["detail"] for e in events}
+    config = home / "config.toml"
     assert by_kind[(tx, "begin")] == {"root": str(root), "message": "tidy", "rolls_back": None,
-                                      "tx_user": USER, "tx_host": HOST}
+                                      "tx_user": USER, "tx_host": HOST, "config": [
+                                          {"path": str(config), "sha256": hashlib.sha256(config.read_bytes()).hexdigest()}]}
     argv = ["sh", "-c", "rm case1/old.tmp; exit 3"]
     assert by_kind[(tx, "run-start")] == {"run": 1, "argv": argv, "cwd": str(root), "backend": backend}
     assert by_kind[(tx, "run")] == {"run": 1, "argv": argv, "cwd": str(root), "exit_code": 3,
@@ -232,8 +235,9 @@ def journal(home: Path) -> sqlite3.Connection:
 def tamper(home: Path, *statements: str) -> None:
     """What someone with write access to the journal does: drop the triggers, edit."""
     db = journal(home)
-    db.execute("DROP TRIGGER audit_append_only_update")
-    db.execute("DROP TRIGGER audit_append_only_delete")
+    for trigger in ("audit_append_only_update", "audit_append_only_delete",
+                    "audit_head_insert_once", "audit_head_forward", "audit_head_kept"):
+        db.execute(f"DROP TRIGGER {trigger}")
     for sql in statements:
         db.executescript(sql)
     db.close()
@@ -264,6 +268,22 @@ def test_the_triggers_refuse_update_and_delete(roscoe: Roscoe, home: Path, histo
     assert verify(roscoe)["ok"] is True
 
 
+def test_the_head_only_moves_one_event_forward(roscoe: Roscoe, home: Path, history: str) -> None:
+    # Rewinding the head to hide events cut off the end (or pointing it at a
+    # forged hash) takes dropping a trigger, as editing the trail does.
+    before = audit(roscoe)["head"]
+    db = journal(home)
+    for sql in ("UPDATE audit_head SET seq = 5, hash = (SELECT hash FROM audit WHERE seq = 5)",
+                "UPDATE audit_head SET hash = 'forged'", "DELETE FROM audit_head",
+                "INSERT OR REPLACE INTO audit_head VALUES (1, 5, (SELECT hash FROM audit WHERE seq = 5))",
+                "UPDATE audit_head SET seq = 7, hash = 'next'"):
+        with pytest.raises(sqlite3.DatabaseError, match="the audit head only moves forward"):
+            db.execute(sql)
+    db.close()
+    assert audit(roscoe)["head"] == before
+    assert verify(roscoe)["ok"] is True
+
+
 SWAP = """CREATE TEMP TABLE o AS SELECT * FROM audit;
     UPDATE audit SET (time_ns, tx, kind, user, uid, host, pid, detail, prev, hash) =
     (SELECT time_ns, tx, kind, user, uid, host, pid, detail, prev, hash FROM o WHERE o.seq = 7 - audit.seq)
@@ -275,9 +295,15 @@ SWAP = """CREATE TEMP TABLE o AS SELECT * FROM audit;
                  ["audit event 4 (run) was edited: its hash does not match its contents"], id="edit-detail"),
     pytest.param(["UPDATE audit SET user = 'mallory' WHERE seq = 6"],
                  ["audit event 6 (commit) was edited: its hash does not match its contents"], id="edit-user"),
-    pytest.param(["DELETE FROM audit WHERE seq = 3"], ["audit event 3 is missing (deleted)"], id="delete-middle"),
-    pytest.param(["DELETE FROM audit WHERE seq IN (3, 4)"], ["audit events 3 to 4 are missing (deleted)"],
-                 id="delete-two"),
+    pytest.param(["DELETE FROM audit WHERE seq = 3"], [
+        "audit event 3 is missing (deleted)",
+        "run 1 of transaction {tx} has no run-start event in the audit trail",
+    ], id="delete-middle"),
+    pytest.param(["DELETE FROM audit WHERE seq IN (3, 4)"], [
+        "audit events 3 to 4 are missing (deleted)",
+        "run 1 of transaction {tx} has no run-start event in the audit trail",
+        "the end of run 1 of transaction {tx} has no run event in the audit trail",
+    ], id="delete-two"),
     pytest.param([SWAP], [
         "audit event 3 does not follow event 2 (reordered, or the event before it was replaced)",
         "audit event 3 (run) was edited: its hash does not match its contents",
@@ -288,14 +314,25 @@ SWAP = """CREATE TEMP TABLE o AS SELECT * FROM audit;
     pytest.param(["DELETE FROM audit WHERE seq >= 5"], [
         "the audit trail was truncated: its head is event 6, the last event left is 4",
         "committed transaction {tx} has no commit event in the audit trail",
+        "transaction {tx} has no commit-start event in the audit trail",
     ], id="truncate-tail"),
-    pytest.param(["DELETE FROM audit WHERE seq >= 5", "UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit WHERE seq = 4)"],
-                 ["committed transaction {tx} has no commit event in the audit trail"], id="truncate-tail-and-head"),
+    pytest.param(["DELETE FROM audit WHERE seq >= 5", "UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit WHERE seq = 4)"], [
+        "committed transaction {tx} has no commit event in the audit trail",
+        "transaction {tx} has no commit-start event in the audit trail",
+    ], id="truncate-tail-and-head"),
+    pytest.param(["DELETE FROM audit WHERE seq >= 4", "UPDATE audit_head SET seq = 3, hash = (SELECT hash FROM audit WHERE seq = 3)"], [
+        "committed transaction {tx} has no commit event in the audit trail",
+        "the end of run 1 of transaction {tx} has no run event in the audit trail",
+        "transaction {tx} has no commit-start event in the audit trail",
+    ], id="truncate-run-and-head"),
     pytest.param(["DELETE FROM audit"], [
         "the audit trail was truncated: its head is event 6, the last event left is none",
         "the audit trail has no audit-start event (its first events were deleted)",
         "transaction {tx} has no begin event in the audit trail",
         "committed transaction {tx} has no commit event in the audit trail",
+        "run 1 of transaction {tx} has no run-start event in the audit trail",
+        "the end of run 1 of transaction {tx} has no run event in the audit trail",
+        "transaction {tx} has no commit-start event in the audit trail",
     ], id="truncate-all"),
     pytest.param(["DELETE FROM audit_head"], ["the audit head is missing"], id="delete-head"),
     pytest.param(["UPDATE audit_head SET hash = (SELECT hash FROM audit WHERE seq = 5)"],

@@ -129,8 +129,12 @@ def test_deny_refuses_every_matching_path_until_fixed(
     assert refused(roscoe, tx, root) == policy_refusal(tx, *violations)
     if fix is None:
         # A deletion cannot be undone by a run (the live file is only in the
-        # lower layer): lift the rule instead.
+        # lower layer). Lifting the rule does not loosen a transaction begun
+        # under it: only one begun afterwards commits.
         write_config(home, "")
+        assert refused(roscoe, tx, root) == policy_refusal(tx, *violations)
+        assert roscoe("tx", "abort", tx).returncode == 0
+        tx = staged(roscoe, root, script)
     else:
         run(roscoe, tx, root, fix)
     committed(roscoe, tx)
