@@ -113,7 +113,7 @@ def requested(journal: Journal, needed: ApprovalNeeded) -> ApprovalNeeded:
     command must not hold up other commits of the root."""
     tx, changes, reasons, config = needed.pending
     notified = request(journal, tx, changes, reasons, config)
-    return ApprovalNeeded(tx=tx.id, reasons="; ".join(reasons), diff_hash=changes.diff_hash, notified=notified)
+    return type(needed)(**{**needed.fields, "notified": notified})
 
 
 def request(journal: Journal, tx: TxRecord, changes: ChangeSet, reasons: list[str], config: Config) -> str:
@@ -168,7 +168,7 @@ def approve(ws: object, ref: str, diff_hash: str, approver: str | None = None) -
     if tx.state != "open":
         raise TransactionState(tx=tx.id, state=tx.state, action="approve")
     with ws.locked(tx, exclusive=False):
-        current = ws._compare(tx, ws.stager(tx)).diff_hash
+        current = ws.staged_changes(tx).diff_hash
         if current != diff_hash:
             ws.journal.log_event(tx.id, "refuse", {
                 "reason": "stale approval", "given": diff_hash, "diff_hash": current})

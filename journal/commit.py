@@ -253,6 +253,10 @@ def commit(ws: Workspace, ref: str, *, progress: Progress | None = None) -> TxRe
     """Commit an open transaction; returns its record, now `committed`."""
     tx = ws.get(ref)
     ws.require_open(tx, "commit")
+    if tx.rolls_back:  # a rollback that waited for its approval
+        from journal.rollback import rollback
+
+        return rollback(ws, tx.rolls_back, progress=progress)
     blobs = blob_store(ws.home.path)
     try:
         if tx.target:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cowfs import durable
@@ -501,18 +501,36 @@ def recover_one(ws: Workspace, tx: TxRecord, rows: list[ChangeRow]) -> str | Non
 # -- rollback ----------------------------------------------------------------------
 
 
-def rollback(ws: Workspace, target_tx: TxRecord, *, force: bool = False) -> TxRecord:
-    """Roll back the committed GCS transaction ``target_tx`` as a new transaction
-    whose ops put back the old objects, conditional on the generations it wrote."""
+def rollback_changes(root: str, written: list[ChangeRow], current: dict[str, dict[str, Any] | None]) -> ChangeSet:
+    """What rolling back ``written`` changes, given the objects there now: every
+    path one of whose objects is not yet as it was before."""
+    return ChangeSet(root, tuple(
+        Change(r.path, classify(r.new, r.old) or "modified", r.new, r.old) for r in written
+        if any(not same_object(current[op["key"]], op["old"]) for op in r.objects or [])))
+
+
+def preview(ws: Workspace, target_tx: TxRecord) -> ChangeSet:
+    """The change set a rollback of ``target_tx`` would apply now (asked of the bucket)."""
+    written = ws.journal.changes(target_tx.id)
+    target = GcsTarget(target_tx.target or "")
+    current = target.stat_many([op["key"] for r in written for op in r.objects or []])
+    return rollback_changes(target_tx.root, written, current)
+
+
+def rollback(
+    ws: Workspace, target_tx: TxRecord, tx: TxRecord, gate: Callable[[ChangeSet], None], *, new: bool,
+    force: bool = False,
+) -> TxRecord:
+    """Roll back the committed GCS transaction ``target_tx`` as the transaction
+    ``tx`` (``new``: not yet journaled), whose ops put back the old objects,
+    conditional on the generations it wrote. ``gate(changes)`` holds it to
+    policy and approval before anything is written."""
     from journal.commit import blob_store, logged
     from journal.rootlock import root_lock
-    from journal.workspace import new_record
 
     blobs = blob_store(ws.home.path)
     written = ws.journal.changes(target_tx.id)
-    target = GcsTarget(target_tx.target)
-    tx = new_record(target_tx.root, f"rollback of {target_tx.id}", rolls_back=target_tx.id)._replace(
-        state="committing", target=target_tx.target)
+    target = GcsTarget(target_tx.target or "")
     with root_lock(ws.home.path, target_tx.root), leased(target, ws.journal, tx) as lease:
         keys = [op["key"] for r in written for op in r.objects or []]
         current = target.stat_many(keys)
@@ -529,6 +547,7 @@ def rollback(ws: Workspace, target_tx: TxRecord, *, force: bool = False) -> TxRe
             raise logged(ws.journal, Conflict(
                 what=f"rollback of {target_tx.id} refused (--force overrides)", tx=target_tx.id,
                 paths=", ".join(sorted(set(moved))) + since))
+        gate(rollback_changes(target_tx.root, written, current))
         checkpoint("before-images")
         rows: list[ChangeRow] = []
         for r in written:
@@ -553,7 +572,7 @@ def rollback(ws: Workspace, target_tx: TxRecord, *, force: bool = False) -> TxRe
         blobs.sync()
         checkpoint("after-images")
         diff_hash = ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows)).diff_hash
-        apply_journaled(ws.journal, blobs, target, tx, rows, diff_hash, lease, new=True)
+        apply_journaled(ws.journal, blobs, target, tx, rows, diff_hash, lease, new=new)
     done = ws.journal.get_tx(tx.id)
     assert done is not None
     return done

@@ -2,8 +2,9 @@
 
 A rollback is a transaction of its own (``rolls_back`` names the one it
 undoes) whose new states are the old states the journal kept, committed
-through the same protocol, so it is atomic, recoverable, and can itself be
-rolled back. It refuses (exit 3) when the live tree no longer holds what the
+through the same protocol and held to the same policy and approval rules,
+so it is atomic, recoverable, refused what a commit would be refused, and
+can itself be rolled back. It refuses (exit 3) when the live tree no longer holds what the
 transaction wrote, naming the paths and the later transactions that changed
 them, unless forced.
 """
@@ -13,18 +14,25 @@ from __future__ import annotations
 import os
 from contextlib import closing
 
-from cowfs import durable, livetree
+from cowfs import durable, livetree, policy
 from cowfs.changeset import Change, ChangeSet, classify
 from cowfs.converge import matches, obstacles
 from cowfs.entry import FILE, Entry
-from cowfs.errors import Conflict, RoscoeError, RootError, TransactionState
+from cowfs.errors import Conflict, Refused, RoscoeError, RootError, TransactionState
 from cowfs.hashcache import HashCache
 from cowfs.hashahead import HashedAhead
+from journal.approval import ApprovalNeeded, requested, valid_approval
 from journal.blobs import BlobCorrupt, BlobStore
-from journal.commit import apply_journaled, blob_store, capture_old, images_shared, logged, replaced
+from journal.commit import Progress, apply_journaled, blob_store, capture_old, images_shared, logged, replaced
 from journal.faults import checkpoint
 from journal.rootlock import root_lock
 from journal.store import ChangeRow, TxRecord
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from journal.workspace import Workspace
 
 
 class ImagesDropped(RoscoeError):
@@ -99,20 +107,104 @@ class Pins:
         self.pinned.clear()
 
 
-def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxRecord:  # type: ignore[no-untyped-def]
-    """Roll back the committed transaction ``ref``; returns the new rollback transaction."""
-    from journal.workspace import Workspace, new_record
+class RollbackRefused(Refused):
+    """the rollback of transaction {tx} is refused by policy: {violations}; nothing was written"""
 
-    assert isinstance(ws, Workspace)
+
+class RollbackNeedsApproval(ApprovalNeeded):
+    """the rollback of transaction {target} is transaction {tx}, which needs an approval before it can be committed ({reasons}); nothing was written.
+    A person approves this exact diff with: roscoe tx approve {tx} --hash {diff_hash}{notified}; then `roscoe tx rollback {target}` (or `roscoe tx commit {tx}`) applies it"""
+
+
+def rollback(ws: Workspace, ref: str, *, force: bool = False, progress: Progress | None = None) -> TxRecord:
+    """Roll back the committed transaction ``ref``; returns the rollback transaction.
+
+    A rollback is a commit like any other: its change set is held to the
+    policy in force (recorded when the rollback began) and, where the rules
+    ask for one, to an approval of its own diff_hash. One that needs an
+    approval is journaled as an open transaction (``rolls_back`` names
+    ``ref``) with a request; once approved, ``tx rollback ref`` again (or
+    ``tx commit`` of it) applies it. ``force`` overrides a conflict, never policy."""
+    from journal.rules import encode, in_force
+    from journal.workspace import new_record
+
     target = ws.get(ref)
+    if target.rolls_back and target.state == "open":
+        target = ws.get(target.rolls_back)  # (the open rollback itself was named)
     if target.state != "committed":
         raise TransactionState(tx=target.id, state=target.state, action="rollback")
     if target.images_dropped:
         raise ImagesDropped(tx=target.id)
-    if target.target:
-        from journal.gcs_commit import rollback as rollback_in_bucket
+    pending = ws.journal.open_rollback(target.id)
+    tx = pending or new_record(
+        target.root, f"rollback of {target.id}", rolls_back=target.id,
+    )._replace(state="committing", target=target.target, rules=encode(in_force(ws.home.path)))
 
-        return rollback_in_bucket(ws, target, force=force)
+    def gate(changes: ChangeSet) -> None:
+        held_to_policy(ws, target, tx, changes, pending is not None)
+
+    try:
+        if target.target:
+            from journal.gcs_commit import rollback as rollback_in_bucket
+
+            done = rollback_in_bucket(ws, target, tx, gate, new=pending is None, force=force)
+        else:
+            done = _rollback(ws, target, tx, gate, new=pending is None, force=force, progress=progress)
+    except ApprovalNeeded as needed:
+        raise requested(ws.journal, needed) from None
+    return done
+
+
+def held_to_policy(ws: Workspace, target: TxRecord, tx: TxRecord, changes: ChangeSet, journaled: bool) -> None:
+    """Step 2 for a rollback: refuse what policy forbids (exit 4, logged on the
+    rolled-back transaction); where an approval is needed and ``tx`` has no
+    valid one, journal ``tx`` as open (unless it is already) and ask for it."""
+    config = ws.rules(tx)
+    found = policy.refusals(changes, config.policy)
+    if found:
+        ws.journal.log_event(target.id, "refuse", {
+            "reason": "policy", "rollback": True, "diff_hash": changes.diff_hash,
+            "violations": [v.to_json() for v in found]})
+        raise RollbackRefused(tx=target.id, violations="; ".join(map(str, found)))
+    reasons = policy.approval_reasons(changes, config.approval)
+    if not reasons or (journaled and valid_approval(ws.journal, tx.id, changes.diff_hash) is not None):
+        return
+    if not journaled:
+        ws.journal.insert_tx(tx._replace(state="open"))
+    ws.journal.log_event(tx.id, "refuse", {"reason": "approval needed", "diff_hash": changes.diff_hash,
+                                           "reasons": reasons})
+    needed = RollbackNeedsApproval(target=target.id, tx=tx.id, reasons="; ".join(reasons),
+                                   diff_hash=changes.diff_hash, notified="")
+    needed.pending = (tx, changes, reasons, config)
+    raise needed
+
+
+def preview(ws: Workspace, target: TxRecord) -> ChangeSet:
+    """The change set a rollback of ``target`` would apply to the live tree now."""
+    if target.target:
+        from journal.gcs_commit import preview as preview_in_bucket
+
+        return preview_in_bucket(ws, target)
+    written = ws.journal.changes(target.id)
+    with closing(durable.DirFds(target.root)) as dirs:
+        live = {r.path: livetree.entry(target.root, r.path, None, dirs) for r in written}
+    return undoing(target.root, written, live)
+
+
+def undoing(root: str, written: list[ChangeRow], live: dict[str, Entry | None]) -> ChangeSet:
+    """Every path of ``written`` whose ``live`` state is not yet its old one."""
+    changes = []
+    for r in written:
+        status = classify(live[r.path], r.old)
+        if status is not None:
+            changes.append(Change(r.path, status, live[r.path], r.old))
+    return ChangeSet(root, tuple(changes))
+
+
+def _rollback(
+    ws: Workspace, target: TxRecord, tx: TxRecord, gate: Callable[[ChangeSet], None], *, new: bool, force: bool,
+    progress: Progress | None,
+) -> TxRecord:
     if not os.path.isdir(target.root):
         raise RootError(root=target.root, reason="no longer exists")
     blobs = blob_store(ws.home.path)
@@ -138,28 +230,26 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
         for r in written:
             if r.old is not None and r.old.type == FILE and not blobs.has(r.old_blob or ""):
                 raise BlobCorrupt(digest=r.old_blob, problem="missing", store=blobs.root)
-        # Journaled with its intent: a crash before that leaves no trace of it.
-        tx = new_record(target.root, f"rollback of {target.id}", rolls_back=target.id)._replace(state="committing")
+        changes = undoing(target.root, written, live)
+        gate(changes)
+        # A new rollback is journaled with its intent: a crash before that leaves no trace of it.
         checkpoint("before-images")
-        linked = sorted({e.hash or "" for r in written if (e := live[r.path]) is not None and replaced(e, r.old)})
+        linked = sorted({e.hash or "" for c in changes.changes if (e := c.old) is not None and replaced(e, c.new)})
         with images_shared(blobs, tx.id, tx.root, linked):
             rows: list[ChangeRow] = []
-            for r in written:
-                current, wanted = live[r.path], r.old
-                status = classify(current, wanted)
-                if status is None:
-                    continue
+            blob_of = {r.path: r.old_blob for r in written}
+            for c in changes.changes:
+                current, wanted = c.old, c.new
                 old_blob = None
                 if current is not None and current.type == FILE:
                     link = replaced(current, wanted)
-                    old_blob = (pins.adopt(r.path, current) if link else None) or capture_old(
-                        blobs, dirs, r.path, current, link=link, hashes=hashes,
+                    old_blob = (pins.adopt(c.path, current) if link else None) or capture_old(
+                        blobs, dirs, c.path, current, link=link, hashes=hashes,
                     )
-                rows.append(ChangeRow(len(rows), r.path, status, current, wanted, old_blob, r.old_blob))
+                rows.append(ChangeRow(len(rows), c.path, c.status, current, wanted, old_blob, blob_of[c.path]))
             blobs.sync()
             checkpoint("after-images")
-            diff_hash = ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows)).diff_hash
-            apply_journaled(ws.journal, blobs, tx, rows, diff_hash, known=live, progress=progress, new=True)
+            apply_journaled(ws.journal, blobs, tx, rows, changes.diff_hash, known=live, progress=progress, new=new)
     done = ws.journal.get_tx(tx.id)
     assert done is not None
     return done

@@ -515,6 +515,13 @@ class Journal:
             for r in rows
         ]
 
+    def open_rollback(self, tx_id: str) -> TxRecord | None:
+        """The newest open rollback of ``tx_id`` (one waiting for its approval)."""
+        row = self.db.execute(
+            "SELECT * FROM transactions WHERE rolls_back = ? AND state = 'open' ORDER BY created_ns DESC LIMIT 1",
+            (tx_id,)).fetchone()
+        return _tx(row) if row else None
+
     def in_state(self, state: str) -> list[TxRecord]:
         rows = self.db.execute("SELECT * FROM transactions WHERE state = ? ORDER BY created_ns", (state,))
         return [_tx(r) for r in rows]

@@ -279,6 +279,9 @@ class Workspace:
             raise UsageError(detail="no command given")
         tx = self.get(ref)
         self.require_open(tx, "run")
+        if tx.rolls_back:
+            raise UsageError(detail=f"transaction {tx.id} is the rollback of {tx.rolls_back}: it runs no commands;"
+                                    f" approve it, or abort it and roll back again")
         binds = sandbox.writable_binds(tuple(writable), tx.root, self.home.path)
         env = dict(os.environ if env is None else env)
         inner_cwd = sandbox.sandbox_cwd(_cwd() if cwd is None else cwd, tx.root)
@@ -388,6 +391,15 @@ class Workspace:
         hashes.save()
         return changes
 
+    def staged_changes(self, tx: TxRecord) -> ChangeSet:
+        """What the open ``tx`` would commit now: its staged layer against the live
+        tree, or, for a rollback waiting for approval, what it would put back."""
+        if tx.rolls_back:
+            from journal.rollback import preview
+
+            return preview(self, self.get(tx.rolls_back))
+        return self._compare(tx, self.stager(tx))
+
     def diff(self, ref: str) -> ChangeSet:
         """An open transaction's staged changes against the live tree; a
         committed one's changes as the journal recorded them."""
@@ -396,7 +408,7 @@ class Workspace:
             return self.committed_changes(tx)
         self.require_open(tx, "diff")
         with self.locked(tx, exclusive=False):
-            changes = self._compare(tx, self.stager(tx))
+            changes = self.staged_changes(tx)
         self.journal.log_event(tx.id, "diff", {"diff_hash": changes.diff_hash, "changes": len(changes.changes)})
         return changes
 
@@ -431,7 +443,7 @@ class Workspace:
             from journal.approval import status
 
             with self.locked(tx, exclusive=False):
-                changes = self._compare(tx, self.stager(tx))
+                changes = self.staged_changes(tx)
             verdict = status(self.journal, tx, changes, self.rules(tx))
         elif tx.state == "committed":
             changes = self.committed_changes(tx)
