@@ -106,6 +106,16 @@ def login_name() -> str:
         return str(os.getuid())
 
 
+def os_user() -> str:
+    """The password database's name for the real uid (not the environment's)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
 class Event(namedtuple("_Event", "seq time_ns tx kind user uid host pid detail prev hash")):
     """One row of the audit trail; ``detail`` is the JSON text exactly as hashed."""
 

@@ -676,7 +676,9 @@ class Journal:
             cur = self.db.execute(
                 "INSERT INTO approvals (tx, kind, diff_hash, approver, time_ns, after_run)"
                 " VALUES (?, 'approved', ?, ?, ?, ?)", (tx_id, diff_hash, approver, now, after_run))
-            self.event(tx_id, "approve", {"diff_hash": diff_hash, "approver": approver, "after_run": after_run})
+            # Who approved, as the operating system knows them: --by is only a name given.
+            self.event(tx_id, "approve", {"diff_hash": diff_hash, "approver": approver, "after_run": after_run,
+                                          "uid": os.getuid(), "os_user": audit.os_user()})
         return ApprovalRecord(int(cur.lastrowid or 0), tx_id, "approved", diff_hash, approver, now, after_run, None)
 
     def add_request(self, tx_id: str, diff_hash: str, notified: bool | None, detail: dict[str, Any]) -> None:

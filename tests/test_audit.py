@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import sqlite3
 import time
 from pathlib import Path
@@ -111,7 +112,8 @@ def test_every_step_is_recorded_with_who_where_and_when(clerk: Roscoe, root: Pat
     reason = "deletes 1 path: case1/old.tmp (when_deleting)"
     assert by_kind[(tx, "refuse")] == {"reason": "approval needed", "diff_hash": h, "reasons": [reason]}
     assert by_kind[(tx, "approval-requested")] == {"diff_hash": h, "reasons": [reason], "notify": None}
-    assert by_kind[(tx, "approve")] == {"diff_hash": h, "approver": "Jane Partner", "after_run": 1}
+    assert by_kind[(tx, "approve")] == {"diff_hash": h, "approver": "Jane Partner", "after_run": 1,
+                                        "uid": os.getuid(), "os_user": pwd.getpwuid(os.getuid()).pw_name}
     assert by_kind[(tx, "commit-start")] == {"diff_hash": h, "changes": 1}
     assert by_kind[(tx, "commit")] == {"root": str(root), "diff_hash": h, "changes": 1, "rolls_back": None,
                                        "approved_by": "Jane Partner"}
