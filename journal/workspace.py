@@ -461,6 +461,9 @@ class Workspace:
         for tx in self.journal.in_state(OPEN):
             runs = self.journal.runs(tx.id)
             diff_hash = runs[-1].diff_hash if runs else None
+            if tx.rolls_back:  # (no runs: the diff it last asked approval for)
+                asked = [a.diff_hash for a in self.journal.approvals(tx.id) if a.kind == "requested"]
+                diff_hash = asked[-1] if asked else None
             if diff_hash is None:
                 continue
             if valid_approval(self.journal, tx.id, diff_hash) is not None:

@@ -45,6 +45,8 @@ def test_rolling_back_an_addition_needs_the_approval_a_deletion_does(roscoe: Ros
     show = json.loads(roscoe("tx", "show", rb, "--json").stdout)
     assert (show["state"], show["rolls_back"], show["policy"]["needed"], show["policy"]["pending"]) == (
         "open", tx, True, True)
+    listed = {t["tx"]: t for t in json.loads(roscoe("tx", "list", "--json").stdout)}
+    assert (listed[rb]["state"], listed[rb]["approval"]) == ("open", "pending")
     # Asking again names the same rollback; a run in it is refused.
     assert needs_approval(roscoe, tx)[:2] == (rb, diff_hash)
     assert error_line(roscoe("tx", "run", "--tx", rb, "--", "true"), 125).startswith(
