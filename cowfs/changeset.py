@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from cowfs.hashcache import HashCache
+    from cowfs.livetree import Unreadable
     from cowfs.upper import Touch
 
 ADDED, MODIFIED, DELETED = "added", "modified", "deleted"
@@ -144,29 +145,35 @@ def classify(old: Entry | None, new: Entry | None) -> str | None:
     return None
 
 
-def compare(root: str, touches: Iterable[Touch], hashes: HashCache | None = None) -> ChangeSet:
+def compare(
+    root: str, touches: Iterable[Touch], hashes: HashCache | None = None, unreadable: Unreadable | None = None,
+) -> ChangeSet:
     """Compare each touched path's staged state with the live tree (file hashes
-    remembered in ``hashes`` when they can be)."""
+    remembered in ``hashes`` when they can be; a live file the tree cannot
+    read, as ``unreadable`` gives it: see ``livetree.entry``)."""
     dirs = durable.DirFds(root)
     try:
-        return _compare(root, touches, hashes, dirs)
+        return _compare(root, touches, hashes, dirs, unreadable)
     finally:
         dirs.close()
 
 
-def _compare(root: str, touches: Iterable[Touch], hashes: HashCache | None, dirs: durable.DirFds) -> ChangeSet:
+def _compare(
+    root: str, touches: Iterable[Touch], hashes: HashCache | None, dirs: durable.DirFds,
+    unreadable: Unreadable | None = None,
+) -> ChangeSet:
     changes: dict[str, Change] = {}
     unsupported: list[Unsupported] = []
 
     def delete_below(rel: str) -> None:
-        for child, old in livetree.descendants(root, rel, hashes):
+        for child, old in livetree.descendants(root, rel, hashes, unreadable):
             if old.type in SUPPORTED:
                 changes[child] = Change(child, DELETED, old, None)
             else:
                 unsupported.append(Unsupported(child, old.type))
 
     for t in touches:
-        old = livetree.entry(root, t.rel, hashes, dirs)
+        old = livetree.entry(root, t.rel, hashes, dirs, unreadable)
         if t.staged is None:
             if old is None:
                 continue

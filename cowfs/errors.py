@@ -97,6 +97,10 @@ class StagingCorrupt(RoscoeError):
     """the staged changes of transaction {tx} cannot be read: {detail}"""
 
 
+class LiveUnreadable(RoscoeError):
+    """the live tree {root} cannot be read at {path}: {detail}"""
+
+
 class ConfigError(UsageError):
     """config {path}: {reason}"""
 

@@ -379,6 +379,24 @@ class GcsTarget:
             content_type="application/json", metadata={"roscoe_lease": "1"})
 
 
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+
+
+def parse_rfc3339(text: str) -> int | None:
+    """The ns since the epoch of an RFC 3339 time (None if it is not one): the
+    inverse of ``rfc3339``, for any offset."""
+    import calendar
+
+    m = _RFC3339.fullmatch(text.strip())
+    if m is None:
+        return None
+    seconds = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
+    if m.group(3) != "Z":
+        sign = 1 if m.group(3)[0] == "+" else -1
+        seconds -= sign * (int(m.group(3)[1:3]) * 3600 + int(m.group(3)[4:6]) * 60)
+    return seconds * 1_000_000_000 + int((m.group(2) or "0").ljust(9, "0"))
+
+
 def connect(url: str) -> Any:
     """A GCSFileSystem: anonymous on an emulator, else Google's default
     credentials (refusing to go on without any)."""

@@ -3,6 +3,13 @@
 Paths are resolved by ``cowfs.durable`` one component at a time with
 ``O_NOFOLLOW | O_DIRECTORY`` opens, so a symlink planted in the live tree can
 never redirect a read outside the path it names.
+
+A read that fails (other than for an absent path) is ``LiveUnreadable``,
+naming the live path: never mistaken for a failure of the staged layer. A
+mount's cached view of an object replaced behind it is the usual cause (rclone
+answers EIO, gcsfuse ESTALE, until the cache expires); ``entry`` and
+``descendants`` then take a file's entry from ``unreadable(rel, lstat)`` when
+given one (a bucket target reads the object through its API).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Callable, Iterator
 
 from cowfs import durable
 from cowfs.entry import Entry, kind_of
+from cowfs.errors import LiveUnreadable
 from cowfs.hashing import hash_bytes, hash_fd
 
 TYPE_CHECKING = False
@@ -22,6 +30,7 @@ if TYPE_CHECKING:  # (typing stays off the start-up path of `tx run`)
     from cowfs.hashcache import HashCache
 
     T = TypeVar("T")
+    Unreadable = Callable[[str, os.stat_result], Entry | None]
 
 def lstat(root: str, rel: str, dirs: durable.DirFds | None = None) -> os.stat_result | None:
     """lstat of ``rel`` under ``root`` without following symlinks on the way
@@ -53,19 +62,31 @@ def _lstat_in(dir_fd: int, rel: str) -> os.stat_result | None:
 
 def entry(
     root: str, rel: str, hashes: HashCache | None = None, dirs: durable.DirFds | None = None,
+    unreadable: Unreadable | None = None,
 ) -> Entry | None:
     """The fingerprint (with content hash, remembered in ``hashes`` when it
     can be) of ``rel`` in the live tree, or None. With ``dirs`` (open fds of
-    ``root``'s directories, for many lookups), its parent is taken from there."""
-    return _in_parent(root, rel, dirs, lambda fd: _entry_in(fd, rel, hashes))
+    ``root``'s directories, for many lookups), its parent is taken from there.
+    A file whose bytes cannot be read is ``unreadable(rel, lstat)``'s entry
+    when it is given, else (as any other failed read) ``LiveUnreadable``."""
+    try:
+        return _in_parent(root, rel, dirs, lambda fd: _entry_in(fd, rel, hashes, unreadable))
+    except OSError as e:
+        raise unreadable_error(root, rel, e) from e
 
 
-def _entry_in(dir_fd: int, rel: str, hashes: HashCache | None) -> Entry | None:
+def unreadable_error(root: str, rel: str, error: OSError) -> LiveUnreadable:
+    return LiveUnreadable(root=root, path=rel, detail=error.strerror or str(error))
+
+
+def _entry_in(dir_fd: int, rel: str, hashes: HashCache | None, unreadable: Unreadable | None) -> Entry | None:
     st = _lstat_in(dir_fd, rel)
-    return None if st is None else _entry_at(dir_fd, durable.basename(rel), st, rel, hashes)
+    return None if st is None else _entry_at(dir_fd, durable.basename(rel), st, rel, hashes, unreadable)
 
 
-def _entry_at(dir_fd: int, name: str, st: os.stat_result, rel: str, hashes: HashCache | None) -> Entry:
+def _entry_at(
+    dir_fd: int, name: str, st: os.stat_result, rel: str, hashes: HashCache | None, unreadable: Unreadable | None,
+) -> Entry | None:
     kind = kind_of(st.st_mode)
     mode = stat.S_IMODE(st.st_mode)
     common = dict(uid=st.st_uid, gid=st.st_gid)
@@ -78,7 +99,13 @@ def _entry_at(dir_fd: int, name: str, st: os.stat_result, rel: str, hashes: Hash
             finally:
                 os.close(fd)
 
-        return file_entry(st, read() if hashes is None else hashes.digest("live", rel, st, read))
+        try:
+            digest = read() if hashes is None else hashes.digest("live", rel, st, read)
+        except OSError:
+            if unreadable is None:
+                raise
+            return unreadable(rel, st)
+        return file_entry(st, digest)
     if kind == "symlink":
         target = os.readlink(name, dir_fd=dir_fd)
         raw = os.fsencode(target)
@@ -106,6 +133,13 @@ def same_inode(a: os.stat_result, b: os.stat_result) -> bool:
 
 def children(root: str, rel: str) -> list[str]:
     """Names in the live directory ``rel`` ([] when it is not a real directory)."""
+    try:
+        return _children(root, rel)
+    except OSError as e:
+        raise unreadable_error(root, rel, e) from e
+
+
+def _children(root: str, rel: str) -> list[str]:
     with durable.parent_dir(root, rel) as fd:
         if fd is None:
             return []
@@ -122,20 +156,29 @@ def children(root: str, rel: str) -> list[str]:
             os.close(dfd)
 
 
-def descendants(root: str, rel: str, hashes: HashCache | None = None) -> Iterator[tuple[str, Entry]]:
+def descendants(
+    root: str, rel: str, hashes: HashCache | None = None, unreadable: Unreadable | None = None,
+) -> Iterator[tuple[str, Entry]]:
     """Every path below the live directory ``rel``, parents before children."""
     for name in children(root, rel):
         child = f"{rel}/{name}" if rel else name
-        found = entry(root, child, hashes)
+        found = entry(root, child, hashes, unreadable=unreadable)
         if found is None:
             continue
         yield child, found
         if found.type == "dir":
-            yield from descendants(root, child, hashes)
+            yield from descendants(root, child, hashes, unreadable)
 
 
 def read_bytes(root: str, rel: str, limit: int) -> bytes | None:
     """Up to ``limit`` bytes of the live regular file ``rel`` (None if not one)."""
+    try:
+        return _read_bytes(root, rel, limit)
+    except OSError as e:
+        raise unreadable_error(root, rel, e) from e
+
+
+def _read_bytes(root: str, rel: str, limit: int) -> bytes | None:
     with durable.parent_dir(root, rel) as fd:
         if fd is None:
             return None

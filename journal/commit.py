@@ -41,7 +41,7 @@ from cowfs import durable
 from cowfs.changeset import ChangeSet, path_key
 from cowfs.converge import converge, remove_temps
 from cowfs.entry import DIR, FILE, Entry
-from cowfs.errors import CommitFailed, Conflict, RoscoeError, StagingCorrupt
+from cowfs.errors import CommitFailed, Conflict, LiveUnreadable, RoscoeError
 from cowfs.hashahead import HashedAhead
 from cowfs.stagers import Stager
 from journal.approval import ApprovalNeeded, enforce, requested
@@ -309,8 +309,8 @@ def checked(ws: Workspace, tx: TxRecord) -> Iterator[tuple[TxRecord, Stager | No
         hashes = ws.hash_cache(tx)
         try:
             changes = ws._compare(tx, stager, hashes)
-        except StagingCorrupt:
-            if tx.target:  # a bucket object replaced under the mount fails reads there
+        except LiveUnreadable:
+            if tx.target:  # what neither the mount nor the bucket could give: ask the bucket what moved
                 from journal.gcs_commit import objects_moved
 
                 moved = objects_moved(ws.journal, tx)

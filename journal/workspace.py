@@ -15,7 +15,7 @@ from collections import namedtuple
 from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, compare
 from cowfs.errors import (
-    AmbiguousTransaction, NoBackend, NoSuchTransaction, RootError, SandboxError,
+    AmbiguousTransaction, LiveUnreadable, NoBackend, NoSuchTransaction, RootError, SandboxError,
     StagingCorrupt, TransactionBusy, TransactionState, UsageError,
 )
 from cowfs.home import Home
@@ -28,6 +28,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cowfs import sandbox
     from cowfs.config import Config
+    from cowfs.bucketreads import BucketReads
     from cowfs.hashcache import HashCache
     from cowfs.patch import FilePatch
     from cowfs.savepoint import Savepoint
@@ -377,15 +378,23 @@ class Workspace:
 
         return HashCache.load(self.home.hash_cache(tx.id), lambda: not durable.is_fuse(tx.root))
 
-    def _compare(self, tx: TxRecord, stager: Stager | None, hashes: HashCache | None = None) -> ChangeSet:
+    def _compare(
+        self, tx: TxRecord, stager: Stager | None, hashes: HashCache | None = None,
+        bucket: BucketReads | None = None,
+    ) -> ChangeSet:
+        """The staged layer against the live tree. A failure to read the live
+        tree is ``LiveUnreadable`` (the layer is fine); on a bucket target, a
+        file the mount cannot read is read from the bucket (``bucket``)."""
         if stager is None:
             return ChangeSet(tx.root, ())
         if not os.path.isdir(tx.root):
             raise RootError(root=tx.root, reason="no longer exists")
         if hashes is None:
             hashes = self.hash_cache(tx)
+        if bucket is None and tx.target:
+            bucket = bucket_reads(tx)
         try:
-            changes = compare(tx.root, stager.touches(), hashes)
+            changes = compare(tx.root, stager.touches(), hashes, None if bucket is None else bucket.entry)
         except (UnsupportedUpper, OSError) as e:
             raise StagingCorrupt(tx=tx.id, detail=str(e)) from e
         hashes.save()
@@ -422,9 +431,10 @@ class Workspace:
 
         tx = self.get(ref)
         self.require_open(tx, "diff")
+        bucket = bucket_reads(tx) if tx.target else None
         with self.locked(tx, exclusive=False):
             stager = self.stager(tx)
-            changes = self._compare(tx, stager)
+            changes = self._compare(tx, stager, bucket=bucket)
             self.journal.log_event(tx.id, "diff", {"diff_hash": changes.diff_hash, "changes": len(changes.changes), "patch": True})
 
             def new_bytes(rel: str) -> bytes | None:
@@ -432,9 +442,15 @@ class Workspace:
                 with open(stager.staged_path(rel), "rb") as f:
                     return f.read(MAX_TEXT)
 
-            return list(patches(
-                changes.changes, lambda rel: livetree.read_bytes(tx.root, rel, MAX_TEXT), new_bytes,
-            ))
+            def old_bytes(rel: str) -> bytes | None:
+                try:
+                    return livetree.read_bytes(tx.root, rel, MAX_TEXT)
+                except LiveUnreadable:
+                    if bucket is None:
+                        raise
+                    return bucket.read(rel, MAX_TEXT)
+
+            return list(patches(changes.changes, old_bytes, new_bytes))
 
     def show(self, ref: str) -> TxView:
         tx = self.get(ref)
@@ -499,6 +515,13 @@ def new_record(root: str, message: str | None, rolls_back: str | None = None) ->
         id=os.urandom(6).hex(), root=root, message=message, state=OPEN, backend=None, user=user,
         host=os.uname().nodename, created_ns=now, updated_ns=now, rolls_back=rolls_back,
     )
+
+
+def bucket_reads(tx: TxRecord) -> BucketReads:
+    """What reads a bucket target's files its mount cannot (connecting only when it must)."""
+    from cowfs.bucketreads import BucketReads
+
+    return BucketReads(tx.target or "", tx.root)
 
 
 def _cwd() -> str | None:

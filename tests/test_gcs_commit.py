@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,16 +71,30 @@ class Bucket:
             time.sleep(0.1)
 
 
-@pytest.fixture
-def bucket(server: FakeGcs, tmp_path: Path) -> Iterator[Bucket]:
+@contextmanager
+def seeded_bucket(server: FakeGcs, tmp_path: Path, dir_cache: str = "200ms") -> Iterator[Bucket]:
     name = f"roscoe-{uuid.uuid4().hex[:12]}"
     server.make_bucket(name)
     for key, data in SEED.items():
         server.put(name, key, data, {} if key.endswith("/") else {"gcsfuse_mtime": MTIME, "mtime": MTIME},
                    "text/plain")
-    with rclone_mount(server, name, tmp_path / "mnt") as mnt:
+    with rclone_mount(server, name, tmp_path / "mnt", dir_cache) as mnt:
         b = Bucket(server, name, mnt)
         b.settle("case1/notes.md", b"# notes\n")
+        yield b
+
+
+@pytest.fixture
+def bucket(server: FakeGcs, tmp_path: Path) -> Iterator[Bucket]:
+    with seeded_bucket(server, tmp_path) as b:
+        yield b
+
+
+@pytest.fixture
+def stale_bucket(server: FakeGcs, tmp_path: Path) -> Iterator[Bucket]:
+    """A bucket whose mount keeps what it listed for an hour: an object
+    replaced behind it cannot be read through it for the whole test."""
+    with seeded_bucket(server, tmp_path, "1h") as b:
         yield b
 
 
@@ -192,6 +207,16 @@ def test_a_replaced_object_is_found_from_the_bucket_alone(
         assert objects_moved(ws.journal, record) == ["case1/notes.md"]
     finally:
         ws.close()
+
+
+def test_mtimes_in_object_metadata_read_back_to_the_ns() -> None:
+    from cowfs.gcs import parse_rfc3339, rfc3339
+
+    for ns in (MTIME_NS, 1_700_000_000_250_000_000, 1_700_000_000_000_000_000, 1, 1_700_000_000_123_456_789):
+        assert parse_rfc3339(rfc3339(ns)) == ns
+    assert parse_rfc3339("2023-11-14T23:13:20.5+01:00") == MTIME_NS
+    assert parse_rfc3339("2023-11-14T17:13:20.5-05:00") == MTIME_NS
+    assert parse_rfc3339("yesterday") is None
 
 
 def test_object_created_under_an_added_path_is_a_conflict(groscoe: Roscoe, bucket: Bucket) -> None:

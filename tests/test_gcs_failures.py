@@ -5,6 +5,7 @@ or all-new, never a mix, and the error is one line with the contract's code."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -13,12 +14,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cowfs.entry import Entry
+from cowfs.hashing import hash_bytes
 from tests.conftest import REPO, Roscoe
 from tests.gcs_server import FakeGcs, free_port
-from tests.test_gcs_commit import SCRIPT, Bucket, begin_and_run, bucket, gcs_env, groscoe, server  # noqa: F401
+from tests.test_gcs_commit import (  # noqa: F401
+    MTIME_NS, SCRIPT, Bucket, begin_and_run, bucket, gcs_env, groscoe, server, stale_bucket,
+)
 
 
 def contents_with_types(bucket: Bucket) -> dict[str, tuple[bytes, dict[str, str], str]]:
@@ -41,15 +47,42 @@ def paused_commit(groscoe: Roscoe, tx: str, step: str, flag: Path, **env: str) -
     return proc
 
 
+def replaced_behind_the_mount(bucket: Bucket, path: str, data: bytes) -> None:
+    """Another writer replaces the object of ``path``: the mount still lists
+    the old one and cannot read it (EIO), as gcsfuse's stat cache would."""
+    bucket.put(f"projects/{path}", data)
+    with pytest.raises(OSError) as unreadable:
+        (bucket.root / path).read_bytes()
+    assert unreadable.value.errno == errno.EIO
+
+
+def bucket_file(bucket: Bucket, path: str, data: bytes) -> dict[str, object]:
+    """The diff's entry of a file the bucket holds (mode and owner the mount's)."""
+    st = os.lstat(bucket.root / path)
+    return Entry("file", len(data), 0o644, MTIME_NS, hash_bytes(data), None, uid=st.st_uid, gid=st.st_gid).to_json()
+
+
+def without_dir_mtimes(diff: dict[str, Any]) -> dict[str, Any]:
+    """A diff with its staged directories' mtimes left out: the refused commit
+    gave the staged files it had linked into the blob store their own copies
+    back, which moves their directories' mtimes (untracked, as everywhere)."""
+    for c in diff["changes"]:
+        if c["new"] is not None and c["new"]["type"] == "dir":
+            c["new"].pop("mtime_ns")
+    return diff
+
+
 def test_another_writer_during_the_commit_is_a_conflict_and_is_not_clobbered(
-    groscoe: Roscoe, bucket: Bucket, tmp_path: Path,
+    groscoe: Roscoe, stale_bucket: Bucket, tmp_path: Path,
 ) -> None:
+    bucket = stale_bucket
     tx = begin_and_run(groscoe, bucket, SCRIPT)
+    staged = json.loads(groscoe("tx", "diff", tx, "--json").stdout)
     before = contents_with_types(bucket)
     flag = tmp_path / "paused"
     proc = paused_commit(groscoe, tx, "after-intent", flag)
     # The intent is journaled, no op has run: someone else rewrites a file the commit modifies.
-    bucket.put("projects/case1/notes.md", b"theirs\n")
+    replaced_behind_the_mount(bucket, "case1/notes.md", b"theirs\n")
     flag.unlink()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
@@ -59,10 +92,83 @@ def test_another_writer_during_the_commit_is_a_conflict_and_is_not_clobbered(
     after.pop("projects/case1/notes.md")
     before.pop("projects/case1/notes.md")
     assert after == before  # everything else all-old
-    # rclone's mount answers EIO for an object rewritten behind it until its
-    # dir cache (200 ms) lets it see the new size; so would a diff read through it.
-    bucket.settle("case1/notes.md", b"theirs\n")
-    assert json.loads(groscoe("tx", "show", tx, "--json").stdout)["state"] == "open"
+    # The staged changes are intact, and the diff is against the bucket as it
+    # is now (the mount cannot read their object yet: it is read from the bucket).
+    show = groscoe("tx", "show", tx, "--json")
+    assert show.returncode == 0, show.stderr
+    shown = json.loads(show.stdout)
+    assert (shown["state"], shown["diff"]["diff_hash"]) == ("open", staged["diff_hash"])
+    diff = groscoe("tx", "diff", tx, "--json")
+    assert diff.returncode == 0, diff.stderr
+    notes = next(c for c in staged["changes"] if c["path"] == "case1/notes.md")
+    notes["old"] = bucket_file(bucket, "case1/notes.md", b"theirs\n")
+    assert without_dir_mtimes(json.loads(diff.stdout)) == without_dir_mtimes(staged)
+    patch = groscoe("tx", "diff", tx, "--patch")
+    assert patch.returncode == 0, patch.stderr
+    assert "--- a/case1/notes.md\n+++ b/case1/notes.md\n@@ -1 +1,2 @@\n-theirs\n+# notes\n+more\n" in patch.stdout.decode()
+    # That entry is exactly what the commit reads back from the bucket: once a
+    # run has seen their object, the transaction commits over it.
+    assert groscoe("tx", "run", "--tx", tx, "--", "true", cwd=bucket.root).returncode == 0
+    done = groscoe("tx", "commit", tx, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert contents_with_types(bucket)["projects/case1/notes.md"][0] == b"# notes\nmore\n"
+
+
+def test_an_object_deleted_behind_the_mount_is_diffed_as_absent(groscoe: Roscoe, stale_bucket: Bucket) -> None:
+    bucket = stale_bucket
+    tx = begin_and_run(groscoe, bucket, "printf 'more\\n' >> case1/notes.md")
+    bucket.server._call("DELETE", f"/storage/v1/b/{bucket.name}/o/projects%2Fcase1%2Fnotes.md")
+    with pytest.raises(OSError) as unreadable:
+        (bucket.root / "case1/notes.md").read_bytes()
+    assert unreadable.value.errno == errno.EIO
+    diff = groscoe("tx", "diff", tx, "--json")
+    assert diff.returncode == 0, diff.stderr
+    assert [(c["path"], c["status"], c["old"]) for c in json.loads(diff.stdout)["changes"]] == [
+        ("case1/notes.md", "added", None)]
+    done = groscoe("tx", "commit", tx, "--yes")
+    assert done.returncode == 3, done.stderr
+    assert "projects/case1/notes.md" not in bucket.contents()
+
+
+def test_an_object_that_is_a_symlink_now_is_named_and_its_commit_is_a_conflict(
+    groscoe: Roscoe, stale_bucket: Bucket,
+) -> None:
+    bucket = stale_bucket
+    tx = begin_and_run(groscoe, bucket, "printf 'more\\n' >> case1/notes.md")
+    bucket.server.put(bucket.name, "projects/case1/notes.md", b"", {"gcsfuse_symlink_target": "elsewhere"})
+    with pytest.raises(OSError) as unreadable:
+        (bucket.root / "case1/notes.md").read_bytes()
+    assert unreadable.value.errno == errno.EIO
+    # A diff cannot show what the mount does not (rclone shows such an object as an empty file).
+    done = groscoe("tx", "diff", tx, "--json")
+    assert done.returncode == 1
+    assert done.stderr.decode() == (
+        f"roscoe: error: the live tree {bucket.root} cannot be read at case1/notes.md: the mount cannot read it,"
+        f" and gs://{bucket.name}/projects/case1/notes.md is a symlink now\n")
+    # The commit asks the bucket what moved since the run: a conflict.
+    done = groscoe("tx", "commit", tx, "--yes")
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.decode() == (
+        f"roscoe: error: commit refused: the live tree changed under transaction {tx}; nothing was written."
+        " Changed: case1/notes.md\n")
+
+
+def test_a_mounted_root_that_cannot_be_read_is_named_as_the_live_tree(
+    groscoe: Roscoe, stale_bucket: Bucket,
+) -> None:
+    # A root on a mount, committed through the mount (no --target): nothing can
+    # read the replaced object, and the error names the live path, not the staging.
+    bucket = stale_bucket
+    tx = groscoe.begin(bucket.root)
+    done = groscoe("tx", "run", "--tx", tx, "--", "sh", "-c", "printf 'more\\n' >> case1/notes.md", cwd=bucket.root)
+    assert done.returncode == 0, done.stderr
+    replaced_behind_the_mount(bucket, "case1/notes.md", b"theirs\n")
+    line = f"roscoe: error: the live tree {bucket.root} cannot be read at case1/notes.md: Input/output error\n"
+    for args in (("diff", tx), ("diff", tx, "--json"), ("diff", tx, "--patch"), ("show", tx), ("commit", tx, "--yes")):
+        done = groscoe("tx", *args)
+        assert (done.returncode, done.stderr.decode()) == (1, line), args
+    assert bucket.contents()["projects/case1/notes.md"][0] == b"theirs\n"
+    assert json.loads(groscoe("tx", "list", "--json").stdout)[0]["state"] == "open"
 
 
 def test_network_failure_mid_commit_then_recover_leaves_the_bucket_all_old(groscoe: Roscoe, bucket: Bucket) -> None:
