@@ -276,6 +276,8 @@ def tx_rollback(
     tx: TxId,
     yes: YesOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Roll back even paths changed since the commit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff the rollback would apply; stage and write nothing.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="With --dry-run: print the diff as JSON.")] = False,
 ) -> int:
     """Put back exactly what a committed transaction changed, as a new
     transaction (printed on stdout) that can itself be rolled back."""
@@ -283,9 +285,19 @@ def tx_rollback(
 
     ws = workspace()
     try:
-        return rollback_with_prompt(ws, tx, yes=yes, force=force)
+        if dry_run:
+            from journal.rollback import dry_run as preview
+
+            planned = preview(ws, tx)
+        else:
+            return rollback_with_prompt(ws, tx, yes=yes, force=force)
     finally:
         ws.close()
+    if json_:
+        render.json_out(planned.to_json())
+    else:
+        render.rollback_dry_run(planned)
+    return 0
 
 
 @tx_app.command("log")
@@ -295,12 +307,13 @@ def tx_log(json_: JsonOpt = False) -> int:
     try:
         records = ws.journal.committed()
         counts = {r.id: ws.journal.change_count(r.id) for r in records}
+        undone = ws.journal.rolled_back_by()
     finally:
         ws.close()
     if json_:
-        render.json_out([dict(r.to_json(), changes=counts[r.id]) for r in records])
+        render.json_out([dict(r.to_json(), changes=counts[r.id], rolled_back_by=undone.get(r.id)) for r in records])
     else:
-        render.log(records, counts)
+        render.log(records, counts, undone)
     return 0
 
 

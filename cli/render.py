@@ -271,7 +271,19 @@ def progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield advance
 
 
-def log(records: list[TxRecord], counts: dict[str, int]) -> None:
+def rollback_dry_run(planned: Any) -> None:
+    """``tx rollback ID --dry-run``: the diff, then what would stop it."""
+    target = planned.target.id
+    title = f"rollback of {target}" + (f" (tx {planned.pending.id}, waiting for approval)" if planned.pending else "")
+    diff(title, planned.changes)
+    out = console()
+    if planned.conflicts:
+        out.print(Text(f"without --force it is refused: the live tree no longer holds what {target} wrote at "
+                       + ", ".join(display_path(p) for p in planned.conflicts), style="yellow"))
+    out.print("dry run: nothing was staged or written")
+
+
+def log(records: list[TxRecord], counts: dict[str, int], undone: dict[str, str] | None = None) -> None:
     out = console()
     if not records:
         out.print("no committed transactions")
@@ -283,6 +295,8 @@ def log(records: list[TxRecord], counts: dict[str, int]) -> None:
         note = r.message or ""
         if r.images_dropped:
             note += " (images dropped: no rollback)"
+        if undone and r.id in undone:
+            note += f" (rolled back by {undone[r.id]})"
         table.add_row(r.id, when(r.committed_ns), f"{r.user}@{r.host}", str(counts.get(r.id, 0)), display_path(r.root), note)
     out.print(table)
 

@@ -517,6 +517,25 @@ def preview(ws: Workspace, target_tx: TxRecord) -> ChangeSet:
     return rollback_changes(target_tx.root, written, current)
 
 
+def moved_since(written: list[ChangeRow], current: dict[str, dict[str, Any] | None]) -> list[str]:
+    """Paths whose objects are no longer at the generations ``written`` left."""
+    moved = []
+    for r in written:
+        for op in r.objects or []:
+            wrote = (r.results or {}).get(op["key"])
+            now = current[op["key"]]
+            if (now["generation"] if now else 0) != wrote:
+                moved.append(r.path)
+    return sorted(set(moved), key=os.fsencode)
+
+
+def rollback_conflicts(ws: Workspace, target_tx: TxRecord) -> list[str]:
+    """What a rollback of ``target_tx`` would refuse without --force (asked of the bucket)."""
+    written = ws.journal.changes(target_tx.id)
+    target = GcsTarget(target_tx.target or "")
+    return moved_since(written, target.stat_many([op["key"] for r in written for op in r.objects or []]))
+
+
 def rollback(
     ws: Workspace, target_tx: TxRecord, tx: TxRecord, gate: Callable[[ChangeSet], None], *, new: bool,
     force: bool = False,
@@ -534,19 +553,13 @@ def rollback(
     with root_lock(ws.home.path, target_tx.root), leased(target, ws.journal, tx) as lease:
         keys = [op["key"] for r in written for op in r.objects or []]
         current = target.stat_many(keys)
-        moved = []
-        for r in written:
-            for op in r.objects or []:
-                wrote = (r.results or {}).get(op["key"])
-                now = current[op["key"]]
-                if (now["generation"] if now else 0) != wrote:
-                    moved.append(r.path)
+        moved = moved_since(written, current)
         if moved and not force:
             later = ws.journal.later_commits_touching(target_tx, moved)
             since = f" (changed since by {', '.join(later)})" if later else ""
             raise logged(ws.journal, Conflict(
                 what=f"rollback of {target_tx.id} refused (--force overrides)", tx=target_tx.id,
-                paths=", ".join(sorted(set(moved))) + since))
+                paths=", ".join(moved) + since))
         gate(rollback_changes(target_tx.root, written, current))
         checkpoint("before-images")
         rows: list[ChangeRow] = []

@@ -12,6 +12,7 @@ them, unless forced.
 from __future__ import annotations
 
 import os
+from collections import namedtuple
 from contextlib import closing
 
 from cowfs import durable, livetree, policy
@@ -107,6 +108,14 @@ class Pins:
         self.pinned.clear()
 
 
+class NotCommitted(RoscoeError):
+    """transaction {tx} is {state}, not committed: only a committed transaction can be rolled back{hint}"""
+
+
+class AlreadyRolledBack(RoscoeError):
+    """transaction {tx} was already rolled back by {by}; roll back {by} to apply {tx} again"""
+
+
 class RollbackRefused(Refused):
     """the rollback of transaction {tx} is refused by policy: {violations}; nothing was written"""
 
@@ -128,13 +137,7 @@ def rollback(ws: Workspace, ref: str, *, force: bool = False, progress: Progress
     from journal.rules import encode, in_force
     from journal.workspace import new_record
 
-    target = ws.get(ref)
-    if target.rolls_back and target.state == "open":
-        target = ws.get(target.rolls_back)  # (the open rollback itself was named)
-    if target.state != "committed":
-        raise TransactionState(tx=target.id, state=target.state, action="rollback")
-    if target.images_dropped:
-        raise ImagesDropped(tx=target.id)
+    target = rollable(ws, ref)
     pending = ws.journal.open_rollback(target.id)
     tx = pending or new_record(
         target.root, f"rollback of {target.id}", rolls_back=target.id,
@@ -153,6 +156,60 @@ def rollback(ws: Workspace, ref: str, *, force: bool = False, progress: Progress
     except ApprovalNeeded as needed:
         raise requested(ws.journal, needed) from None
     return done
+
+
+def rollable(ws: Workspace, ref: str) -> TxRecord:
+    """The committed transaction ``ref`` names (or the one an open rollback
+    named by ``ref`` rolls back), if it can be rolled back now."""
+    target = ws.get(ref)
+    if target.rolls_back and target.state == "open":
+        target = ws.get(target.rolls_back)  # (the open rollback itself was named)
+    if target.state != "committed":
+        hint = {"open": "; `roscoe tx abort` discards its staged changes",
+                "aborted": "; it never changed the live tree"}.get(target.state, "")
+        raise NotCommitted(tx=target.id, state=target.state, hint=hint)
+    if target.images_dropped:
+        raise ImagesDropped(tx=target.id)
+    by = ws.journal.rolled_back_by().get(target.id)
+    if by is not None:
+        raise AlreadyRolledBack(tx=target.id, by=by)
+    return target
+
+
+class DryRun(namedtuple("_DryRun", "target pending changes conflicts")):
+    """What ``tx rollback --dry-run`` says: the change set a rollback of
+    ``target`` would apply now, the paths where the live tree no longer
+    holds what ``target`` wrote (a conflict without --force), and the open
+    rollback waiting for approval, if any."""
+
+    __slots__ = ()
+    target: TxRecord
+    pending: TxRecord | None
+    changes: ChangeSet
+    conflicts: list[str]
+
+    def to_json(self) -> dict[str, object]:
+        out = self.changes.to_json(self.pending.id if self.pending else None)  # type: ignore[arg-type]
+        out["rolls_back"] = self.target.id
+        out["conflicts"] = self.conflicts
+        return out
+
+
+def dry_run(ws: Workspace, ref: str) -> DryRun:
+    """The rollback of ``ref`` as it would be now; nothing is staged or written."""
+    target = rollable(ws, ref)
+    changes = preview(ws, target)
+    if target.target:
+        conflicts: list[str] = []
+        from journal.gcs_commit import rollback_conflicts
+
+        conflicts = rollback_conflicts(ws, target)
+    else:
+        written = ws.journal.changes(target.id)
+        with closing(durable.DirFds(target.root)) as dirs:
+            conflicts = [r.path for r in written
+                         if not matches(livetree.entry(target.root, r.path, None, dirs), r.new, owners=False)]
+    return DryRun(target, ws.journal.open_rollback(target.id), changes, conflicts)
 
 
 def held_to_policy(ws: Workspace, target: TxRecord, tx: TxRecord, changes: ChangeSet, journaled: bool) -> None:

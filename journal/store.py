@@ -515,6 +515,15 @@ class Journal:
             for r in rows
         ]
 
+    def rolled_back_by(self) -> dict[str, str]:
+        """For every committed transaction whose newest committed rollback stands
+        (was not itself rolled back): that rollback's id."""
+        rows = self.db.execute(
+            "SELECT rolls_back, id FROM transactions WHERE state = 'committed' AND rolls_back IS NOT NULL"
+            " ORDER BY committed_ns")
+        newest = {target: rb for target, rb in rows}
+        return {target: rb for target, rb in newest.items() if rb not in newest}
+
     def open_rollback(self, tx_id: str) -> TxRecord | None:
         """The newest open rollback of ``tx_id`` (one waiting for its approval)."""
         row = self.db.execute(
