@@ -121,7 +121,7 @@ def rollback(ws: object, ref: str, *, force: bool = False, progress=None) -> TxR
             closing(Pins(blobs, dirs)) as pins:
         hashes = HashCache(None, lambda: not durable.is_fuse(target.root))
         live = pins.read(written, hashes)
-        moved = [r.path for r in written if not matches(live[r.path], r.new, owners=False)]
+        moved = [r.path for r in written if not matches(live[r.path], r.new, owners=True)]
         if moved and not force:
             later = ws.journal.later_commits_touching(target, moved)
             since = f" (changed since by {', '.join(later)})" if later else ""

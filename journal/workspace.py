@@ -376,7 +376,7 @@ class Workspace:
         except (UnsupportedUpper, OSError) as e:
             raise StagingCorrupt(tx=tx.id, detail=str(e)) from e
         hashes.save()
-        return changes
+        return changes.without_owners() if tx.target else changes
 
     def diff(self, ref: str) -> ChangeSet:
         """An open transaction's staged changes against the live tree; a
