@@ -85,9 +85,21 @@ def when(ns: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
 
+def owner(entry: Any) -> str:
+    return f"{entry.uid}:{entry.gid}"
+
+
+def owner_changed(c: Any) -> bool:
+    """Whether a change gives an existing path another owner (shown wherever the change is)."""
+    return c.old is not None and c.new is not None and c.old.owner != c.new.owner
+
+
 def summary_line(changes: ChangeSet) -> str:
     counts = changes.counts()
     parts = [f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n]
+    owners = sum(1 for c in changes.changes if owner_changed(c))
+    if owners:
+        parts.append(f"{owners} owner{'s' if owners != 1 else ''} changed")
     text = ", ".join(parts) if parts else "no changes"
     return f"{text}; {human_size(changes.summary['bytes_written'])} to write; diff_hash {changes.diff_hash}"
 
@@ -110,6 +122,10 @@ def diff(tx: str, changes: ChangeSet) -> None:
         new_desc = f"{new.type} {human_size(new.size)}" if new and new.type != "dir" else (new.type if new else "")
         if c.status == "meta_changed" and old and new:
             old_desc, new_desc = f"mode {format(old.mode, '04o')}", f"mode {format(new.mode, '04o')}"
+            if owner_changed(c) and old.mode == new.mode:
+                old_desc = new_desc = ""
+        if owner_changed(c):
+            old_desc, new_desc = f"{old_desc} owner {owner(old)}".lstrip(), f"{new_desc} owner {owner(new)}".lstrip()
         hashes = f"{(old.hash or '')[:8] if old else ''} → {(new.hash or '')[:8] if new else ''}"
         table.add_row(Text(letter, style=color), Text(display_path(c.path), style=color), old_desc, new_desc, hashes)
     for u in changes.unsupported:
@@ -129,6 +145,8 @@ def stat(changes: ChangeSet) -> None:
         line = Text(f" {letter} ", style=color)
         line.append(display_path(c.path).ljust(width))
         line.append(f" | {detail}")
+        if owner_changed(c):
+            line.append(f" owner {owner(c.old)} → {owner(c.new)}")
         out.print(line)
     for u in changes.unsupported:
         out.print(Text(f" ! {display_path(u.path)} | {u.type}: cannot be committed", style="bold red"))
@@ -146,8 +164,10 @@ def patches(tx: str, root: str, items: list[FilePatch]) -> None:
         out.print(Text(f"{letter} {display_path(c.path)}", style=f"bold {color}"))
         if p.binary:
             out.print(f"Binary files differ ({(c.old.hash or '')[:8] if c.old else 'none'} → {(c.new.hash or '')[:8] if c.new else 'none'})")
-        elif c.status == "meta_changed" and c.old and c.new:
+        elif c.status == "meta_changed" and c.old and c.new and (c.old.mode, c.old.mtime_ns) != (c.new.mode, c.new.mtime_ns):
             out.print(f"mode {format(c.old.mode, '04o')} → {format(c.new.mode, '04o')}, mtime {c.old.mtime_ns} → {c.new.mtime_ns}")
+        if owner_changed(c):
+            out.print(f"owner {owner(c.old)} → {owner(c.new)}")
         for line in p.lines:
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else "cyan" if line.startswith("@@") else None
             out.print(Text(line.rstrip("\n"), style=style or ""))

@@ -81,6 +81,14 @@ class ChangeSet(namedtuple("_ChangeSet", "root changes unsupported", defaults=((
 
     @property
     def diff_hash(self) -> str:
+        return self._hash(owners=True)
+
+    def diff_hashes(self) -> tuple[str, ...]:
+        """The diff_hash, and what it was before owners were part of it (a
+        journal keeps the hashes its commits recorded then)."""
+        return (self.diff_hash, self._hash(owners=False))
+
+    def _hash(self, *, owners: bool) -> str:
         h = xxhash.xxh3_128()
         for c in self.changes:
             new = c.new
@@ -89,15 +97,13 @@ class ChangeSet(namedtuple("_ChangeSet", "root changes unsupported", defaults=((
                 (new.type if new else "").encode(), (new.hash or "" if new else "").encode(),
                 (format(new.mode, "04o") if new else "").encode(),
             )
+            if owners and new is not None and new.uid is not None:
+                # "uid:gid" (the colon tells it from a path); none on a bucket, which keeps no owners.
+                fields += (f"{new.uid}:{new.gid}".encode(),)
             h.update(b"\0".join(fields) + b"\0")
         for u in self.unsupported:
             h.update(path_key(u.path) + b"\0unsupported\0" + u.type.encode() + b"\0\0\0")
         return h.hexdigest()
-
-    def diff_hashes(self) -> tuple[str, ...]:
-        """The diff_hash, and what it was under earlier versions of its formula
-        (a journal keeps the hashes its commits recorded then)."""
-        return (self.diff_hash,)
 
     @property
     def summary(self) -> dict[str, int]:
@@ -114,6 +120,18 @@ class ChangeSet(namedtuple("_ChangeSet", "root changes unsupported", defaults=((
         for c in self.changes:
             out[c.status] += 1
         return out
+
+    def without_owners(self) -> ChangeSet:
+        """The change set as a target that keeps no owners (a bucket) sees it:
+        no uid or gid, and an owner change alone is no change."""
+        kept = []
+        for c in self.changes:
+            old = c.old.without_owner() if c.old is not None else None
+            new = c.new.without_owner() if c.new is not None else None
+            status = classify(old, new)
+            if status is not None:
+                kept.append(Change(c.path, status, old, new))
+        return self._replace(changes=tuple(kept))
 
     def to_json(self, tx: str) -> dict[str, Any]:
         out: dict[str, Any] = {

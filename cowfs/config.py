@@ -10,6 +10,8 @@ default config file means no rules; a missing ``--config`` file is an error.
 deny = ["**/.git/**"]
 max_changes = 10000
 max_bytes = 10_000_000_000
+owners = "keep"                # refuse any change of an existing path's owner (default "any")
+symlinks = "inside"            # refuse a new or changed symlink pointing outside the root (default "any")
 [approval]
 when_deleting = true
 when_changes_over = 200
@@ -32,19 +34,26 @@ from cowfs.errors import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 NOTIFY_TIMEOUT = 30.0
 
 
-class Policy(namedtuple("_Policy", "deny max_changes max_bytes", defaults=((), None, None))):
+class Policy(namedtuple(
+    "_Policy", "deny max_changes max_bytes owners symlinks", defaults=((), None, None, "any", "any"),
+)):
     """What can never be committed: paths matching ``deny``, more than
-    ``max_changes`` changed paths, more than ``max_bytes`` new bytes."""
+    ``max_changes`` changed paths, more than ``max_bytes`` new bytes; with
+    ``owners = "keep"`` a change of an existing path's owner; with
+    ``symlinks = "inside"`` a new or changed symlink whose target leaves the root."""
 
     __slots__ = ()
     deny: tuple[str, ...]
     max_changes: int | None
     max_bytes: int | None
+    owners: str
+    symlinks: str
 
 
 class ApprovalRules(namedtuple(
@@ -105,7 +114,8 @@ def strictest(configs: list[Config]) -> Config:
     approval paths united, limits the lowest, flags on if any sets them. Rules
     are only ever added this way, never removed. ``notify`` and its timeout,
     which say how to ask rather than what to allow, come from the last config
-    that sets them; roots from the first that names each."""
+    that sets them; roots from the first that names each. ``owners = "keep"``
+    and ``symlinks = "inside"`` are the stricter values of their keys."""
     if len(configs) == 1:
         return configs[0]
     policies = [c.policy for c in configs]
@@ -117,7 +127,9 @@ def strictest(configs: list[Config]) -> Config:
     return Config(
         ", ".join(c.path for c in configs if c.path) or None,
         Policy(_union([p.deny for p in policies]), _least([p.max_changes for p in policies]),
-               _least([p.max_bytes for p in policies])),
+               _least([p.max_bytes for p in policies]),
+               "keep" if any(p.owners == "keep" for p in policies) else "any",
+               "inside" if any(p.symlinks == "inside" for p in policies) else "any"),
         ApprovalRules(
             any(r.when_deleting for r in rules), _least([r.when_changes_over for r in rules]),
             _least([r.when_bytes_over for r in rules]), _union([r.when_paths for r in rules]),
@@ -141,6 +153,10 @@ def _command(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
 
 
+def _one_of(*choices: str) -> tuple[Callable[[object], bool], str]:
+    return (lambda v: isinstance(v, str) and v in choices), " or ".join(f'"{c}"' for c in choices)
+
+
 def _seconds(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 3600
 
@@ -150,6 +166,8 @@ KEYS = {
         "deny": (_globs, "a list of glob strings"),
         "max_changes": (_nonnegative_int, "an integer >= 0"),
         "max_bytes": (_nonnegative_int, "an integer >= 0"),
+        "owners": _one_of("any", "keep"),
+        "symlinks": _one_of("any", "inside"),
     },
     "approval": {
         "when_deleting": (lambda v: isinstance(v, bool), "true or false"),
@@ -240,7 +258,8 @@ def parse(raw: bytes, path: str) -> Config:
             raise bad("approval", "notify", f"cannot split the command line: {e}") from None
     return Config(
         path,
-        Policy(tuple(policy.get("deny", ())), policy.get("max_changes"), policy.get("max_bytes")),
+        Policy(tuple(policy.get("deny", ())), policy.get("max_changes"), policy.get("max_bytes"),
+               policy.get("owners", "any"), policy.get("symlinks", "any")),
         ApprovalRules(
             approval.get("when_deleting", False), approval.get("when_changes_over"),
             approval.get("when_bytes_over"), tuple(approval.get("when_paths", ())),

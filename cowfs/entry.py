@@ -67,41 +67,44 @@ class Entry(_Entry):
     gid: int | None
 
     def to_json(self) -> dict[str, Any]:
+        """The contract's form (``tx diff --json``), also the journal's."""
         return {
             "type": self.type,
             "size": self.size,
             "mode": format(self.mode, "04o"),
             "mtime_ns": self.mtime_ns,
+            "uid": self.uid,
+            "gid": self.gid,
             "hash": self.hash,
             "target": self.target,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Entry:
-        return cls(
-            type=d["type"], size=d["size"], mode=int(d["mode"], 8), mtime_ns=d["mtime_ns"],
-            hash=d.get("hash"), target=d.get("target"),
-        )
-
-    def to_record(self) -> dict[str, Any]:
-        """The journal's form: the contract's fields plus the owner."""
-        return {**self.to_json(), "uid": self.uid, "gid": self.gid}
-
-    @classmethod
-    def from_record(cls, d: dict[str, Any]) -> Entry:
+        # (Journals written before owners were in the diff have no uid/gid: None.)
         return cls(d["type"], d["size"], int(d["mode"], 8), d["mtime_ns"], d.get("hash"), d.get("target"),
                    d.get("uid"), d.get("gid"))
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid), or None where none is kept (a bucket)."""
+        return None if self.uid is None else (self.uid, self.gid)
 
     def same_content(self, other: Entry) -> bool:
         return self.type == other.type and self.hash == other.hash and self.size == other.size
 
     def same_meta(self, other: Entry) -> bool:
+        if self.owner != other.owner:
+            return False
         # A directory's mtime moves with every change to its entries: not tracked.
         if self.type == DIR:
             return self.mode == other.mode
         if self.type == SYMLINK:
             return self.mtime_ns == other.mtime_ns
         return self.mode == other.mode and self.mtime_ns == other.mtime_ns
+
+    def without_owner(self) -> Entry:
+        return self._replace(uid=None, gid=None) if self.uid is not None or self.gid is not None else self
 
 
 def read_entry(

@@ -2,7 +2,10 @@
 
 Refusals (exit 4, nothing written) name every offending path and the rule it
 broke: special files (fifos, sockets, devices), setuid or setgid bits, paths
-matching a ``deny`` glob, and the ``max_changes`` / ``max_bytes`` limits.
+matching a ``deny`` glob, the ``max_changes`` / ``max_bytes`` limits, with
+``owners = "keep"`` a change of an existing path's owner, and with
+``symlinks = "inside"`` a new or changed symlink whose target, read lexically
+from the symlink's own directory (an absolute one as it is), leaves the root.
 Approval reasons come from the ``[approval]`` rules; a commit with any
 reason needs an approval bound to its exact diff hash.
 
@@ -16,6 +19,7 @@ its new path, since a diff lists both.
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 from collections import namedtuple
@@ -23,6 +27,7 @@ from functools import lru_cache
 
 from cowfs.changeset import ChangeSet
 from cowfs.config import ApprovalRules, Policy
+from cowfs.entry import SYMLINK
 
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
 DELETING = ("deleted", "type_changed")
@@ -102,6 +107,12 @@ def refusals(changes: ChangeSet, policy: Policy) -> list[Violation]:
             if glob_match(pattern, c.path):
                 found.append(Violation(c.path, f"deny {pattern!r}"))
                 break
+        if policy.owners == "keep" and c.old is not None and c.new is not None and c.old.owner != c.new.owner:
+            found.append(Violation(c.path, f'owners = "keep": owner {c.old.uid}:{c.old.gid} -> {c.new.uid}:{c.new.gid}'))
+        if (policy.symlinks == "inside" and c.new is not None and c.new.type == SYMLINK
+                and not (c.old is not None and c.old.type == SYMLINK and c.old.target == c.new.target)
+                and not inside(changes.root, c.path, c.new.target or "")):
+            found.append(Violation(c.path, f'symlinks = "inside": target {c.new.target!r} is outside the root'))
     count = len(changes.changes)
     if policy.max_changes is not None and count > policy.max_changes:
         found.append(Violation(None, f"{count} changed paths is over max_changes = {policy.max_changes}"))
@@ -109,6 +120,15 @@ def refusals(changes: ChangeSet, policy: Policy) -> list[Violation]:
     if policy.max_bytes is not None and written > policy.max_bytes:
         found.append(Violation(None, f"{written} new bytes is over max_bytes = {policy.max_bytes}"))
     return found
+
+
+def inside(root: str, path: str, target: str) -> bool:
+    """Whether the symlink ``path`` (relative to ``root``) pointing at
+    ``target`` stays inside ``root``, resolved lexically (``..`` against the
+    names, no symlink followed) from the symlink's own directory."""
+    resolved = os.path.normpath(os.path.join(root, os.path.dirname(path), target))
+    base = os.path.normpath(root)
+    return resolved == base or resolved.startswith(base.rstrip("/") + "/")
 
 
 def approval_reasons(changes: ChangeSet, rules: ApprovalRules) -> list[str]:

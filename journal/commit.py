@@ -41,7 +41,7 @@ from cowfs import durable
 from cowfs.changeset import ChangeSet, path_key
 from cowfs.converge import converge, remove_temps
 from cowfs.entry import DIR, FILE, Entry
-from cowfs.errors import CommitFailed, Conflict, LiveUnreadable, RoscoeError
+from cowfs.errors import CommitFailed, Conflict, LiveUnreadable, Refused, RoscoeError
 from cowfs.hashahead import HashedAhead
 from cowfs.stagers import Stager
 from journal.approval import ApprovalNeeded, enforce, requested
@@ -65,8 +65,26 @@ def blob_store(home: str) -> BlobStore:
 
 
 def owners_kept() -> bool:
-    """Owners are restored only when roscoe runs as root (it cannot chown otherwise)."""
+    """Whether roscoe can give a path any owner (as root); otherwise only its own
+    user and groups, and an undo restores owners where it can."""
     return os.geteuid() == 0
+
+
+class OwnerNeedsRoot(Refused):
+    """{what}: {paths} would get an owner other than roscoe's own user and groups, which only root can give; nothing was written"""
+
+
+def owners_settable(tx: TxRecord, rows: list[ChangeRow]) -> None:
+    """Without root, refuse a change set that gives a path an owner roscoe
+    cannot set, before anything is written (it would land with another)."""
+    if owners_kept():
+        return
+    uid, groups = os.geteuid(), {os.getegid(), *os.getgroups()}
+    foreign = [f"{r.path} ({r.new.uid}:{r.new.gid})" for r in rows
+               if r.new is not None and r.new.uid is not None and (r.new.uid != uid or r.new.gid not in groups)]
+    if foreign:
+        what = f"rollback of {tx.rolls_back} refused" if tx.rolls_back else f"transaction {tx.id} cannot be committed"
+        raise OwnerNeedsRoot(what=what, paths=", ".join(foreign))
 
 
 def capture_old(
@@ -160,6 +178,7 @@ def _apply(
     journal: Journal, blobs: BlobStore, tx: TxRecord, rows: list[ChangeRow], diff_hash: str, *,
     known: dict[str, Entry | None] | None, progress: Progress | None, content: Content, new: bool,
 ) -> None:
+    owners_settable(tx, rows)
     journal.record_intent(tx.id, rows, diff_hash, new=tx if new else None)
     checkpoint("after-intent")
     total = len(rows)
@@ -175,7 +194,7 @@ def _apply(
     try:
         converge(
             tx.root, [(r.path, r.new) for r in rows], content=content,
-            tag=tx.id, owners=owners_kept(), step=step, known=known,
+            tag=tx.id, owners=True, step=step, known=known,
         )
     except (OSError, RoscoeError) as e:
         problem = undo(journal, blobs, tx, rows)
@@ -243,10 +262,12 @@ def check_bases(changes: ChangeSet, bases: dict[str, Entry | None]) -> list[str]
 
 
 def same_state(a: Entry | None, b: Entry | None) -> bool:
+    """Whether the live ``a`` is still the base ``b``: a chown since is a change
+    too (a base from before owners were recorded has none to compare)."""
     if a is None or b is None:
         return a is b
     return (a.type, a.size, a.mode, a.hash, a.target) == (b.type, b.size, b.mode, b.hash, b.target) and (
-        a.type == "dir" or a.mtime_ns == b.mtime_ns)
+        a.type == "dir" or a.mtime_ns == b.mtime_ns) and (b.owner is None or a.owner == b.owner)
 
 
 def commit(ws: Workspace, ref: str, *, progress: Progress | None = None) -> TxRecord:

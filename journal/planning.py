@@ -121,10 +121,20 @@ def dry_run(
         _apply(scratch, scratch.get(fork.id), parsed, savepoint=False)
         changes = scratch.diff(fork.id)
         scratch.abort(fork.id)
+        if not _keeps_owners(ws, record, path):  # (the scratch transaction has no target)
+            changes = changes.without_owners()
     finally:
         scratch.close()
         remove_tree(scratch_home)
     return DryRun(record.id if record is not None else None, path, len(parsed.ops), changes)
+
+
+def _keeps_owners(ws: Workspace, record: TxRecord | None, root: str) -> bool:
+    """Whether the transaction (or a new one over ``root``) commits where owners
+    are kept: not to a bucket."""
+    if record is not None:
+        return not record.target
+    return not (os.path.exists(ws.home.config) and ws.config().root(root).target)
 
 
 def _target(ws: Workspace, plan: Plan, tx: str | None, root: str | None) -> tuple[TxRecord | None, str]:

@@ -208,7 +208,7 @@ def dry_run(ws: Workspace, ref: str) -> DryRun:
         written = ws.journal.changes(target.id)
         with closing(durable.DirFds(target.root)) as dirs:
             conflicts = [r.path for r in written
-                         if not matches(livetree.entry(target.root, r.path, None, dirs), r.new, owners=False)]
+                         if not matches(livetree.entry(target.root, r.path, None, dirs), r.new, owners=True)]
     return DryRun(target, ws.journal.open_rollback(target.id), changes, conflicts)
 
 
@@ -270,7 +270,7 @@ def _rollback(
             closing(Pins(blobs, dirs)) as pins:
         hashes = HashCache(None, lambda: not durable.is_fuse(target.root))
         live = pins.read(written, hashes)
-        moved = [r.path for r in written if not matches(live[r.path], r.new, owners=False)]
+        moved = [r.path for r in written if not matches(live[r.path], r.new, owners=True)]
         if moved and not force:
             later = ws.journal.later_commits_touching(target, moved)
             since = f" (changed since by {', '.join(later)})" if later else ""

@@ -278,11 +278,11 @@ def _json(text: str | None) -> Any:
 
 
 def _entry(text: str | None) -> Entry | None:
-    return Entry.from_record(json.loads(text)) if text else None
+    return Entry.from_json(json.loads(text)) if text else None
 
 
 def _record(entry: Entry | None) -> str | None:
-    return json.dumps(entry.to_record(), ensure_ascii=True) if entry is not None else None
+    return json.dumps(entry.to_json(), ensure_ascii=True) if entry is not None else None
 
 
 def _tx(row: sqlite3.Row) -> TxRecord:

@@ -75,7 +75,7 @@ def verify(ws: object) -> Report:
             problems.append(Problem("live", tx_id, path, f"root {root} does not exist"))
             continue
         live = livetree.entry(root, path)
-        if not matches(live, entry, owners=False):
+        if not matches(live, entry, owners=True):
             want = "absent" if entry is None else entry.type
             have = "absent" if live is None else live.type
             problems.append(Problem("live", tx_id, path, f"{root}: expected the {want} tx {tx_id} wrote, found {have} that differs"))

@@ -398,7 +398,7 @@ class Workspace:
         except (UnsupportedUpper, OSError) as e:
             raise StagingCorrupt(tx=tx.id, detail=str(e)) from e
         hashes.save()
-        return changes
+        return changes.without_owners() if tx.target else changes
 
     def staged_changes(self, tx: TxRecord) -> ChangeSet:
         """What the open ``tx`` would commit now: its staged layer against the live

@@ -29,8 +29,11 @@ def tx_from(stderr: bytes) -> str:
     return match.group(1)
 
 
-def entry(type_: str, size: int, mode: str, mtime_ns: int, hash_: str | None, target: str | None = None) -> dict[str, object]:
-    return {"type": type_, "size": size, "mode": mode, "mtime_ns": mtime_ns, "hash": hash_, "target": target}
+def entry(type_: str, size: int, mode: str, mtime_ns: int, hash_: str | None, target: str | None = None,
+          uid: int = 0, gid: int = 0) -> dict[str, object]:
+    """A state in ``tx diff --json`` (owned by root, as the tests' trees and runs are)."""
+    return {"type": type_, "size": size, "mode": mode, "mtime_ns": mtime_ns, "uid": uid, "gid": gid,
+            "hash": hash_, "target": target}
 
 
 def test_begin_prints_only_the_id(roscoe: Roscoe, root: Path) -> None:

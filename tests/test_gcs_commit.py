@@ -175,6 +175,26 @@ def test_commit_writes_objects_as_gcsfuse_lays_them_out(groscoe: Roscoe, bucket:
         ("live", tx, "case1/notes.md")]
 
 
+def test_a_bucket_keeps_no_owners_so_the_diff_has_none(groscoe: Roscoe, bucket: Bucket) -> None:
+    """uid and gid are null on a bucket target, and a chown alone is no change."""
+    tx = begin_and_run(groscoe, bucket, "printf 'more\\n' >> case1/notes.md && chown 65534:65534 case1/notes.md"
+                                        " && chown 65534:65534 case2/intake.txt")
+    diff = json.loads(groscoe("tx", "diff", tx, "--json").stdout)
+    assert [(c["path"], c["status"], c["old"]["uid"], c["old"]["gid"], c["new"]["uid"], c["new"]["gid"])
+            for c in diff["changes"]] == [("case1/notes.md", "modified", None, None, None, None)]
+    # A plan's dry run predicts the same (its scratch transaction has no target of its own).
+    plan = json.dumps({"version": 1, "ops": [{"op": "write", "path": "case2/new.txt", "content": "n"}]})
+    done = groscoe("tx", "plan", "--tx", tx, "--dry-run", "--json", "-", input=plan.encode())
+    assert done.returncode == 0, done.stderr
+    predicted = json.loads(done.stdout)["changes"]
+    assert [(c["path"], c["new"]["uid"], c["new"]["gid"]) for c in predicted] == [
+        ("case1/notes.md", None, None), ("case2/new.txt", None, None)]
+    done = groscoe("tx", "commit", tx, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(groscoe("tx", "diff", tx, "--json").stdout)["changes"] == diff["changes"]
+    assert bucket.contents()["projects/case1/notes.md"][0] == b"# notes\nmore\n"
+
+
 def test_object_changed_before_commit_is_a_conflict(groscoe: Roscoe, bucket: Bucket) -> None:
     tx = begin_and_run(groscoe, bucket, SCRIPT)
     bucket.put("projects/case1/notes.md", b"someone else\n")

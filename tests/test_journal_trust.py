@@ -208,7 +208,10 @@ def test_the_strictest_of_configs_keeps_every_rule_of_each(tmp_path: Path) -> No
     strict = parse(b'[policy]\ndeny = ["*.exe"]\nmax_changes = 5\nmax_bytes = 9\n'
                    b'[approval]\nwhen_deleting = true\nwhen_bytes_over = 3\nwhen_paths = ["x/**"]\n', "strict")
     both = strictest([loose, strict])
-    assert both == Config("loose, strict", Policy(("*.exe",), 5, 9),
+    strict = strict._replace(policy=strict.policy._replace(owners="keep"))
+    loose = loose._replace(policy=loose.policy._replace(symlinks="inside"))
+    both = strictest([loose, strict])
+    assert both == Config("loose, strict", Policy(("*.exe",), 5, 9, "keep", "inside"),
                           ApprovalRules(True, 10, 3, ("x/**",), ("a",), 30.0), {})
     assert strictest([strict, loose]) == both._replace(path="strict, loose")
     # Every field of Policy and ApprovalRules is merged: a new rule that

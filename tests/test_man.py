@@ -274,7 +274,7 @@ def test_every_diff_status_and_key_is_documented():
     assert set(STATUSES) <= documented
     assert {"tx", "root", "diff_hash", "changes", "summary", "unsupported"} <= documented
     text = " ".join(plain_text(diff).split())
-    for key in ("path", "status", "old", "new", "type", "size", "mode", "mtime_ns", "hash", "target",
+    for key in ("path", "status", "old", "new", "type", "size", "mode", "mtime_ns", "uid", "gid", "hash", "target",
                 "added", "modified", "deleted", "bytes_written"):
         assert re.search(rf'"{key}":', text), key
     assert "type_changed and meta_changed changes count under modified" in text

@@ -140,11 +140,11 @@ def test_every_op_stages_exactly_and_commits_to_the_reference_tree(roscoe: Rosco
     new = {c["path"]: c["new"] for c in diff["changes"]}
     # moved and copied files keep bytes, mode and mtime; new dirs are 0755; written files 0644
     assert new["case1/Filed/2024/complaint.txt"] == {
-        "type": "file", "size": 17, "mode": "0644", "mtime_ns": T0, "hash": h(b"COMPLAINT\nline 2\n"), "target": None}
+        "type": "file", "size": 17, "mode": "0644", "mtime_ns": T0, "uid": 0, "gid": 0, "hash": h(b"COMPLAINT\nline 2\n"), "target": None}
     assert (new["case1/script.sh"]["mode"], new["case1/script.sh"]["mtime_ns"]) == ("0755", T0)
     assert (new["case3/script.sh"]["mode"], new["case3/script.sh"]["mtime_ns"]) == ("0755", T0)
     assert new["case3/notes-link"] == {
-        "type": "symlink", "size": 17, "mode": "0777", "mtime_ns": T0, "hash": h(b"../case1/notes.md"),
+        "type": "symlink", "size": 17, "mode": "0777", "mtime_ns": T0, "uid": 0, "gid": 0, "hash": h(b"../case1/notes.md"),
         "target": "../case1/notes.md"}
     assert new["case1/Filed"]["mode"] == new["case1/Filed/2024"]["mode"] == "0755"
     assert (new["case1/README.txt"]["mode"], new["case1/README.txt"]["hash"]) == ("0644", h(b"read me\n"))

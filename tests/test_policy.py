@@ -14,6 +14,7 @@ test_exit_codes.py.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -169,6 +170,66 @@ def test_limits_at_the_limit_commit(roscoe: Roscoe, root: Path, home: Path) -> N
     committed(roscoe, staged(roscoe, root, "printf 01234 > a && printf 56789 > b"))
 
 
+def test_owners_keep_refuses_an_owner_change_until_fixed(roscoe: Roscoe, root: Path, home: Path) -> None:
+    write_config(home, '[policy]\nowners = "keep"\n')
+    tx = staged(roscoe, root, "printf 'x\\n' >> case1/notes.md && chown 65534:0 case1/notes.md"
+                              " && chown -h 0:65534 case2/notes-link && echo n > case1/new.txt")
+    assert refused(roscoe, tx, root) == policy_refusal(
+        tx, 'case1/notes.md (owners = "keep": owner 0:0 -> 65534:0)',
+        'case2/notes-link (owners = "keep": owner 0:0 -> 0:65534)')
+    run(roscoe, tx, root, "chown 0:0 case1/notes.md && chown -h 0:0 case2/notes-link")
+    committed(roscoe, tx)
+    assert (root / "case1" / "notes.md").read_text() == "# notes\nx\n"
+
+
+@pytest.mark.parametrize("config", ["", '[policy]\nowners = "any"\n'])
+def test_an_owner_change_commits_unless_owners_keep(roscoe: Roscoe, root: Path, home: Path, config: str) -> None:
+    write_config(home, config)
+    committed(roscoe, staged(roscoe, root, "chown 65534:65534 case1/notes.md"))
+    st = (root / "case1" / "notes.md").stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+
+
+OUTSIDE_LINKS = {  # path: (target, whether it stays inside the root)
+    "case1/abs": ("/etc/passwd", False),
+    "case1/rel": ("../../outside", False),
+    "case1/up2": ("../..", False),
+    "case1/sneaky": ("../case2/../../x", False),
+    "case1/up": ("..", True),
+    "case1/ok": ("../case2/script.sh", True),
+    "case1/dangling": ("nowhere/at/all", True),
+    "case1/down/deep": ("../../case2", True),
+}
+
+
+def test_symlinks_inside_refuses_links_out_of_the_root_until_fixed(roscoe: Roscoe, root: Path, home: Path) -> None:
+    write_config(home, '[policy]\nsymlinks = "inside"\n')
+    links = dict(OUTSIDE_LINKS, **{"case1/abs-in": (f"{root}/case2", True), "case2/notes-link": ("/etc", False)})
+    script = "mkdir case1/down && rm case2/notes-link && " + " && ".join(
+        f"ln -s '{target}' {path}" for path, (target, _) in links.items())
+    tx = staged(roscoe, root, script)
+    outside = sorted(p for p, (_, inside) in links.items() if not inside)
+    assert refused(roscoe, tx, root) == policy_refusal(
+        tx, *(f"{p} (symlinks = \"inside\": target {links[p][0]!r} is outside the root)" for p in outside))
+    run(roscoe, tx, root, "rm " + " ".join(p for p in outside if p != "case2/notes-link")
+        + " && ln -sfn ../case1/notes.md case2/notes-link && touch -h -d @1700000000 case2/notes-link")
+    committed(roscoe, tx)
+    assert {p: os.readlink(root / p) for p, (_, inside) in links.items() if inside} == {
+        p: t for p, (t, inside) in links.items() if inside}
+
+
+def test_a_symlink_out_of_the_root_commits_unless_symlinks_inside(roscoe: Roscoe, root: Path, home: Path) -> None:
+    # An old link pointing out is no new link: touching it is no refusal.
+    os.symlink("/etc", root / "case2" / "old-out")
+    write_config(home, '[policy]\nsymlinks = "any"\n')
+    committed(roscoe, staged(roscoe, root, "ln -s /etc/passwd case1/abs && ln -s ../.. case1/up2"))
+    assert (os.readlink(root / "case1" / "abs"), os.readlink(root / "case1" / "up2")) == ("/etc/passwd", "../..")
+    write_config(home, '[policy]\nsymlinks = "inside"\n')
+    tx = staged(roscoe, root, "touch -h -d @1800000000 case2/old-out")
+    assert [c["status"] for c in tx_json(roscoe, "diff", tx)["changes"]] == ["meta_changed"]
+    committed(roscoe, tx)
+
+
 @pytest.mark.parametrize(("mode", "bits"), [("4755", "setuid"), ("2755", "setgid")])
 def test_setuid_and_setgid_bits_are_always_refused(roscoe: Roscoe, root: Path, mode: str, bits: str) -> None:
     tx = staged(roscoe, root, f"chmod {mode} case2/script.sh")
@@ -275,7 +336,7 @@ BAD_CONFIGS = [
     ('[policy]\n[policy]\n', "not valid TOML: Cannot declare ('policy',) twice (at line 2, column 8)"),
     ("[polcy]\ndeny = []\n", "line 1: [polcy]: unknown table (known tables: policy, approval, roots)"),
     ('\n[policy]\ndeny = ["a"]\nmax_chnges = 3\n',
-     "line 4: [policy] max_chnges: unknown key (known keys: deny, max_changes, max_bytes)"),
+     "line 4: [policy] max_chnges: unknown key (known keys: deny, max_changes, max_bytes, owners, symlinks)"),
     ('[policy]\nmax_changes = "ten"\n', 'line 2: [policy] max_changes: expected an integer >= 0, got "ten"'),
     ("[policy]\nmax_bytes = -1\n", "line 2: [policy] max_bytes: expected an integer >= 0, got -1"),
     ("[policy]\nmax_bytes = 1.5\n", "line 2: [policy] max_bytes: expected an integer >= 0, got 1.5"),
@@ -302,6 +363,8 @@ BAD_CONFIGS = [
     ('[roots."relative"]\ntarget = "gs://bucket"\n', 'line 1: [roots."relative"]: a root must be an absolute path'),
     ("policy = 3\n", "line 1: [policy]: expected a table"),
     (b'[policy]\ndeny = ["\xff"]\n', "not UTF-8 text (byte 18)"),
+    ('[policy]\nowners = "same"\n', 'line 2: [policy] owners: expected "any" or "keep", got "same"'),
+    ("[policy]\nsymlinks = true\n", 'line 2: [policy] symlinks: expected "any" or "inside", got true'),
 ]
 
 
@@ -362,7 +425,11 @@ def test_every_key_of_the_contract_parses(tmp_path: Path) -> None:
         '[roots."/mnt/workspace/projects/"]\ntarget = "gs://whaley_law_firm/projects"\n'
     )
     config = load(str(path), required=True)
-    assert config.policy == (("**/.git/**",), 10000, 10_000_000_000)
+    assert config.policy == (("**/.git/**",), 10000, 10_000_000_000, "any", "any")
+    path.write_text('[policy]\nowners = "keep"\nsymlinks = "inside"\n')
+    assert load(str(path)).policy == ((), None, None, "keep", "inside")
+    path.write_text('[policy]\nowners = "any"\nsymlinks = "any"\n')
+    assert load(str(path)).policy == ((), None, None, "any", "any")
     assert config.approval == (False, 200, 100_000_000, ("*/Pleadings/**",),
                                ("/usr/local/bin/notify-slack", "--channel", "legal"), 2.5)
     assert config.root("/mnt/workspace/projects").target == "gs://whaley_law_firm/projects"
