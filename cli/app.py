@@ -365,21 +365,27 @@ def recover_cmd() -> int:
 
 
 @app.command("verify")
-def verify_cmd(json_: JsonOpt = False) -> int:
-    """Check the journal, the blob store and the live tree against each other;
-    exit 1 when anything is wrong."""
+def verify_cmd(
+    json_: JsonOpt = False,
+    integrity: Annotated[bool, typer.Option("--integrity", help="Check only the journal, the blobs and the audit trail; do not read the live tree.")] = False,
+) -> int:
+    """Check the journal, the blob store, the audit trail and the live tree
+    against each other; exit 1 when roscoe's own state is damaged, 3 when
+    only the live tree drifted from what was committed."""
     from journal.verify import verify
 
     ws = workspace()
     try:
-        report = verify(ws)
+        report = verify(ws, live=not integrity)
     finally:
         ws.close()
     if json_:
         render.json_out(report.to_json())
     else:
         render.verify(report)
-    return 0 if report.ok else int(ExitCode.ERROR)
+    if report.ok:
+        return 0
+    return int(ExitCode.CONFLICT) if report.healthy else int(ExitCode.ERROR)
 
 
 @app.command("gc")

@@ -7,6 +7,11 @@ config each transaction recorded at its begin is the one its begin event
 names, that no commit is left interrupted, that every
 image a rollback may need is present and hashes to its name, and that every
 path a committed transaction wrote still holds what the newest of them wrote.
+
+A live path that differs is drift (someone changed the tree outside roscoe
+since its commit), not corruption: ``Report.healthy`` tells the two apart,
+and ``roscoe verify`` exits 3 for drift alone, 1 when anything of roscoe's
+own is wrong.
 """
 
 from __future__ import annotations
@@ -31,18 +36,35 @@ class Problem(namedtuple("_Problem", "kind tx path detail")):
         return {"kind": self.kind, "tx": self.tx, "path": self.path, "detail": self.detail}
 
 
+DRIFT = "live"  # the live tree differs from what roscoe last committed there
+
+
 class Report(namedtuple("_Report", "problems checked")):
+    """What verify found. ``healthy``: the journal, the blobs and the audit trail
+    are intact (no problem but drift); ``ok``: no problem at all."""
+
     __slots__ = ()
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def healthy(self) -> bool:
+        return all(p.kind == DRIFT for p in self.problems)
+
+    @property
+    def drift(self) -> int:
+        return sum(p.kind == DRIFT for p in self.problems)
+
     def to_json(self) -> dict[str, object]:
-        return {"ok": self.ok, "checked": self.checked, "problems": [p.to_json() for p in self.problems]}
+        return {"ok": self.ok, "healthy": self.healthy, "drift": self.drift, "checked": self.checked,
+                "problems": [p.to_json() for p in self.problems]}
 
 
-def verify(ws: object) -> Report:
+def verify(ws: object, *, live: bool = True) -> Report:
+    """Every check; without ``live``, the live tree is not read (a health check
+    of roscoe's own state: the journal, the blobs and the audit trail)."""
     from journal.commit import blob_store
     from journal.workspace import Workspace
 
@@ -62,7 +84,7 @@ def verify(ws: object) -> Report:
         problem = blobs.check(digest)
         if problem is not None:
             problems.append(Problem("blob", None, None, f"blob {digest} is {problem}"))
-    latest = ws.journal.latest_states()
+    latest = ws.journal.latest_states() if live else {}
     total = len(latest)
     in_buckets = {t.id: t for t in ws.journal.committed() if t.target}
     if in_buckets:
