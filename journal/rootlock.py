@@ -20,7 +20,6 @@ owner's lock is broken by construction.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import time
@@ -32,10 +31,6 @@ import xxhash
 from cowfs.durable import DIR_FLAGS
 from cowfs.errors import RoscoeError
 from journal.faults import checkpoint
-
-# The root cannot be opened as a directory: nobody can commit to it, and the
-# state dir's lock alone covers recovery of a root that is gone.
-_NO_TREE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM)
 
 
 class RootBusy(RoscoeError):
@@ -87,14 +82,14 @@ def _acquire(fd: int, deadline: float, owner: Callable[[], str], root: str) -> N
 
 def _open_tree(root: str) -> int | None:
     """An fd of the root directory to lock, or None when there is none to lock:
-    the root is gone, or its filesystem keeps no ``flock`` (then the state
-    dir's lock is all there is, as before roscoe locked the tree)."""
+    the root cannot be opened (gone, not a directory, a dead FUSE mount:
+    nobody can commit to it then, and the state dir's lock covers recovery),
+    or its filesystem keeps no ``flock`` (then the state dir's lock is all
+    there is, as before roscoe locked the tree)."""
     try:
         fd = os.open(root, DIR_FLAGS)
-    except OSError as e:
-        if e.errno in _NO_TREE:
-            return None
-        raise
+    except OSError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
