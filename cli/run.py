@@ -174,7 +174,7 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
     timeout = parse_timeout(args.timeout)
     limits = parse_limits(args)
     env = run_env(args)
-    ws = open_workspace()
+    ws = open_workspace(args.root)
     try:
         report = None
         if args.tx:

@@ -27,6 +27,7 @@ STEPS = (
     "undo",            # after each change put back, by recovery or a failed apply
     "before-reopen",   # everything put back; the transaction not yet reopened
     "lock-busy",       # a root lock was found held by another process (once per lock)
+    "abort-discarded", # an abort discarded the staged layer; the abort is not yet journaled
 )
 
 _seen: dict[str, int] = {}
