@@ -26,10 +26,10 @@ tx_app = typer.Typer(
 app.add_typer(tx_app, name="tx")
 
 
-def workspace():  # type: ignore[no-untyped-def]
+def workspace(root: str | None = None):  # type: ignore[no-untyped-def]
     from cli.state import open_workspace
 
-    return open_workspace()
+    return open_workspace(root)
 
 
 @app.callback()
@@ -58,7 +58,7 @@ def tx_begin(
     """Open a transaction over the root; print only its id."""
     from cli.run import default_root
 
-    ws = workspace()
+    ws = workspace(root)
     try:
         tx = ws.begin(default_root(root), message, target)
     finally:
@@ -243,7 +243,9 @@ def tx_approve(
 @tx_app.command("abort")
 def tx_abort(tx: TxId) -> int:
     """Discard the transaction's staged changes; the live tree is not touched."""
-    ws = workspace()
+    from cli.state import open_workspace
+
+    ws = open_workspace(aborting=tx)
     try:
         record = ws.abort(tx)
     finally:

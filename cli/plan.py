@@ -38,7 +38,7 @@ def execute(
 
     if tx is None:
         root = default_root(root)
-    ws = open_workspace()
+    ws = open_workspace(root)
     try:
         if dry_run:
             return _dry_run(planning.dry_run(ws, plan, tx=tx if tx is None else ws.get(tx).id, root=root), json_)

@@ -16,6 +16,10 @@ import sys
 
 from cowfs.errors import RoscoeError, UsageError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cowfs.callerfile import CallerFile
+
 # option -> (attribute, takes a value)
 RUN_OPTIONS: dict[str, tuple[str, bool]] = {
     "--tx": ("tx", True),
@@ -170,17 +174,20 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
     timeout = parse_timeout(args.timeout)
     limits = parse_limits(args)
     env = run_env(args)
-    ws = open_workspace()
+    ws = open_workspace(args.root)
     try:
+        report = None
         if args.tx:
             tx = ws.get(args.tx)
             if args.root and os.path.realpath(args.root) != tx.root:
                 raise UsageError(detail=f"--root {args.root} is not the root of tx {tx.id} ({tx.root})")
             ws.require_open(tx, "run")
             writable_binds(args.writable or (), tx.root, ws.home.path)
+            report = report_place(args.report, tx.root, ws.home.path)
         else:
             root = ws.check_invocable(default_root(args.root), args.command)
             writable_binds(args.writable or (), root, ws.home.path)  # before a transaction exists
+            report = report_place(args.report, root, ws.home.path)
             tx = ws.begin(root, args.message)
         say(f"tx {tx.id}")
         command, pass_fds = args.command, ()
@@ -191,8 +198,8 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
             tx.id, command, env=env, network=network, timeout=timeout, limits=limits,
             writable=args.writable or (), pass_fds=pass_fds,
         )
-        if args.report:
-            write_report(args.report, result.report())
+        if report is not None:
+            write_report(report, result.report(), tx.root, ws.home.path)
         summarize(tx.id, args, result)
         if args.commit:
             if result.exit_code != 0:
@@ -241,13 +248,21 @@ def summarize(tx_id: str, args: RunArgs, result) -> None:  # type: ignore[no-unt
         say(f"warning: {u.path!r} is a {u.type}: it cannot be committed")
 
 
-def write_report(path: str, report: dict[str, object]) -> None:
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-    except OSError as e:
-        raise UsageError(detail=f"--report {path}: {e.strerror}") from e
+def report_place(path: str | None, root: str, home: str) -> CallerFile | None:
+    """Where --report goes (cowfs.callerfile): checked before the run, never
+    in the root or the state dir, never through a symlink."""
+    if path is None:
+        return None
+    from cowfs import callerfile
+
+    return callerfile.place(path, "--report", {"the root": root, "the state dir": home})
+
+
+def write_report(where: CallerFile, report: dict[str, object], root: str, home: str) -> None:
+    from cowfs import callerfile
+
+    data = (json.dumps(report, indent=2) + "\n").encode()
+    callerfile.write(where, data, "--report", {"the root": root, "the state dir": home})
 
 
 def shell_command() -> list[str]:

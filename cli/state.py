@@ -14,10 +14,16 @@ def write_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def open_workspace():  # type: ignore[no-untyped-def]
+def open_workspace(root: str | None = None, *, aborting: str | None = None):  # type: ignore[no-untyped-def]
+    """The workspace; a state dir that overlaps ``root`` (the one the command
+    names) or $ROSCOE_ROOT is refused before anything is created in it. For
+    ``tx abort`` (``aborting``), a full state dir is given room first."""
+    import os
+
     from journal.workspace import Workspace
 
-    ws = Workspace.open()
+    roots = tuple(r for r in (root, os.environ.get("ROSCOE_ROOT")) if r)
+    ws = Workspace.open(roots=roots) if aborting is None else Workspace.open_to_abort(aborting, roots=roots)
     for r in ws.recovered:
         say(
             f"recovered the interrupted commit of tx {r.tx}: its {r.paths} paths under {r.root}"

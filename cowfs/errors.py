@@ -93,6 +93,25 @@ class StateDirError(RoscoeError):
     """state dir {home}: {reason}"""
 
 
+class StateDirFull(StateDirError):
+    """state dir {home}: its filesystem is out of {what} ({where}); {outcome}"""
+
+    @property
+    def cause(self) -> str:
+        """What ran out and where, without the outcome."""
+        return "state dir {home}: its filesystem is out of {what} ({where})".format(**self.fields)
+
+
+class StagingDiscarded(RoscoeError):
+    """the staged changes of transaction {tx} were discarded by an abort that could not be journaled;
+    nothing of it can be run, shown or committed: roscoe tx abort {tx} finishes the abort"""
+
+
+class AbortNotJournaled(RoscoeError):
+    """transaction {tx}: its staged changes are discarded, but the abort could not be journaled: {reason};
+    once there is room, roscoe tx abort {tx} finishes it"""
+
+
 class StagingCorrupt(RoscoeError):
     """the staged changes of transaction {tx} cannot be read: {detail}"""
 

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 from cowfs import upper as upperlayer
-from cowfs.errors import NoBackend
+from cowfs.errors import NoBackend, StateDirError
 from cowfs.upper import Touch
 
 # Tried in this order on a transaction's first run; "fuse" only when forced.
@@ -47,6 +47,62 @@ def remove_tree(path: str) -> None:
             if not os.path.islink(full):
                 os.chmod(full, stat.S_IRWXU)
     shutil.rmtree(path)
+
+
+# What an abort leaves of a transaction's staged layer until the abort is
+# journaled: the layer's own directory, renamed and emptied. Its presence says
+# the staged changes are gone (an open transaction whose layer is merely
+# absent has staged nothing).
+DISCARDED = "discarded"
+
+
+# Where backends mount inside a staging dir: bindfs's view of the root, fuse-overlayfs.
+MOUNTS = ("lower", "mnt")
+
+
+def discarded(tx_dir: str) -> bool:
+    return os.path.isdir(os.path.join(tx_dir, DISCARDED))
+
+
+def discard_staging(tx_dir: str) -> None:
+    """Remove everything a transaction staged, needing no free byte or inode
+    (an abort runs it first, to give the space back even on a full disk):
+    the FUSE mounts of any backend are taken down, the staged layer is
+    renamed to DISCARDED and emptied, and every other entry but the lock is
+    removed. The caller holds the transaction's lock."""
+    if not os.path.isdir(tx_dir):
+        return
+    for name in MOUNTS:
+        _fuse_unmount(os.path.join(tx_dir, name))
+    refuse_mounts(tx_dir)
+    mark = os.path.join(tx_dir, DISCARDED)
+    if not os.path.isdir(mark):
+        for layer in ("upper", "tree"):
+            if os.path.isdir(os.path.join(tx_dir, layer)):
+                os.rename(os.path.join(tx_dir, layer), mark)
+                break
+    if os.path.isdir(mark):
+        for name in os.listdir(mark):
+            _remove(os.path.join(mark, name))
+    for name in os.listdir(tx_dir):
+        if name not in ("lock", DISCARDED):
+            _remove(os.path.join(tx_dir, name))
+
+
+def refuse_mounts(tx_dir: str) -> None:
+    """Fail before removing a staging dir through a mount left in it (a bindfs
+    view of the root would take the live tree with it)."""
+    for name in MOUNTS:
+        path = os.path.join(tx_dir, name)
+        if os.path.ismount(path):
+            raise StateDirError(home=path, reason="still mounted after a run; unmount it, then try again")
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        remove_tree(path)
+    else:
+        os.unlink(path)
 
 
 class Stager(ABC):

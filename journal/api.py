@@ -39,8 +39,8 @@ __all__ = [
 
 
 @contextmanager
-def _workspace(home: HomeDir) -> Iterator[Workspace]:
-    ws = Workspace.open(home)
+def _workspace(home: HomeDir, root: str | os.PathLike[str] | None = None) -> Iterator[Workspace]:
+    ws = Workspace.open(home, roots=() if root is None else (root,))
     try:
         yield ws
     finally:
@@ -49,7 +49,7 @@ def _workspace(home: HomeDir) -> Iterator[Workspace]:
 
 def begin(root: str | os.PathLike[str], message: str | None = None, *, home: HomeDir = None) -> str:
     """Open a transaction over ``root``; its id."""
-    with _workspace(home) as ws:
+    with _workspace(home, root) as ws:
         return ws.begin(root, message).id
 
 
@@ -73,7 +73,7 @@ def stage_plan(
     ``index``, ``op`` and ``reason``) and stages nothing."""
     from journal import planning
 
-    with _workspace(home) as ws:
+    with _workspace(home, root) as ws:
         return planning.stage(
             ws, plan, tx=tx, root=None if root is None else os.fspath(root), message=message)
 
@@ -86,7 +86,7 @@ def dry_run_plan(
     ``plan``; nothing is staged."""
     from journal import planning
 
-    with _workspace(home) as ws:
+    with _workspace(home, root) as ws:
         return planning.dry_run(ws, plan, tx=tx, root=None if root is None else os.fspath(root))
 
 
@@ -140,6 +140,10 @@ def audit(tx: str | None = None, *, since_ns: int | None = None, home: HomeDir =
 
 
 def abort(tx: str, *, home: HomeDir = None) -> TxRecord:
-    """Discard the transaction's staged changes; its record, now aborted."""
-    with _workspace(home) as ws:
+    """Discard the transaction's staged changes; its record, now aborted
+    (a state dir too full to open is given room first)."""
+    ws = Workspace.open_to_abort(tx, home)
+    try:
         return ws.abort(tx)
+    finally:
+        ws.close()

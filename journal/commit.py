@@ -43,6 +43,7 @@ from cowfs.converge import converge, remove_temps
 from cowfs.entry import DIR, FILE, Entry
 from cowfs.errors import CommitFailed, Conflict, LiveUnreadable, Refused, RoscoeError
 from cowfs.hashahead import HashedAhead
+from cowfs.home import FULL
 from cowfs.stagers import Stager
 from journal.approval import ApprovalNeeded, enforce, requested
 from journal.blobs import BlobCorrupt, BlobStore
@@ -305,6 +306,10 @@ def _commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore, progress: Prog
                 rows = store_images(blobs, tx, changes, hashes)
             except Conflict as e:
                 raise logged(ws.journal, e) from None
+            except OSError as e:  # the blob store, in the state dir, found no room
+                if e.errno in FULL:
+                    raise ws.home.full(e.errno, "nothing was written to the live tree") from e
+                raise
             staged_durable(stager, blobs)
             checkpoint("after-images")
             known = {c.path: c.old for c in changes.changes}

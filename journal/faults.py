@@ -5,6 +5,8 @@ process) stops the process there as a crash would: ``os._exit(70)`` by
 default, a real SIGKILL with ``ROSCOE_FAULT_ACTION=kill``. Tests use it to
 crash at every step and check that recovery leaves the live tree all-old or
 all-new. The steps are in STEPS; commit and rollback share them.
+``ROSCOE_FAULT_ACTION=stop`` stops the process there instead (SIGSTOP), for
+a test to interleave two processes exactly and SIGCONT them in turn.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ STEPS = (
     "recover-start",   # recovery found an interrupted commit, nothing undone yet
     "undo",            # after each change put back, by recovery or a failed apply
     "before-reopen",   # everything put back; the transaction not yet reopened
+    "lock-busy",       # a root lock was found held by another process (once per lock)
+    "abort-discarded", # an abort discarded the staged layer; the abort is not yet journaled
 )
 
 _seen: dict[str, int] = {}
@@ -37,6 +41,10 @@ def checkpoint(step: str) -> None:
     name, _, nth = want.partition("#")
     if name != step or (nth and int(nth) != _seen[step]):
         return
-    if os.environ.get("ROSCOE_FAULT_ACTION") == "kill":
+    action = os.environ.get("ROSCOE_FAULT_ACTION")
+    if action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return
+    if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     os._exit(FAULT_EXIT)

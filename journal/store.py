@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 from cowfs.entry import Entry
 from cowfs.errors import RoscoeError, StateDirError
+from cowfs.home import FULL, Home, exhausted
 from cowfs.paths import plain
 from journal import audit
 from journal.audit import SCHEMA as AUDIT_SCHEMA
@@ -310,6 +311,15 @@ class Journal:
         self.actor = audit.Actor.current()
         try:
             os.makedirs(self.home, mode=0o700, exist_ok=True)
+            if not os.path.exists(path):
+                # 0600 whatever the umask; SQLite gives its -wal and -shm the same mode.
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                except FileExistsError:
+                    pass
+                else:
+                    os.fchmod(fd, 0o600)
+                    os.close(fd)
             self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
             self.db.row_factory = sqlite3.Row
             # Check the version before anything writes (WAL mode rewrites the header).
@@ -324,13 +334,17 @@ class Journal:
         except sqlite3.DatabaseError as e:
             raise self.translate(e) from e
         except OSError as e:
+            if e.errno in FULL:
+                raise Home(self.home).full(e.errno, "nothing was changed") from e
             raise StateDirError(home=self.home, reason=e.strerror or str(e)) from e
 
     def translate(self, e: sqlite3.Error) -> RoscoeError:
         text = str(e)
-        # A full disk shows as SQLITE_FULL or, in WAL mode, as SQLITE_IOERR.
-        if "full" in text or ("I/O error" in text and _nearly_full(self.home)):
-            return StateDirError(home=self.home, reason="disk is full; nothing was changed")
+        # A full disk shows as SQLITE_FULL or, in WAL mode, as SQLITE_IOERR
+        # (bytes or inodes: the -wal or -shm file could not be made).
+        if "full" in text or (("I/O error" in text or "unable to open" in text)
+                              and (_nearly_full(self.home) or exhausted(self.home)[0] == "inodes")):
+            return Home(self.home).full(None, "nothing was changed")
         if "readonly" in text or "unable to open" in text:
             return StateDirError(home=self.home, reason=text)
         return JournalCorrupt(path=self.path, reason=text)

@@ -9,19 +9,21 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from collections import namedtuple
 
 from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, compare
 from cowfs.errors import (
-    AmbiguousTransaction, LiveUnreadable, NoBackend, NoSuchTransaction, RootError, SandboxError,
-    StagingCorrupt, TransactionBusy, TransactionState, UsageError,
+    AbortNotJournaled, AmbiguousTransaction, LiveUnreadable, NoBackend, NoSuchTransaction, RootError,
+    SandboxError, StagingCorrupt, StagingDiscarded, StateDirError, StateDirFull, TransactionBusy,
+    TransactionState, UsageError,
 )
-from cowfs.home import Home
+from cowfs.home import FULL, Home
 from cowfs.paths import under
-from cowfs.stagers import ORDER, STAGERS, Stager, stager_for
+from cowfs.stagers import ORDER, STAGERS, Stager, discard_staging, discarded, stager_for
 from cowfs.upper import UnsupportedUpper
+from journal.faults import checkpoint
 from journal.store import ApprovalRecord, Journal, RunRecord, TxRecord, now_ns
 
 TYPE_CHECKING = False
@@ -110,10 +112,18 @@ def resolve_root(root: str | os.PathLike[str], home: Home) -> str:
         raise RootError(root=given, reason="is not readable")
     if path == "/":
         raise RootError(root=given, reason="the whole filesystem cannot be a root; name the tree to stage")
+    keep_apart(given, home)
+    return path
+
+
+def keep_apart(root: str | os.PathLike[str], home: Home) -> None:
+    """Refuse a root that is, holds or lies inside the state dir (paths
+    resolved; neither needs to exist yet)."""
+    given = os.fspath(root)
+    path = os.path.realpath(os.path.abspath(given))
     state = os.path.realpath(home.path)
     if under(state, path) or under(path, state):
         raise RootError(root=given, reason=f"overlaps the state dir {home.path}")
-    return path
 
 
 class Workspace:
@@ -123,8 +133,36 @@ class Workspace:
         self.recovered: list[object] = []
 
     @classmethod
-    def open(cls, home: str | os.PathLike[str] | None = None) -> Workspace:
+    def open_to_abort(
+        cls, ref: str, home: str | os.PathLike[str] | None = None, *, roots: tuple[str | os.PathLike[str], ...] = (),
+    ) -> Workspace:
+        """``open``, for ``tx abort REF``: when the state dir is too full even to
+        open the journal, REF's staged layer is discarded first (under its
+        lock), which gives the space back, and then it is opened."""
+        try:
+            return cls.open(home, roots=roots)
+        except StateDirFull as full:
+            resolved = Home.resolve(home)
+            tx_id = _staging_of(resolved, ref)
+            if tx_id is None:
+                raise
+            with tx_locked(resolved, tx_id, exclusive=True):
+                discard_staging(resolved.tx_dir(tx_id))
+            try:
+                return cls.open(home, roots=roots)
+            except StateDirFull as still:
+                raise AbortNotJournaled(tx=tx_id, reason=still.cause) from full
+
+    @classmethod
+    def open(
+        cls, home: str | os.PathLike[str] | None = None, *, roots: tuple[str | os.PathLike[str], ...] = (),
+    ) -> Workspace:
+        """The state dir ``home``, created if need be, after recovery. A state
+        dir that overlaps any of ``roots`` (those the caller is about to use) is
+        refused before anything is created or opened in it."""
         resolved = Home.resolve(home)
+        for root in roots:
+            keep_apart(root, resolved)
         resolved.ensure()
         ws = cls(resolved, Journal(resolved.journal))
         ws.recovered = ws.recover()
@@ -167,6 +205,8 @@ class Workspace:
         savepoint found on an open transaction was left by a plan whose process
         died: it is put back first (see cowfs.savepoint)."""
         name = backend or tx.backend
+        if tx.state == OPEN and discarded(self.home.tx_dir(tx.id)):
+            raise StagingDiscarded(tx=tx.id)
         if not name:
             return None
         stager = stager_for(name, self.home.tx_dir(tx.id), tx.root)
@@ -176,29 +216,15 @@ class Workspace:
             heal(stager)
         return stager
 
-    @contextmanager
-    def locked(self, tx: TxRecord, *, exclusive: bool) -> Iterator[None]:
+    def locked(self, tx: TxRecord, *, exclusive: bool) -> AbstractContextManager[None]:
         """One run at a time per transaction; diffs wait for no run."""
-        tx_dir = self.home.tx_dir(tx.id)
-        os.makedirs(tx_dir, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(tx_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise TransactionBusy(tx=tx.id, pid=owner) from None
-            if exclusive:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, str(os.getpid()).encode(), 0)
-            yield
-        finally:
-            os.close(fd)
+        return tx_locked(self.home, tx.id, exclusive=exclusive)
 
     def remove_tx_dir(self, tx_id: str) -> None:
         """Remove a finished transaction's staging dir (its lock file included)."""
-        from cowfs.stagers import remove_tree
+        from cowfs.stagers import refuse_mounts, remove_tree
 
+        refuse_mounts(self.home.tx_dir(tx_id))
         remove_tree(self.home.tx_dir(tx_id))
 
     def clean_finished(self) -> list[str]:
@@ -257,8 +283,17 @@ class Workspace:
 
             target = check_target(target)
         record = new_record(path, message)._replace(target=target, rules=encode(sources))
-        os.makedirs(self.home.tx_dir(record.id), mode=0o700)
-        self.journal.insert_tx(record)
+        try:
+            os.makedirs(self.home.tx_dir(record.id), mode=0o700)
+        except OSError as e:
+            if e.errno in FULL:
+                raise self.home.full(e.errno, "no transaction was begun") from e
+            raise
+        try:
+            self.journal.insert_tx(record)
+        except StateDirError:
+            os.rmdir(self.home.tx_dir(record.id))
+            raise
         return record
 
     def run(
@@ -292,6 +327,8 @@ class Workspace:
         env["ROSCOE_TX"] = tx.id
         env["ROSCOE_ROOT"] = tx.root
         with self.locked(tx, exclusive=True):
+            if discarded(self.home.tx_dir(tx.id)):
+                raise StagingDiscarded(tx=tx.id)
             self._release_links(tx)
             candidates = self._candidates(tx)
             run_id = self.journal.start_run(tx.id, argv, inner_cwd, candidates[0])
@@ -492,17 +529,71 @@ class Workspace:
         return self.journal.run_counts()
 
     def abort(self, ref: str) -> TxRecord:
+        """Discard the staged changes, then journal the abort: discarding
+        first gives the space back, so an abort works on a full state dir. If
+        the journal still cannot be written (or the process dies between the
+        two), the transaction stays open with its layer marked discarded
+        (cowfs.stagers.DISCARDED): every other command says so, and the next
+        abort finishes."""
         tx = self.get(ref)
         self.require_open(tx, "abort")
         with self.locked(tx, exclusive=True):
-            stager = self.stager(tx)
-            if stager is not None:
-                stager.discard()
-            self.journal.set_state(tx.id, ABORTED)
+            discard_staging(self.home.tx_dir(tx.id))
+            checkpoint("abort-discarded")
+            try:
+                self.journal.set_state(tx.id, ABORTED)
+            except StateDirError as e:
+                raise AbortNotJournaled(tx=tx.id, reason=e.cause if isinstance(e, StateDirFull) else e.message) from e
             self.remove_tx_dir(tx.id)
         aborted = self.journal.get_tx(tx.id)
         assert aborted is not None
         return aborted
+
+
+@contextmanager
+def tx_locked(home: Home, tx_id: str, *, exclusive: bool) -> Iterator[None]:
+    """The lock of one transaction: its staging dir's ``lock`` file, which
+    names the pid of an exclusive holder."""
+    tx_dir = home.tx_dir(tx_id)
+    os.makedirs(tx_dir, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(os.path.join(tx_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno not in FULL:
+            raise
+        # No inode for the lock file: no process ever locked this
+        # transaction, and none can now; an abort must still work.
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise TransactionBusy(tx=tx_id, pid=owner) from None
+        if exclusive:
+            os.ftruncate(fd, 0)
+            try:
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+            except OSError as e:  # the pid is for messages only
+                if e.errno not in FULL:
+                    raise
+        yield
+    finally:
+        os.close(fd)
+
+
+def _staging_of(home: Home, ref: str) -> str | None:
+    """The one staging dir ``ref`` names (a full id or a prefix of 4+ chars),
+    found without the journal; None when there is not exactly one."""
+    try:
+        names = os.listdir(os.path.join(home.path, "tx"))
+    except OSError:
+        return None
+    if ref in names:
+        return ref
+    found = [n for n in names if len(ref) >= 4 and n.startswith(ref)]
+    return found[0] if len(found) == 1 else None
 
 
 def new_record(root: str, message: str | None, rolls_back: str | None = None) -> TxRecord:

@@ -361,7 +361,8 @@ def test_full_state_dir_is_a_clear_error(tmp_path: Path, root: Path) -> None:
                     f.flush()
             except OSError:
                 pass
-        message = f"roscoe: error: state dir {home}: disk is full; nothing was changed\n".encode()
+        message = (f"roscoe: error: state dir {home}: its filesystem is out of space (tmpfs at {home}:"
+                   " 0 bytes of 1.0 MiB free); nothing was changed\n").encode()
         done = roscoe("tx", "begin", "--root", root)
         assert (done.returncode, done.stdout, done.stderr) == (1, b"", message)
         done = roscoe("tx", "run", "--tx", tx, "--", "sh", "-c", "echo data > big.txt", cwd=root)
