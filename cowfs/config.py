@@ -184,23 +184,24 @@ KEYS = {
 }
 
 
-def load(path: str | None = None, *, required: bool = False) -> Config:
-    """Read and check the config at ``path`` (default: ``$ROSCOE_CONFIG``)."""
-    if path is None:
-        path = os.environ.get("ROSCOE_CONFIG")
-        required = required or bool(path)
-    if path is None:
-        return Config(None, Policy(), ApprovalRules(), {})
+def read(path: str, *, required: bool) -> bytes | None:
+    """The bytes of the config file ``path``; None when it does not exist and
+    is not ``required`` (no file: no rules)."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except FileNotFoundError:
         if required:
             raise ConfigError(path=path, reason="does not exist") from None
-        return Config(None, Policy(), ApprovalRules(), {})
+        return None
     except OSError as e:
         raise ConfigError(path=path, reason=e.strerror or str(e)) from None
-    return parse(raw, path)
+
+
+def load(path: str, *, required: bool = False) -> Config:
+    """Read and check the config at ``path``."""
+    raw = read(path, required=required)
+    return Config(None, Policy(), ApprovalRules(), {}) if raw is None else parse(raw, path)
 
 
 def parse(raw: bytes, path: str) -> Config:

@@ -39,7 +39,8 @@ class Home(namedtuple("_Home", "path")):
 
     @property
     def config(self) -> str:
-        return os.environ.get("ROSCOE_CONFIG") or os.path.join(self.path, "config.toml")
+        """The state dir's own config file (a named one adds to it: journal.rules)."""
+        return os.path.join(self.path, "config.toml")
 
     def tx_dir(self, tx: str) -> str:
         return os.path.join(self.path, "tx", tx)

@@ -134,7 +134,7 @@ def _keeps_owners(ws: Workspace, record: TxRecord | None, root: str) -> bool:
     are kept: not to a bucket."""
     if record is not None:
         return not record.target
-    return not (os.path.exists(ws.home.config) and ws.config().root(root).target)
+    return not ws.config().root(root).target
 
 
 def _target(ws: Workspace, plan: Plan, tx: str | None, root: str | None) -> tuple[TxRecord | None, str]:

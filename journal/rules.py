@@ -41,7 +41,9 @@ def in_force(home: str) -> list[Source]:
     """The config files in force now: the state dir's, then the named one."""
     from cowfs.errors import ConfigError
 
-    own = os.path.join(home, "config.toml")
+    from cowfs.home import Home
+
+    own = Home(home).config
     found = [_read(own, required=False)]
     named = os.environ.get("ROSCOE_CONFIG")
     if named and os.path.abspath(named) != own:
@@ -53,17 +55,11 @@ def in_force(home: str) -> list[Source]:
 
 
 def _read(path: str, *, required: bool) -> Source:
-    from cowfs.errors import ConfigError
+    from cowfs.config import read
 
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(path=path, reason="does not exist") from None
+    raw = read(path, required=required)
+    if raw is None:
         return Source(path, None, None)
-    except OSError as e:
-        raise ConfigError(path=path, reason=e.strerror or str(e)) from None
     from journal.audit import _sha256
 
     try:
