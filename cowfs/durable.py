@@ -114,7 +114,8 @@ class DirFds:
 
 
 def basename(rel: str) -> str:
-    return split(rel)[-1]
+    """The last component of ``rel`` (``split(rel)[-1]``, without building the list)."""
+    return rel.rpartition("/")[2] or split(rel)[-1]
 
 
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:

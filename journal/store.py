@@ -485,11 +485,14 @@ class Journal:
         return int(self.db.execute("SELECT COUNT(*) FROM changes WHERE tx = ?", (tx_id,)).fetchone()[0])
 
     def changes(self, tx_id: str) -> list[ChangeRow]:
-        rows = self.db.execute("SELECT * FROM changes WHERE tx = ? ORDER BY seq", (tx_id,))
+        # (Columns by position: a rollback reads 2,000 rows; by name costs 9 lookups a row.)
+        rows = self.db.execute(
+            "SELECT seq, path, status, old, new, old_blob, new_blob, generation, new_generation"
+            " FROM changes WHERE tx = ? ORDER BY seq", (tx_id,))
         return [
-            ChangeRow(r["seq"], _text(r["path"]), r["status"], _entry(r["old"]), _entry(r["new"]),
-                      r["old_blob"], r["new_blob"], _json(r["generation"]), _json(r["new_generation"]))
-            for r in rows
+            ChangeRow(seq, _text(path), status, _entry(old), _entry(new), old_blob, new_blob, _json(generation),
+                      _json(new_generation))
+            for seq, path, status, old, new, old_blob, new_blob, generation, new_generation in rows
         ]
 
     def in_state(self, state: str) -> list[TxRecord]:
