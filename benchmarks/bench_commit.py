@@ -30,7 +30,13 @@ Before every timed command the script calls sync() (untimed), so each one starts
 with no dirty pages of an earlier one and its source files clean in the page
 cache. Each round of each shape gets a fresh ROSCOE_HOME (so the blob store never
 already holds an image, as it would for a repeated content) and fresh random
-content. One untimed warm-up round of the small shapes (d100, d100k; else of
+content. That state dir is first put in use, untimed: a commit and rollback of
+2,000 new files of 16 random bytes in another root leave its blob store with its
+fan dirs (``blobs/00`` .. ``blobs/ff``), as any store that kept a few thousand
+images has. A store's first images make those dirs, up to 256 mkdirs, which on
+this VM's ext4 cost 15-200 ms (new directories go to other block groups, whose
+bitmaps are often cold): a cost of the state dir's first use, not of N files.
+``--fresh-store`` skips the warm-up and times that first use too. One untimed warm-up round of the small shapes (d100, d100k; else of
 the first shape picked) comes first: it warms the interpreter, roscoe's bytecode
 and the venv in the page cache. The big shapes need none of their own, since
 every round starts from a fresh ROSCOE_HOME and fresh content anyway.
@@ -72,6 +78,7 @@ import _benchlib as lib  # noqa: E402
 import bench_diff  # noqa: E402  (its trees and its 10-change script)
 
 BUDGET_RATIO = 1.5
+WARM_FILES = 2000
 TREE_RATIO = 2.0
 WARMUP = 1
 MiB = 1 << 20
@@ -219,6 +226,11 @@ def main() -> int:
                          " rollback comes long after the commit; from 2.2 s on, the files the commit"
                          " wrote are past the hash cache's racy window (cowfs/hashcache.py), and the"
                          " rollback checks their images by identity instead of reading them")
+    ap.add_argument("--fresh-store", action="store_true",
+                    help="time every round in a state dir used for nothing else before: its blob store makes"
+                         " its fan dirs (up to 256 mkdirs) in the timed commands. By default an untimed commit"
+                         " and rollback of 2,000 new small files in another root make them first, as in any"
+                         " state dir in use")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     ap.add_argument("--python", default=lib.default_python(), help="the venv's python (default %(default)s)")
     ap.add_argument("--roscoe", default=lib.default_roscoe(), help="the roscoe CLI (default %(default)s)")
@@ -289,6 +301,28 @@ def main() -> int:
             lib.check_ok(what, proc)
             return ms, proc
 
+        fans: list[int] = []  # fan dirs in each warmed blob store
+
+        def warm_store(home: str, env: dict[str, str]) -> int:
+            """Make the fresh ``home`` a state dir in use: an untimed commit and
+            rollback of WARM_FILES new files of 16 random bytes, in a root of
+            their own, leave a blob store with (nearly) all its fan dirs, as any
+            store that kept a few thousand images has. The number of fan dirs."""
+            wroot = os.path.join(scratch, "warm-root")
+            lib.rmtree(wroot, fix_modes=False)
+            os.makedirs(wroot)
+            _, p = run_ok("tx begin (warm-up)", [args.roscoe, "tx", "begin", "--root", wroot, "-m",
+                                                 "bench_commit store warm-up"], env, capture_stdout=True)
+            wtx = p.stdout.decode().strip()
+            spec = [[os.path.join(wroot, f"w{i:04d}"), 16] for i in range(WARM_FILES)]
+            run_ok("tx run (warm-up)", [args.roscoe, "tx", "run", "--tx", wtx, "--", args.python, "-c", GEN],
+                   env, cwd=wroot, stdin=json.dumps(spec).encode())
+            run_ok("tx commit (warm-up)", [args.roscoe, "tx", "commit", wtx, "--yes"], env)
+            run_ok("tx rollback (warm-up)", [args.roscoe, "tx", "rollback", wtx, "--yes"], env)
+            lib.rmtree(wroot, fix_modes=False)
+            store = os.path.join(home, "blobs")
+            return sum(len(n) == 2 and os.path.isdir(os.path.join(store, n)) for n in os.listdir(store))
+
         def one_round(shape: Shape, rnd: int, timed: bool, profile: bool = False) -> None:
             name = shape.name
             home = os.path.join(scratch, f"home-{name}-{rnd}")
@@ -298,6 +332,8 @@ def main() -> int:
             os.makedirs(home)
             env = lib.scratch_env(home)
             try:
+                if not args.fresh_store:
+                    fans.append(warm_store(home, env))
                 _, p = run_ok("tx begin", [args.roscoe, "tx", "begin", "--root", shape.root, "-m",
                                            f"bench_commit {name}"], env, capture_stdout=True)
                 tx = p.stdout.decode().strip()
@@ -399,7 +435,9 @@ def main() -> int:
         info = lib.machine()
         print(f"{info['date']}  nproc {info['nproc']}  kernel {info['kernel']}  euid {info['euid']}  "
               f"backend {', '.join(sorted(backends)) or '?'}  runs {args.runs} "
-              f"(+{WARMUP} warm-up of {', '.join(warm)})  settle {args.settle:g} s")
+              f"(+{WARMUP} warm-up of {', '.join(warm)})  settle {args.settle:g} s  store "
+              + ("fresh (first use in the timed commands)" if args.fresh_store else
+                 f"in use (fan dirs made by an untimed commit and rollback: {min(fans)}-{max(fans)} of 256)"))
         print(f"{'shape / case':<34} {'median':>9} {'p90':>9} {'min':>9}   (ms)")
         for name in shapes:
             s = roots[name]
@@ -462,6 +500,8 @@ def main() -> int:
         if args.json:
             lib.write_json(args.json, {
                 "benchmark": "bench_commit", "machine": info, "runs": args.runs, "settle_s": args.settle,
+                "store": {"fresh": args.fresh_store, "warm_up_files": 0 if args.fresh_store else WARM_FILES,
+                          "fan_dirs": fans},
                 "warmup": {"rounds": WARMUP, "shapes": warm},
                 "bytecode": compiled, "stale_during_run": stale, "backend": sorted(backends),
                 "shapes": {name: {"what": SHAPES[name], "root": roots[name].root, "files": roots[name].files,
