@@ -128,8 +128,12 @@ def bwrap_path(python: str) -> str:
 
 
 def scratch_env(home: str) -> dict[str, str]:
-    """The caller's environment with a scratch ROSCOE_HOME and no other roscoe settings."""
+    """The caller's environment with a scratch ROSCOE_HOME and no other roscoe
+    settings. PYTHONPATH is this checkout unless the caller set one: the venv's
+    ``roscoe`` is an editable install of whichever checkout made the venv, so
+    from a git worktree sharing that venv it would run the other tree's code."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROSCOE_")}
+    env.setdefault("PYTHONPATH", REPO)
     env["ROSCOE_HOME"] = home
     env.pop("ROSCOE_CONFIG", None)  # $ROSCOE_HOME/config.toml, absent: no policy
     return env

@@ -119,7 +119,8 @@ class DirFds:
 
 
 def basename(rel: str) -> str:
-    return split(rel)[-1]
+    """The last component of ``rel`` (``split(rel)[-1]``, without building the list)."""
+    return rel.rpartition("/")[2] or split(rel)[-1]
 
 
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
@@ -143,6 +144,8 @@ def _libc():  # type: ignore[no-untyped-def]
         _LIBC = ctypes.CDLL(None, use_errno=True)
         if hasattr(_LIBC, "sync_file_range"):
             _LIBC.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        if hasattr(_LIBC, "renameat2"):
+            _LIBC.renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
     return _LIBC
 
 
@@ -518,6 +521,39 @@ def settle_link(temp: str, path: str, *, sync: bool = True) -> None:
         raise
     if sync:
         _fsync_path(os.path.dirname(path), DIR_FLAGS)
+
+
+RENAME_NOREPLACE = 1
+AT_FDCWD = -100
+_NOREPLACE_UNSUPPORTED = (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP)
+_noreplace = True  # (False once renameat2 said it cannot here)
+
+
+def rename_new(src: str, dst: str) -> bool:
+    """Rename ``src`` to the new name ``dst`` in the same filesystem, never
+    over an existing ``dst``: renameat2(2) with RENAME_NOREPLACE, one system
+    call where a check and a rename take two and leave a gap between them.
+    False, with nothing done, when ``dst`` exists. Where renameat2 is not to
+    be had (an old C library or kernel, a filesystem without the flag), the
+    check and the rename, as two steps."""
+    global _noreplace
+    if _noreplace:
+        import ctypes
+
+        call = getattr(_libc(), "renameat2", None)
+        if call is not None:
+            if call(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+                return True
+            err = ctypes.get_errno()
+            if err == errno.EEXIST:
+                return False
+            if err not in _NOREPLACE_UNSUPPORTED:
+                raise OSError(err, os.strerror(err), src, None, dst)
+        _noreplace = False
+    if os.path.lexists(dst):
+        return False
+    os.rename(src, dst)
+    return True
 
 
 def discard(path: str) -> None:

@@ -30,10 +30,11 @@ class BlobStore:
     fsyncs and ``sync()`` makes all of them durable at once."""
 
     def __init__(self, path: str, *, batch: bool = False) -> None:
-        self.root = path
+        self.root = os.path.normpath(path)
         self.batch = batch
         self._made: set[str] = set()
         self._pins = 0
+        self._pin_prefix: str | None = None  # (``pin``'s temp names: the pins dir, pid namespace, pid)
 
     def sync(self) -> None:
         """Make every blob put so far durable (one syncfs when batching)."""
@@ -41,11 +42,12 @@ class BlobStore:
             durable.sync_filesystem(self.root)
 
     def path(self, digest: str) -> str:
-        return os.path.join(self.root, digest[:2], digest[2:])
+        # (f-strings, not os.path.join: a rollback of 2,000 files builds 8,000 of these)
+        return f"{self.root}/{digest[:2]}/{digest[2:]}"
 
     def _fan(self, digest: str) -> str:
         """The blob's directory, made if need be (once per store object)."""
-        directory = os.path.join(self.root, digest[:2])
+        directory = f"{self.root}/{digest[:2]}"
         if directory not in self._made:
             try:
                 os.mkdir(directory, mode=0o700)
@@ -119,12 +121,12 @@ class BlobStore:
         when it cannot be linked. The caller ``discard``s what it does not
         adopt; ``drop_stale_pins`` removes those of a dead process (as
         every command does first)."""
-        directory = os.path.join(self.root, ".pins")
-        if directory not in self._made:
+        if self._pin_prefix is None:
+            directory = os.path.join(self.root, ".pins")
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            self._made.add(directory)
+            self._pin_prefix = f"{directory}/{_pid_namespace()}.{os.getpid()}."
         self._pins += 1
-        temp = os.path.join(directory, f"{_pid_namespace()}.{os.getpid()}.{self._pins}")
+        temp = f"{self._pin_prefix}{self._pins}"
         st = durable.link_aside(dir_fd, name, temp)
         return None if st is None else (temp, st)
 
@@ -133,13 +135,23 @@ class BlobStore:
         blob (or drop it if the store has the blob). Like ``put_linked``, the
         blob shares a live file's inode until the commit replaces that file:
         the caller lists it in a share marker first."""
+        if self.batch:
+            # The common case, a blob the store does not have yet: one
+            # rename that refuses to replace one, instead of a look and a
+            # rename (2,000 lstats of a rollback of 2,000 files).
+            try:
+                if durable.rename_new(temp, f"{self._fan(digest)}/{digest[2:]}"):
+                    return
+            except BaseException:
+                durable.discard(temp)
+                raise
         if self.unshare(digest):
             durable.discard(temp)
             return
         self._settle(temp, digest)
 
     def _settle(self, temp: str, digest: str) -> None:
-        durable.settle_link(temp, os.path.join(self._fan(digest), digest[2:]), sync=not self.batch)
+        durable.settle_link(temp, f"{self._fan(digest)}/{digest[2:]}", sync=not self.batch)
 
     def drop_stale_pins(self) -> None:
         """Remove the pins a dead process left (hard links of live files).

@@ -522,11 +522,14 @@ class Journal:
         return rel
 
     def changes(self, tx_id: str) -> list[ChangeRow]:
-        rows = self.db.execute("SELECT * FROM changes WHERE tx = ? ORDER BY seq", (tx_id,))
+        # (Columns by position: a rollback reads 2,000 rows; by name costs 9 lookups a row.)
+        rows = self.db.execute(
+            "SELECT seq, path, status, old, new, old_blob, new_blob, generation, new_generation"
+            " FROM changes WHERE tx = ? ORDER BY seq", (tx_id,))
         return [
-            ChangeRow(r["seq"], self._rel(r["path"], tx_id), r["status"], _entry(r["old"]), _entry(r["new"]),
-                      r["old_blob"], r["new_blob"], _json(r["generation"]), _json(r["new_generation"]))
-            for r in rows
+            ChangeRow(seq, self._rel(path, tx_id), status, _entry(old), _entry(new), old_blob, new_blob,
+                      _json(generation), _json(new_generation))
+            for seq, path, status, old, new, old_blob, new_blob, generation, new_generation in rows
         ]
 
     def rolled_back_by(self) -> dict[str, str]:

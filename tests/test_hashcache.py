@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
+import cowfs.durable
 import cowfs.entry
 import cowfs.hashahead
 import cowfs.livetree
@@ -451,3 +452,41 @@ def test_a_pin_of_another_pid_namespace_goes_after_an_hour(
     assert pins(home) == [] and os.stat(root / "case1" / "old.tmp").st_nlink == 1
 
 
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "check-then-rename"])
+def test_adopting_a_pin_never_replaces_a_blob_the_store_has(
+        root: Path, home: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool) -> None:
+    """A rollback keeps each pin as a blob with one rename that refuses to
+    replace an existing blob: the one there (its own inode, maybe named by
+    other transactions) stays, and the pin, which shares a live file's
+    inode, goes. Without renameat2 the store checks first, as before."""
+    monkeypatch.setattr(cowfs.durable, "_noreplace", renameat2)
+    live = root / "case1" / "notes.md"
+    digest = xxhash.xxh3_128_hexdigest(live.read_bytes())
+    store = BlobStore(str(home / "blobs"), batch=True)
+    blob = Path(store.path(digest))
+    blob.parent.mkdir(parents=True)
+    shutil.copyfile(live, blob)
+    kept = os.lstat(blob)
+    fd = os.open(root / "case1", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        pin = store.pin(fd, "notes.md")
+    finally:
+        os.close(fd)
+    assert pin is not None and os.lstat(live).st_nlink == 2
+    store.adopt(pin[0], digest)
+    now = os.lstat(blob)
+    assert (now.st_ino, now.st_nlink) == (kept.st_ino, 1) and blob.read_bytes() == live.read_bytes()
+    assert pins(home) == [] and os.lstat(live).st_nlink == 1
+
+    other = root / "case2" / "script.sh"  # a blob the store does not have: the pin becomes it
+    digest = xxhash.xxh3_128_hexdigest(other.read_bytes())
+    fd = os.open(root / "case2", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        pin = store.pin(fd, "script.sh")
+    finally:
+        os.close(fd)
+    assert pin is not None
+    store.adopt(pin[0], digest)
+    assert os.lstat(store.path(digest)).st_ino == os.lstat(other).st_ino and pins(home) == []
