@@ -177,21 +177,35 @@ class Workspace:
         return stager
 
     @contextmanager
-    def locked(self, tx: TxRecord, *, exclusive: bool) -> Iterator[None]:
-        """One run at a time per transaction; diffs wait for no run."""
+    def locked(self, tx: TxRecord, *, exclusive: bool) -> Iterator[TxRecord]:
+        """One run at a time per transaction; diffs wait for no run. A run
+        left without an end by a roscoe that died is settled first
+        (``journal.interrupted``); yields ``tx``, read again if it was."""
         tx_dir = self.home.tx_dir(tx.id)
         os.makedirs(tx_dir, mode=0o700, exist_ok=True)
         fd = os.open(os.path.join(tx_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            # A run keeps the lock until its row has an end: a row without
+            # one is a live run (the lock is held) or a dead one (it is free).
+            dead = bool(self.journal.unended_runs(tx.id))
             try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive or dead else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             except BlockingIOError:
-                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise TransactionBusy(tx=tx.id, pid=owner) from None
-            if exclusive:
+                # A live run, or (a reader) other readers: one of them settles it.
+                if exclusive or not dead or not _try_flock(fd, fcntl.LOCK_SH):
+                    owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    raise TransactionBusy(tx=tx.id, pid=owner) from None
+                dead = False
+            if exclusive or dead:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, str(os.getpid()).encode(), 0)
-            yield
+            if dead:
+                from journal.interrupted import settle
+
+                tx = settle(self, tx)
+                if not exclusive and not _try_flock(fd, fcntl.LOCK_SH):
+                    raise TransactionBusy(tx=tx.id, pid="unknown")
+            yield tx
         finally:
             os.close(fd)
 
@@ -291,13 +305,15 @@ class Workspace:
         sandbox.precheck(argv[0], inner_cwd, tx.root, env.get("PATH"))
         env["ROSCOE_TX"] = tx.id
         env["ROSCOE_ROOT"] = tx.root
-        with self.locked(tx, exclusive=True):
+        with self.locked(tx, exclusive=True) as tx:
             self._release_links(tx)
             candidates = self._candidates(tx)
             run_id = self.journal.start_run(tx.id, argv, inner_cwd, candidates[0])
             started = now_ns()
             failures: list[str] = []
             for name in candidates:
+                if name != candidates[0]:  # so that a run whose roscoe dies names the layer it wrote
+                    self.journal.set_run_backend(run_id, name)
                 stager = stager_for(name, self.home.tx_dir(tx.id), tx.root)
                 try:
                     stager.prepare()
@@ -416,7 +432,7 @@ class Workspace:
         if tx.state == "committed":
             return self.committed_changes(tx)
         self.require_open(tx, "diff")
-        with self.locked(tx, exclusive=False):
+        with self.locked(tx, exclusive=False) as tx:
             changes = self.staged_changes(tx)
         self.journal.log_event(tx.id, "diff", {"diff_hash": changes.diff_hash, "changes": len(changes.changes)})
         return changes
@@ -432,7 +448,7 @@ class Workspace:
         tx = self.get(ref)
         self.require_open(tx, "diff")
         bucket = bucket_reads(tx) if tx.target else None
-        with self.locked(tx, exclusive=False):
+        with self.locked(tx, exclusive=False) as tx:
             stager = self.stager(tx)
             changes = self._compare(tx, stager, bucket=bucket)
             self.journal.log_event(tx.id, "diff", {"diff_hash": changes.diff_hash, "changes": len(changes.changes), "patch": True})
@@ -458,7 +474,7 @@ class Workspace:
         if tx.state == OPEN and os.path.isdir(tx.root):
             from journal.approval import status
 
-            with self.locked(tx, exclusive=False):
+            with self.locked(tx, exclusive=False) as tx:
                 changes = self.staged_changes(tx)
             verdict = status(self.journal, tx, changes, self.rules(tx))
         elif tx.state == "committed":
@@ -494,7 +510,7 @@ class Workspace:
     def abort(self, ref: str) -> TxRecord:
         tx = self.get(ref)
         self.require_open(tx, "abort")
-        with self.locked(tx, exclusive=True):
+        with self.locked(tx, exclusive=True) as tx:
             stager = self.stager(tx)
             if stager is not None:
                 stager.discard()
@@ -522,6 +538,14 @@ def bucket_reads(tx: TxRecord) -> BucketReads:
     from cowfs.bucketreads import BucketReads
 
     return BucketReads(tx.target or "", tx.root)
+
+
+def _try_flock(fd: int, how: int) -> bool:
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _cwd() -> str | None:
