@@ -359,3 +359,68 @@ def test_killed_at_random_moments(roscoe: Roscoe, root: Path, delay: float, firs
     else:
         done = roscoe("tx", "abort", tx)
         assert done.returncode == 0, done.stderr
+
+
+def test_a_killed_run_on_the_fallback_backend(roscoe: Roscoe, tmp_path: Path) -> None:
+    """On a FUSE lower the kernel overlay fails its probe and the run moves on
+    to kernel-bindfs: killed there, its layer is still found (the run's row
+    names the backend it moved to), and the bindfs mount it left is taken
+    down."""
+    from tests.conftest import make_tree, rclone_mounted
+
+    src = make_tree(tmp_path / "bucket")
+    with rclone_mounted(str(src), tmp_path / "mnt") as mnt:
+        marker = f"roscoe-kill-{os.urandom(4).hex()}"
+        proc = start(roscoe, "tx", "run", "--root", mnt, "--", "sh", "-c", FOREGROUND, marker, cwd=mnt)
+        try:
+            assert proc.stderr is not None
+            tx = proc.stderr.readline().decode().split()[-1]
+            wait_for(lambda: marker_pids(marker + "-daemon") or proc.poll() is not None, "the run to start")
+            lower = roscoe.home / "tx" / tx / "lower"
+            assert os.path.ismount(lower)
+            killed(proc)
+            assert diff(roscoe, tx) == [("a", "added")]
+            assert not os.path.ismount(lower)
+            assert gone(marker) == []
+        finally:
+            killed(proc)
+            kill_all(marker)
+        view = show(roscoe, tx)
+        assert (view["backend"], view["runs"][0]["backend"], view["runs"][0]["interrupted"]) == (
+            "kernel-bindfs", "kernel-bindfs", True)
+        commit_and_verify(roscoe, tx, mnt, {"a": b"x\n"})
+
+
+def test_a_killed_run_as_an_ordinary_user(unprivileged, user_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """As an ordinary user the sandbox is in a user namespace of its own; a
+    killed run is settled the same way."""
+    from tests.conftest import TEST_VENV, chown_tree, lookup_test_user, make_tree
+
+    user = lookup_test_user()
+    root = make_tree(user_dir / "live")
+    chown_tree(root, user.pw_uid, user.pw_gid)
+    tx = unprivileged.begin(root)
+    marker = f"roscoe-kill-{os.urandom(4).hex()}"
+    proc = subprocess.Popen(
+        [str(TEST_VENV / "bin" / "python"), "-m", "cli.main", "tx", "run", "--tx", tx, "--",
+         "sh", "-c", DAEMONIZED, marker],
+        env=unprivileged.env, cwd=root, user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: marker_pids(marker + "-daemon") or proc.poll() is not None, "the run to start")
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        killed(proc)
+        done = unprivileged("tx", "diff", tx, "--json")
+        assert done.returncode == 0, done.stderr
+        assert [(c["path"], c["status"]) for c in json.loads(done.stdout)["changes"]] == [("a", "added")]
+        assert gone(marker) == []
+    finally:
+        killed(proc)
+        kill_all(marker)
+    done = unprivileged("tx", "show", tx, "--json")
+    [run] = json.loads(done.stdout)["runs"]
+    assert (run["exit_code"], run["interrupted"]) == (None, True)
+    done = unprivileged("tx", "commit", tx, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert (root / "a").read_bytes() == b"x\n"
