@@ -211,9 +211,11 @@ def show(view: TxView) -> None:
             table.add_column(col, overflow="fold")
         for i, run in enumerate(view.runs, 1):
             seconds = f"{(run.ended_ns - run.started_ns) / 1e9:.2f}" if run.ended_ns else "running"
+            if run.interrupted:  # ended_ns is when the next command found its roscoe dead
+                seconds = "-"
             table.add_row(
                 str(i), display_path(shlex.join(run.argv)),
-                "-" if run.exit_code is None else str(run.exit_code),
+                "interrupted" if run.interrupted else "-" if run.exit_code is None else str(run.exit_code),
                 when(run.started_ns), seconds, run.backend,
             )
         out.print(table)
@@ -251,9 +253,11 @@ def audit(events: list[Any], head: tuple[int, str] | None) -> None:
 
 def audit_detail(kind: str, d: dict[str, Any]) -> str:
     """One readable line of an event's detail."""
-    if kind in ("run", "run-start"):
+    if kind in ("run", "run-start", "run-interrupted"):
         text = shlex.join(d.get("argv", []))
-        if "exit_code" in d:
+        if kind == "run-interrupted":
+            text += f"  -> interrupted (its roscoe died), {d.get('changes')} changes"
+        elif "exit_code" in d:
             text += f"  -> exit {d['exit_code']}, {d.get('changes')} changes"
         return display_path(text)
     if kind == "approve":

@@ -463,6 +463,59 @@ def _wait(pid: int, timeout: float | None) -> tuple[int, bool]:
     return (128 - code if code < 0 else code), timed_out
 
 
+def leftovers(stage_dir: str) -> list[int]:
+    """Processes of sandboxes that mount a path under ``stage_dir``: bwrap's
+    monitor and the init of its pid namespace (and the launchers before
+    them), found by their arguments. What the command started is in that
+    namespace and dies with its init."""
+    prefix = os.fsencode(os.path.join(stage_dir, ""))
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        args = _cmdline(int(name))
+        if b"--die-with-parent" in args and any(a.startswith(prefix) for a in args):
+            found.append(int(name))
+    return found
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def sweep(stage_dir: str) -> list[int]:
+    """Kill the sandboxes over ``stage_dir`` that outlived the roscoe that
+    started them (one killed before bwrap armed --die-with-parent) and
+    return, once they are gone, the pids killed."""
+    killed, pidfds = [], []
+    for pid in leftovers(stage_dir):
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        if b"--die-with-parent" not in _cmdline(pid):  # the pid was reused since it was listed
+            os.close(fd)
+            continue
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            killed.append(pid)
+            pidfds.append(fd)
+        except OSError:
+            os.close(fd)
+    for fd in pidfds:
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(5000)
+        finally:
+            os.close(fd)
+    return killed
+
+
 def _kill_run(pid: int) -> None:
     """Kill bwrap and the init of the run's pid namespace, and return once that
     init is gone: the kernel takes every other process of the namespace down

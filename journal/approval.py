@@ -167,7 +167,7 @@ def approve(ws: object, ref: str, diff_hash: str, approver: str | None = None) -
     tx = ws.get(ref)
     if tx.state != "open":
         raise TransactionState(tx=tx.id, state=tx.state, action="approve")
-    with ws.locked(tx, exclusive=False):
+    with ws.locked(tx, exclusive=False) as tx:
         current = ws.staged_changes(tx).diff_hash
         if current != diff_hash:
             ws.journal.log_event(tx.id, "refuse", {

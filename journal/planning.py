@@ -114,10 +114,12 @@ def dry_run(
     scratch = Workspace.open(scratch_home)
     try:
         fork = scratch.begin(path, "dry run of a plan")
-        if record is not None and record.backend:
-            with ws.locked(record, exclusive=False):
-                _copy_layer(ws, record, scratch, fork)
-            scratch.journal.set_backend(fork.id, record.backend)
+        if record is not None:
+            with ws.locked(record, exclusive=False) as record:
+                if record.backend:
+                    _copy_layer(ws, record, scratch, fork)
+            if record.backend:
+                scratch.journal.set_backend(fork.id, record.backend)
         _apply(scratch, scratch.get(fork.id), parsed, savepoint=False)
         changes = scratch.diff(fork.id)
         scratch.abort(fork.id)

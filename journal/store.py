@@ -211,7 +211,9 @@ class TxRecord(namedtuple(
 class RunRecord(namedtuple(
     "_RunRecord", "id tx argv cwd backend started_ns ended_ns exit_code diff_hash changes"
 )):
-    """One row of ``runs``: a command run in a transaction's overlay."""
+    """One row of ``runs``: a command run in a transaction's overlay. A run
+    whose roscoe was killed has an end but no exit code: it was found
+    interrupted (``journal.interrupted``) at ``ended_ns``."""
 
     __slots__ = ()
     id: int
@@ -229,8 +231,13 @@ class RunRecord(namedtuple(
         return {
             "argv": self.argv, "cwd": self.cwd, "backend": self.backend,
             "started_ns": self.started_ns, "ended_ns": self.ended_ns,
-            "exit_code": self.exit_code, "diff_hash": self.diff_hash, "changes": self.changes,
+            "exit_code": self.exit_code, "interrupted": self.interrupted,
+            "diff_hash": self.diff_hash, "changes": self.changes,
         }
+
+    @property
+    def interrupted(self) -> bool:
+        return self.ended_ns is not None and self.exit_code is None
 
 
 class ApprovalRecord(namedtuple(
@@ -668,8 +675,9 @@ class Journal:
         conflicts) cannot be seen here: only a head kept off the machine shows it."""
         found: list[tuple[str | None, str]] = []
         runs_seen: dict[str, set[int]] = {"run-start": set(), "run": set()}
-        for kind, detail in self.db.execute("SELECT kind, detail FROM audit WHERE kind IN ('run-start', 'run')"):
-            runs_seen[kind].add(json.loads(detail).get("run"))
+        for kind, detail in self.db.execute(
+                "SELECT kind, detail FROM audit WHERE kind IN ('run-start', 'run', 'run-interrupted')"):
+            runs_seen["run" if kind == "run-interrupted" else kind].add(json.loads(detail).get("run"))
         for run_id, tx_id, ended in self.db.execute(
                 "SELECT id, tx, ended_ns FROM runs WHERE started_ns >= ? ORDER BY id", (since,)):
             if run_id not in runs_seen["run-start"]:
@@ -757,16 +765,59 @@ class Journal:
                 "run": run_id, "argv": json.loads(argv), "cwd": _text(cwd), "exit_code": exit_code,
                 "backend": backend, "diff_hash": diff_hash, "changes": changes})
             if bases is not None:
-                self.db.execute("DELETE FROM bases WHERE tx = ?", (tx_id,))
-                gens = generations or {}
-                self.db.executemany(
-                    "INSERT INTO bases (tx, path, entry, generations) VALUES (?,?,?,?)",
-                    [
-                        (tx_id, _blob(path), json.dumps(e.to_json()) if e else None,
-                         json.dumps(gens[path]) if path in gens else None)
-                        for path, e in bases.items()
-                    ],
-                )
+                self._set_bases(tx_id, bases, generations)
+
+    def _set_bases(
+        self, tx_id: str, bases: dict[str, Entry | None], generations: dict[str, dict[str, int]] | None,
+    ) -> None:
+        self.db.execute("DELETE FROM bases WHERE tx = ?", (tx_id,))
+        gens = generations or {}
+        self.db.executemany(
+            "INSERT INTO bases (tx, path, entry, generations) VALUES (?,?,?,?)",
+            [
+                (tx_id, _blob(path), json.dumps(e.to_json()) if e else None,
+                 json.dumps(gens[path]) if path in gens else None)
+                for path, e in bases.items()
+            ],
+        )
+
+    def unended_runs(self, tx_id: str) -> list[int]:
+        """Runs of ``tx_id`` with no end: running now, or their roscoe died."""
+        return [r[0] for r in self.db.execute(
+            "SELECT id FROM runs WHERE tx = ? AND ended_ns IS NULL ORDER BY id", (tx_id,))]
+
+    def set_run_backend(self, run_id: int, backend: str) -> None:
+        """The stager a run moved on to when the one it started with could not run it."""
+        with self.write():
+            self.db.execute("UPDATE runs SET backend = ? WHERE id = ?", (backend, run_id))
+
+    def interrupt_runs(
+        self, tx_id: str, run_ids: list[int], backend: str, diff_hash: str | None, changes: int | None,
+        bases: dict[str, Entry | None] | None, generations: dict[str, dict[str, int]] | None,
+        tx_backend: str | None, detail: dict[str, Any],
+    ) -> None:
+        """End runs whose roscoe died, with no exit code, and an audit event
+        ``run-interrupted`` each; the last gets the diff staged now, and
+        ``bases`` (when given) become the transaction's."""
+        with self.write():
+            now = now_ns()
+            for run_id in run_ids:
+                last = run_id == run_ids[-1]
+                cur = self.db.execute(
+                    "UPDATE runs SET ended_ns = ?, diff_hash = ?, changes = ?, backend = ?"
+                    " WHERE id = ? AND tx = ? AND ended_ns IS NULL",
+                    (now, diff_hash if last else None, changes if last else None, backend, run_id, tx_id))
+                if not cur.rowcount:
+                    continue
+                argv, cwd = self.db.execute("SELECT argv, cwd FROM runs WHERE id = ?", (run_id,)).fetchone()
+                self.event(tx_id, "run-interrupted", dict(
+                    detail, run=run_id, argv=json.loads(argv), cwd=_text(cwd), exit_code=None, backend=backend,
+                    diff_hash=diff_hash if last else None, changes=changes if last else None))
+            if tx_backend is not None:
+                self.db.execute("UPDATE transactions SET backend = ?, updated_ns = ? WHERE id = ?",
+                                (tx_backend, now, tx_id))
+            if bases is not None:
+                self._set_bases(tx_id, bases, generations)
 
     def runs(self, tx_id: str) -> list[RunRecord]:
         rows = self.db.execute("SELECT * FROM runs WHERE tx = ? ORDER BY id", (tx_id,))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from collections import namedtuple
 
 from cowfs import durable, livetree
@@ -216,9 +216,28 @@ class Workspace:
             heal(stager)
         return stager
 
-    def locked(self, tx: TxRecord, *, exclusive: bool) -> AbstractContextManager[None]:
-        """One run at a time per transaction; diffs wait for no run."""
-        return tx_locked(self.home, tx.id, exclusive=exclusive)
+    @contextmanager
+    def locked(self, tx: TxRecord, *, exclusive: bool, aborting: bool = False) -> Iterator[TxRecord]:
+        """One run at a time per transaction; diffs wait for no run. A run
+        left without an end by a roscoe that died is settled first
+        (``journal.interrupted``); yields ``tx``, read again if it was. An
+        abort goes on when the journal is too full to record the settling."""
+        settled = [tx]
+
+        def settle() -> None:
+            from journal.interrupted import settle as finish
+
+            try:
+                settled[0] = finish(self, tx)
+            except StateDirError:
+                if not aborting:
+                    raise
+
+        # A run keeps the lock until its row has an end: a row without one is
+        # a live run (the lock is held) or a dead one (it is free).
+        dead = bool(self.journal.unended_runs(tx.id))
+        with tx_locked(self.home, tx.id, exclusive=exclusive, settle=settle if dead else None):
+            yield settled[0]
 
     def remove_tx_dir(self, tx_id: str) -> None:
         """Remove a finished transaction's staging dir (its lock file included)."""
@@ -326,7 +345,7 @@ class Workspace:
         sandbox.precheck(argv[0], inner_cwd, tx.root, env.get("PATH"))
         env["ROSCOE_TX"] = tx.id
         env["ROSCOE_ROOT"] = tx.root
-        with self.locked(tx, exclusive=True):
+        with self.locked(tx, exclusive=True) as tx:
             if discarded(self.home.tx_dir(tx.id)):
                 raise StagingDiscarded(tx=tx.id)
             self._release_links(tx)
@@ -335,6 +354,8 @@ class Workspace:
             started = now_ns()
             failures: list[str] = []
             for name in candidates:
+                if name != candidates[0]:  # so that a run whose roscoe dies names the layer it wrote
+                    self.journal.set_run_backend(run_id, name)
                 stager = stager_for(name, self.home.tx_dir(tx.id), tx.root)
                 try:
                     stager.prepare()
@@ -453,7 +474,7 @@ class Workspace:
         if tx.state == "committed":
             return self.committed_changes(tx)
         self.require_open(tx, "diff")
-        with self.locked(tx, exclusive=False):
+        with self.locked(tx, exclusive=False) as tx:
             changes = self.staged_changes(tx)
         self.journal.log_event(tx.id, "diff", {"diff_hash": changes.diff_hash, "changes": len(changes.changes)})
         return changes
@@ -469,7 +490,7 @@ class Workspace:
         tx = self.get(ref)
         self.require_open(tx, "diff")
         bucket = bucket_reads(tx) if tx.target else None
-        with self.locked(tx, exclusive=False):
+        with self.locked(tx, exclusive=False) as tx:
             stager = self.stager(tx)
             changes = self._compare(tx, stager, bucket=bucket)
             self.journal.log_event(tx.id, "diff", {"diff_hash": changes.diff_hash, "changes": len(changes.changes), "patch": True})
@@ -495,7 +516,7 @@ class Workspace:
         if tx.state == OPEN and os.path.isdir(tx.root):
             from journal.approval import status
 
-            with self.locked(tx, exclusive=False):
+            with self.locked(tx, exclusive=False) as tx:
                 changes = self.staged_changes(tx)
             verdict = status(self.journal, tx, changes, self.rules(tx))
         elif tx.state == "committed":
@@ -537,7 +558,7 @@ class Workspace:
         abort finishes."""
         tx = self.get(ref)
         self.require_open(tx, "abort")
-        with self.locked(tx, exclusive=True):
+        with self.locked(tx, exclusive=True, aborting=True) as tx:
             discard_staging(self.home.tx_dir(tx.id))
             checkpoint("abort-discarded")
             try:
@@ -551,9 +572,13 @@ class Workspace:
 
 
 @contextmanager
-def tx_locked(home: Home, tx_id: str, *, exclusive: bool) -> Iterator[None]:
+def tx_locked(
+    home: Home, tx_id: str, *, exclusive: bool, settle: Callable[[], None] | None = None,
+) -> Iterator[None]:
     """The lock of one transaction: its staging dir's ``lock`` file, which
-    names the pid of an exclusive holder."""
+    names the pid of an exclusive holder. ``settle`` (a dead run to record)
+    is called holding it exclusively, after which a reader holds it shared;
+    a reader that finds other readers leaves the settling to a later holder."""
     tx_dir = home.tx_dir(tx_id)
     os.makedirs(tx_dir, mode=0o700, exist_ok=True)
     try:
@@ -567,17 +592,23 @@ def tx_locked(home: Home, tx_id: str, *, exclusive: bool) -> Iterator[None]:
         return
     try:
         try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive or settle else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise TransactionBusy(tx=tx_id, pid=owner) from None
-        if exclusive:
+            if exclusive or settle is None or not _try_flock(fd, fcntl.LOCK_SH):
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise TransactionBusy(tx=tx_id, pid=owner) from None
+            settle = None
+        if exclusive or settle:
             os.ftruncate(fd, 0)
             try:
                 os.pwrite(fd, str(os.getpid()).encode(), 0)
             except OSError as e:  # the pid is for messages only
                 if e.errno not in FULL:
                     raise
+        if settle is not None:
+            settle()
+            if not exclusive and not _try_flock(fd, fcntl.LOCK_SH):
+                raise TransactionBusy(tx=tx_id, pid="unknown")
         yield
     finally:
         os.close(fd)
@@ -613,6 +644,14 @@ def bucket_reads(tx: TxRecord) -> BucketReads:
     from cowfs.bucketreads import BucketReads
 
     return BucketReads(tx.target or "", tx.root)
+
+
+def _try_flock(fd: int, how: int) -> bool:
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _cwd() -> str | None:
