@@ -1,7 +1,7 @@
 """The agent's other hot paths, without typer or rich: ``tx diff ID --json``,
-``tx commit ID [--yes]``, ``tx rollback ID [--yes] [--force]`` and ``tx plan
-[--tx ID] [--root DIR] [--dry-run] [--json] PLAN``, when their arguments have
-exactly these shapes.
+``tx commit ID [--yes] [--json]``, ``tx rollback ID [--yes] [--force] [--json]``
+and ``tx plan [--tx ID] [--root DIR] [--dry-run] [--json] PLAN``, when their
+arguments have exactly these shapes (flags in any order, each once).
 
 An agent reads the diff and commits on every transaction, and stages plans;
 an operator's rollback should be as quick as the commit it undoes. Typer and
@@ -13,6 +13,13 @@ from __future__ import annotations
 
 PLAN_VALUES = ("--tx", "--root")
 PLAN_FLAGS = ("--dry-run", "--json")
+# tx COMMAND ID [FLAG...]: the flags each fast path takes, and those it needs
+# (tests/test_json.py checks them against typer's options).
+FLAGS = {
+    "diff": ({"--json"}, {"--json"}),
+    "commit": ({"--yes", "--json"}, set()),
+    "rollback": ({"--yes", "--force", "--json"}, set()),
+}
 
 
 def fast_path(argv: list[str]) -> int | None:
@@ -22,13 +29,17 @@ def fast_path(argv: list[str]) -> int | None:
     if len(argv) < 3 or argv[0] != "tx" or argv[2].startswith("-"):
         return None
     command, ref, options = argv[1], argv[2], argv[3:]
-    if command == "diff" and options == ["--json"]:
+    if command not in FLAGS:
+        return None
+    takes, needs = FLAGS[command]
+    flags = set(options)
+    if len(flags) != len(options) or not needs <= flags <= takes:
+        return None
+    if command == "diff":
         return diff_json(ref)
-    if command == "commit" and options in ([], ["--yes"]):
-        return commit(ref, yes=bool(options))
-    if command == "rollback" and set(options) <= {"--yes", "--force"} and len(set(options)) == len(options):
-        return rollback(ref, yes="--yes" in options, force="--force" in options)
-    return None
+    if command == "commit":
+        return commit(ref, yes="--yes" in flags, json_="--json" in flags)
+    return rollback(ref, yes="--yes" in flags, force="--force" in flags, json_="--json" in flags)
 
 
 def plan(args: list[str]) -> int | None:
@@ -69,21 +80,21 @@ def diff_json(ref: str) -> int:
     return 0
 
 
-def commit(ref: str, *, yes: bool) -> int:
-    from cli.state import commit_with_prompt, open_workspace
+def commit(ref: str, *, yes: bool, json_: bool) -> int:
+    from cli.state import commit_command, open_workspace
 
     ws = open_workspace()
     try:
-        return 0 if commit_with_prompt(ws, ws.get(ref).id, yes=yes) else 1
+        return commit_command(ws, ref, yes=yes, json_=json_)
     finally:
         ws.close()
 
 
-def rollback(ref: str, *, yes: bool, force: bool) -> int:
+def rollback(ref: str, *, yes: bool, force: bool, json_: bool) -> int:
     from cli.state import open_workspace, rollback_with_prompt
 
     ws = open_workspace()
     try:
-        return rollback_with_prompt(ws, ref, yes=yes, force=force)
+        return rollback_with_prompt(ws, ref, yes=yes, force=force, json_=json_)
     finally:
         ws.close()

@@ -47,6 +47,10 @@ TxId = Annotated[str, typer.Argument(metavar="ID", help="Transaction id (or a un
 TxOpt = Annotated[Optional[str], typer.Option("--tx", metavar="ID", help="Use this open transaction instead of a new one.")]
 RootOpt = Annotated[Optional[str], typer.Option("--root", metavar="DIR", help="The live tree to stage (default $ROSCOE_ROOT).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# Every command but tx run and tx shell takes --json (cli.errors.NO_JSON): its
+# result as one JSON object on stdout; a failure prints the error object
+# (cli.errors.fail does that for every command, from the command line).
+JsonResultOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
 @tx_app.command("begin")
@@ -54,8 +58,9 @@ def tx_begin(
     root: RootOpt = None,
     message: Annotated[Optional[str], typer.Option("-m", "--message", metavar="MSG", help="What the transaction is for.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", metavar="URL", help="Commit through the GCS API to gs://BUCKET/PREFIX (the root is its mount); default: the config's [roots] target.")] = None,
+    json_: JsonResultOpt = False,
 ) -> int:
-    """Open a transaction over the root; print only its id."""
+    """Open a transaction over the root; print only its id (with --json, the transaction)."""
     from cli.run import default_root
 
     ws = workspace(root)
@@ -63,7 +68,10 @@ def tx_begin(
         tx = ws.begin(default_root(root), message, target)
     finally:
         ws.close()
-    print(tx.id)
+    if json_:
+        render.json_out(tx.to_json())
+    else:
+        print(tx.id)
     return 0
 
 
@@ -226,6 +234,7 @@ def tx_approve(
     tx: TxId,
     diff_hash: Annotated[str, typer.Option("--hash", metavar="DIFF_HASH", help="The diff_hash you reviewed (from `tx diff ID --json` or `tx show ID`).")],
     by: Annotated[Optional[str], typer.Option("--by", metavar="NAME", help="Who approves (default: the login user).")] = None,
+    json_: JsonResultOpt = False,
 ) -> int:
     """Approve the transaction's exact diff: a commit goes through only while
     the diff still hashes to DIFF_HASH and no run has happened since."""
@@ -236,12 +245,14 @@ def tx_approve(
         record = approve(ws, tx, diff_hash, by)
     finally:
         ws.close()
+    if json_:
+        render.json_out(dict(tx=record.tx, **record.to_json()))
     say(f"tx {record.tx} approved by {record.approver} for diff {record.diff_hash}; any later run voids it")
     return 0
 
 
 @tx_app.command("abort")
-def tx_abort(tx: TxId) -> int:
+def tx_abort(tx: TxId, json_: JsonResultOpt = False) -> int:
     """Discard the transaction's staged changes; the live tree is not touched."""
     from cli.state import open_workspace
 
@@ -250,6 +261,8 @@ def tx_abort(tx: TxId) -> int:
         record = ws.abort(tx)
     finally:
         ws.close()
+    if json_:
+        render.json_out(record.to_json())
     say(f"tx {record.id} aborted; its staged changes are discarded and the live tree was not touched")
     return 0
 
@@ -258,17 +271,17 @@ YesOpt = Annotated[bool, typer.Option("--yes", help="Do not ask first on a termi
 
 
 @tx_app.command("commit")
-def tx_commit(tx: TxId, yes: YesOpt = False) -> int:
+def tx_commit(tx: TxId, yes: YesOpt = False, json_: JsonResultOpt = False) -> int:
     """Commit the transaction's changes to the live tree, atomically.
 
     Refuses with exit 3 when the live tree changed under the transaction
     since its last run, and with exit 4 when it holds special files.
     """
-    from cli.state import commit_with_prompt
+    from cli.state import commit_command
 
     ws = workspace()
     try:
-        return 0 if commit_with_prompt(ws, ws.get(tx).id, yes=yes) else int(ExitCode.ERROR)
+        return commit_command(ws, tx, yes=yes, json_=json_)
     finally:
         ws.close()
 
@@ -279,7 +292,7 @@ def tx_rollback(
     yes: YesOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Roll back even paths changed since the commit.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff the rollback would apply; stage and write nothing.")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="With --dry-run: print the diff as JSON.")] = False,
+    json_: JsonResultOpt = False,
 ) -> int:
     """Put back exactly what a committed transaction changed, as a new
     transaction (printed on stdout) that can itself be rolled back."""
@@ -292,7 +305,7 @@ def tx_rollback(
 
             planned = preview(ws, tx)
         else:
-            return rollback_with_prompt(ws, tx, yes=yes, force=force)
+            return rollback_with_prompt(ws, tx, yes=yes, force=force, json_=json_)
     finally:
         ws.close()
     if json_:
@@ -348,21 +361,30 @@ def audit_cmd(
 
 
 @app.command("recover")
-def recover_cmd() -> int:
+def recover_cmd(json_: JsonResultOpt = False) -> int:
     """Undo any commit a crash interrupted (every command does this first);
     exit 6 when there was one, 0 when there was none."""
-    from cli.state import open_workspace
+    from cli.errors import print_error_json
+    from cli.state import open_workspace, recovered_line
+    from cowfs.errors import error_json
 
     ws = open_workspace()
     try:
         found = ws.recovered
-        for tx_id in ws.clean_finished():
+        cleaned = ws.clean_finished()
+        for tx_id in cleaned:
             say(f"removed the leftover staging dir of finished tx {tx_id}")
     finally:
         ws.close()
     if not found:
         say("nothing to recover")
+        if json_:
+            render.json_out({"staging_removed": cleaned})
         return 0
+    print_error_json(error_json(
+        ExitCode.RECOVERED, "recovered", "; ".join(map(recovered_line, found)),
+        list(dict.fromkeys(r.root for r in found)),
+    ))
     return int(ExitCode.RECOVERED)
 
 
@@ -425,8 +447,7 @@ def invoke(argv: list[str], *, debug: bool = False) -> int:
     except click_errors.ClickException as e:
         return fail(UsageError(detail=e.format_message()), debug=debug)
     except typer.Abort:
-        say("error: aborted")
-        return 130
+        return fail(KeyboardInterrupt("aborted"), debug=debug)
     except typer.Exit as e:
         return e.exit_code
     return result if isinstance(result, int) else int(ExitCode.OK)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from cli.errors import fail
+from cli.errors import fail, json_requested, use_json
 from cli.options import Globals, apply, split_globals
 from cowfs.errors import RoscoeError
 
@@ -14,9 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     g = Globals()
     in_run = argv[:2] == ["tx", "run"] or argv[:2] == ["tx", "shell"]
+    use_json(json_requested(argv))
     try:
         g, rest = split_globals(argv)
         in_run = rest[:2] in (["tx", "run"], ["tx", "shell"])
+        use_json(json_requested(rest))
         apply(g)
         if rest[:2] == ["tx", "run"]:
             from cli.run import HelpWanted, execute, parse_run_args

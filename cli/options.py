@@ -48,5 +48,5 @@ def apply(g: Globals) -> None:
         os.environ["ROSCOE_HOME"] = os.path.abspath(g.home)
     if g.config:
         if not os.path.isfile(g.config):
-            raise UsageError(detail=f"config file {g.config} does not exist")
+            raise UsageError(detail=f"config file {g.config} does not exist", path=g.config)
         os.environ["ROSCOE_CONFIG"] = os.path.abspath(g.config)

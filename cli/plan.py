@@ -17,7 +17,7 @@ def read_plan(source: str) -> bytes:
         with open(source, "rb") as f:
             return f.read()
     except OSError as e:
-        raise UsageError(detail=f"plan {source}: {e.strerror or e}") from None
+        raise UsageError(detail=f"plan {source}: {e.strerror or e}", path=source) from None
 
 
 def execute(

@@ -198,24 +198,62 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
             tx.id, command, env=env, network=network, timeout=timeout, limits=limits,
             writable=args.writable or (), pass_fds=pass_fds,
         )
-        if report is not None:
-            write_report(report, result.report(), tx.root, ws.home.path)
+        summary = result.report()
+        will_commit = args.commit and result.exit_code == 0
+        if report is not None:  # (again below, once the commit is decided)
+            write_report(report, dict(summary, commit=commit_outcome("pending") if will_commit else (
+                commit_outcome("not_attempted") if args.commit else None)), tx.root, ws.home.path)
         summarize(tx.id, args, result)
-        if args.commit:
-            if result.exit_code != 0:
-                say(f"tx {tx.id} not committed: the command exited {result.exit_code}; it stays open")
-                return result.exit_code
-            from cli.errors import fail
-            from cli.state import commit_with_prompt
-
-            try:
-                commit_with_prompt(ws, tx.id, yes=args.yes)
-            except RoscoeError as e:
-                return fail(e)  # the commit's own code (1, 3, 4) wins over CMD's 0
+        if not args.commit:
             return result.exit_code
+        if not will_commit:
+            say(f"tx {tx.id} not committed: the command exited {result.exit_code}; it stays open")
+            return result.exit_code
+        from cli.errors import describe
+
+        outcome = commit_outcome("failed")
+        try:
+            code, outcome = commit_after_run(ws, tx.id, yes=args.yes)
+        except Exception as e:  # not roscoe's own error: 125, as any in a run
+            outcome = commit_outcome("failed", describe(e)["error"])  # type: ignore[arg-type]
+            raise
+        finally:
+            if report is not None:
+                write_report(report, dict(summary, commit=outcome), tx.root, ws.home.path)
+        return result.exit_code if code is None else code
     finally:
         ws.close()
-    return result.exit_code
+
+
+# What the report's "commit" says: roscoe tried it (committed, or refused: the
+# error's kind), or did not (CMD failed; declined at the prompt).
+COMMIT_OUTCOMES = ("committed", "approval_needed", "refused", "rejected", "conflict", "busy",
+                   "failed", "not_attempted", "declined")
+
+
+def commit_outcome(outcome: str, error: dict[str, object] | None = None,
+                   tx: dict[str, object] | None = None) -> dict[str, object]:
+    return {"outcome": outcome, "error": error, "tx": tx}
+
+
+def commit_after_run(ws, tx_id: str, *, yes: bool) -> tuple[int | None, dict[str, object]]:  # type: ignore[no-untyped-def]
+    """``tx run --commit``: commit ``tx_id``; the exit code that then wins
+    over CMD's (None: CMD's stays) and the report's "commit" object."""
+    from cli.errors import describe, fail, say
+    from cli.state import Declined, commit_with_prompt, committed_json
+
+    try:
+        record = commit_with_prompt(ws, tx_id, yes=yes)
+    except Declined as e:
+        say(e.message)
+        return None, commit_outcome("declined", describe(e)["error"])  # type: ignore[arg-type]
+    except RoscoeError as e:
+        error = describe(e)["error"]
+        assert isinstance(error, dict)
+        kind = error["kind"]
+        outcome = kind if kind in COMMIT_OUTCOMES else "failed"
+        return fail(e), commit_outcome(str(outcome), error)  # the commit's own code (1, 3, 4) wins over CMD's 0
+    return None, commit_outcome("committed", tx=committed_json(ws, record))
 
 
 def summarize(tx_id: str, args: RunArgs, result) -> None:  # type: ignore[no-untyped-def]

@@ -7,11 +7,23 @@ import json
 import sys
 
 from cli.errors import say
+from cowfs.errors import RoscoeError
+
+
+class Declined(RoscoeError):
+    """{detail}"""
 
 
 def write_json(data: object) -> None:
     """The JSON every --json prints: one document, indented, on stdout."""
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def committed_json(ws, record) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """What ``tx commit --json`` and ``tx rollback --json`` print: the
+    transaction as ``tx log --json`` lists it."""
+    return dict(record.to_json(), changes=ws.journal.change_count(record.id),
+                rolled_back_by=ws.journal.rolled_back_by().get(record.id))
 
 
 def open_workspace(root: str | None = None, *, aborting: str | None = None):  # type: ignore[no-untyped-def]
@@ -25,17 +37,21 @@ def open_workspace(root: str | None = None, *, aborting: str | None = None):  # 
     roots = tuple(r for r in (root, os.environ.get("ROSCOE_ROOT")) if r)
     ws = Workspace.open(roots=roots) if aborting is None else Workspace.open_to_abort(aborting, roots=roots)
     for r in ws.recovered:
-        say(
-            f"recovered the interrupted commit of tx {r.tx}: its {r.paths} paths under {r.root}"
-            f" are as they were before it; the transaction is {r.state}"
-        )
+        say(recovered_line(r))
     return ws
 
 
-def commit_with_prompt(ws, tx_id: str, *, yes: bool) -> bool:  # type: ignore[no-untyped-def]
+def recovered_line(r) -> str:  # type: ignore[no-untyped-def]
+    """What recovery did to one interrupted commit (a journal.recovery.Recovered)."""
+    return (f"recovered the interrupted commit of tx {r.tx}: its {r.paths} paths under {r.root}"
+            f" are as they were before it; the transaction is {r.state}")
+
+
+def commit_with_prompt(ws, tx_id: str, *, yes: bool, json_: bool = False):  # type: ignore[no-untyped-def]
     """Commit ``tx_id``: on a terminal show the diff and ask first (unless
-    ``yes``), with a progress bar while it applies. False when the person
-    declined (the transaction stays open)."""
+    ``yes``; with ``json_`` the diff is not shown, stdout being the JSON's),
+    with a progress bar while it applies. Returns the committed transaction;
+    raises ``Declined`` when the person declined (it stays open)."""
     import sys
 
     from journal.commit import commit
@@ -45,10 +61,10 @@ def commit_with_prompt(ws, tx_id: str, *, yes: bool) -> bool:  # type: ignore[no
         from cli import render
 
         changes = ws.diff(tx_id)
-        render.diff(tx_id, changes)
+        if not json_:
+            render.diff(tx_id, changes)
         if not render.confirm(f"Commit these {len(changes.changes)} changes to {changes.root}?"):
-            say(f"tx {tx_id} not committed; it stays open")
-            return False
+            raise Declined(detail=f"tx {tx_id} not committed: declined at the prompt; it stays open")
     if interactive:
         from cli import render
 
@@ -58,12 +74,20 @@ def commit_with_prompt(ws, tx_id: str, *, yes: bool) -> bool:  # type: ignore[no
         record = commit(ws, tx_id)
     rows = ws.journal.change_count(record.id)
     say(f"tx {record.id} committed: {rows} changes to {record.root} (roscoe tx rollback {record.id} undoes it)")
-    return True
+    return record
 
 
-def rollback_with_prompt(ws, ref: str, *, yes: bool, force: bool) -> int:  # type: ignore[no-untyped-def]
+def commit_command(ws, ref: str, *, yes: bool, json_: bool) -> int:  # type: ignore[no-untyped-def]
+    """``tx commit ID [--yes] [--json]``."""
+    record = commit_with_prompt(ws, ws.get(ref).id, yes=yes, json_=json_)
+    if json_:
+        write_json(committed_json(ws, record))
+    return 0
+
+
+def rollback_with_prompt(ws, ref: str, *, yes: bool, force: bool, json_: bool = False) -> int:  # type: ignore[no-untyped-def]
     """Roll back ``ref``: on a terminal ask first (unless ``yes``). Prints the
-    rollback's id on stdout; 1 when the person declined."""
+    rollback's id on stdout (with ``json_``, the rollback transaction)."""
     import sys
 
     from journal.rollback import rollback
@@ -73,10 +97,13 @@ def rollback_with_prompt(ws, ref: str, *, yes: bool, force: bool) -> int:  # typ
         from cli import render
 
         if not render.confirm(f"Roll back the {ws.journal.change_count(record.id)} changes of tx {record.id} in {record.root}?"):
-            say(f"tx {record.id} not rolled back")
-            return 1
+            raise Declined(detail=f"tx {record.id} not rolled back: declined at the prompt")
     undone = rollback(ws, record.id, force=force)
     rows = ws.journal.change_count(undone.id)
-    print(undone.id, flush=True)
+    if json_:
+        write_json(committed_json(ws, undone))
+        sys.stdout.flush()
+    else:
+        print(undone.id, flush=True)
     say(f"tx {record.id} rolled back by tx {undone.id}: {rows} paths put back in {undone.root}")
     return 0

@@ -1,8 +1,12 @@
 """The one error hierarchy of roscoe: every failure a user can see, with its exit code.
 
 Each subclass's docstring is its message template (formatted with the keyword
-arguments it was raised with) and ``exit_code`` is the contract's code. The CLI
-has one handler that prints ``roscoe: error: <message>`` and exits with it.
+arguments it was raised with; a list is shown comma-joined) and ``exit_code``
+is the contract's code. ``kind`` is the contract's error kind (``--json``
+prints it), the kind of ``exit_code`` unless the class names one in
+``error_kind``; ``paths`` are the paths the error names, taken from the fields
+listed in ``path_fields``. The CLI has one handler that prints
+``roscoe: error: <message>`` (and, with ``--json``, ``to_json()``) and exits.
 """
 
 from __future__ import annotations
@@ -23,10 +27,25 @@ class ExitCode(IntEnum):
     NOT_FOUND = 127
 
 
+# The contract's error kinds (``{"error": {"kind": ...}}``).
+KINDS = ("usage", "conflict", "refused", "approval_needed", "rejected", "no_such_tx", "busy", "recovered", "error")
+KIND_OF_CODE = {
+    ExitCode.USAGE: "usage", ExitCode.CONFLICT: "conflict", ExitCode.REFUSED: "refused",
+    ExitCode.NO_SUCH_TX: "no_such_tx", ExitCode.RECOVERED: "recovered",
+}
+
+
+def error_json(code: int, kind: str, message: str, paths: list[str]) -> dict[str, object]:
+    """The contract's error object, ``{"error": {...}}``."""
+    return {"error": {"code": int(code), "kind": kind, "message": message, "paths": list(paths)}}
+
+
 class RoscoeError(Exception):
     """{detail}"""
 
     exit_code: ExitCode = ExitCode.ERROR
+    error_kind: str | None = None  # None: the kind of exit_code
+    path_fields: tuple[str, ...] = ("path", "paths")
 
     def __init__(self, **fields: object) -> None:
         self.fields = fields
@@ -35,10 +54,29 @@ class RoscoeError(Exception):
     @property
     def message(self) -> str:
         template = " ".join((type(self).__doc__ or "{detail}").split())
+        shown = {k: ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in self.fields.items()}
         try:
-            return template.format(**self.fields)
+            return template.format(**shown)
         except (KeyError, IndexError):
             return f"{template} {self.fields}"
+
+    @property
+    def kind(self) -> str:
+        return self.error_kind or KIND_OF_CODE.get(self.exit_code, "error")
+
+    @property
+    def paths(self) -> list[str]:
+        """The paths the error names, in order, each once."""
+        found: list[str] = []
+        for name in self.path_fields:
+            value = self.fields.get(name)
+            for path in value if isinstance(value, (list, tuple)) else [value]:
+                if path is not None and str(path) not in found:
+                    found.append(str(path))
+        return found
+
+    def to_json(self) -> dict[str, object]:
+        return error_json(self.exit_code, self.kind, self.message, self.paths)
 
 
 class UsageError(RoscoeError):
@@ -49,6 +87,8 @@ class UsageError(RoscoeError):
 
 class RootError(UsageError):
     """root {root}: {reason}"""
+
+    path_fields = ("root",)
 
 
 class NoSuchTransaction(RoscoeError):
@@ -68,6 +108,8 @@ class TransactionState(RoscoeError):
 class TransactionBusy(RoscoeError):
     """transaction {tx} is busy: another roscoe process is using it (pid {pid})"""
 
+    error_kind = "busy"
+
 
 class SandboxError(RoscoeError):
     """cannot run in a sandbox: {detail}"""
@@ -75,6 +117,8 @@ class SandboxError(RoscoeError):
 
 class NoBackend(RoscoeError):
     """no staging backend works for root {root}: {detail}"""
+
+    path_fields = ("root",)
 
 
 class CommandNotFound(RoscoeError):
@@ -91,6 +135,8 @@ class CommandNotExecutable(RoscoeError):
 
 class StateDirError(RoscoeError):
     """state dir {home}: {reason}"""
+
+    path_fields = ("home",)
 
 
 class StateDirFull(StateDirError):
@@ -125,9 +171,18 @@ class ConfigError(UsageError):
 
 
 class Conflict(RoscoeError):
-    """{what}: the live tree changed under transaction {tx}; nothing was written. Changed: {paths}"""
+    """{what}: the live tree changed under transaction {tx}; nothing was written. Changed: {changed}"""
 
     exit_code = ExitCode.CONFLICT
+
+    def __init__(self, **fields: object) -> None:
+        # ``paths`` (a list) is what --json names; the message shows them and ``since``
+        paths = fields.get("paths") or []
+        if isinstance(paths, str):
+            paths = fields["paths"] = [paths]
+        assert isinstance(paths, (list, tuple))
+        fields.setdefault("changed", ", ".join(map(str, paths)) + str(fields.get("since", "")))
+        super().__init__(**fields)
 
 
 class Refused(RoscoeError):

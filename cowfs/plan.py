@@ -64,9 +64,9 @@ class PlanError(UsageError):
     """plan{where}: {reason}; nothing of the plan was staged"""
 
 
-def _fail(reason: str, index: int | None = None, op: str | None = None) -> PlanError:
+def _fail(reason: str, index: int | None = None, op: str | None = None, paths: list[str] | None = None) -> PlanError:
     where = "" if index is None else f" ops[{index}]" + (f" ({op})" if op else "")
-    return PlanError(where=where, reason=reason, index=index, op=op)
+    return PlanError(where=where, reason=reason, index=index, op=op, paths=paths or [])
 
 
 def schema() -> dict[str, object]:
@@ -443,6 +443,11 @@ class View:
         return Step(op, src, dst, (), exists)
 
 
+def op_paths(op: Op) -> list[str]:
+    """The paths ``op`` names (what a failure of it names in ``--json``)."""
+    return [p for p in (op.path, op.src, op.dst) if p is not None]
+
+
 def check(plan: Plan, root: str) -> list[Step]:
     """Check every op in order against ``root`` as the earlier ops leave it;
     raise PlanError naming the first op that cannot run."""
@@ -452,7 +457,7 @@ def check(plan: Plan, root: str) -> list[Step]:
         try:
             steps.append(view.apply(op))
         except _Refused as e:
-            raise _fail(str(e), op.index, op.op) from None
+            raise _fail(str(e), op.index, op.op, op_paths(op)) from None
         except OSError as e:
-            raise _fail(f"cannot read the tree: {e.strerror or e}: {e.filename}", op.index, op.op) from None
+            raise _fail(f"cannot read the tree: {e.strerror or e}: {e.filename}", op.index, op.op, op_paths(op)) from None
     return steps

@@ -47,6 +47,11 @@ class Violation(namedtuple("_Violation", "path rule")):
         return f"{self.path} ({self.rule})" if self.path is not None else self.rule
 
 
+def violating_paths(found: list[Violation]) -> list[str]:
+    """The paths ``found`` names, each once, in order (a limit names none)."""
+    return list(dict.fromkeys(v.path for v in found if v.path is not None))
+
+
 @lru_cache(maxsize=256)
 def _compile(pattern: str) -> re.Pattern[str]:
     if pattern.endswith("/") and not pattern.endswith("**/"):

@@ -31,6 +31,8 @@ class ApprovalNeeded(Refused):
     """transaction {tx} needs an approval before it can be committed ({reasons}); nothing was written.
     A person approves this exact diff with: roscoe tx approve {tx} --hash {diff_hash}{notified}"""
 
+    error_kind = "approval_needed"
+
     pending: tuple[TxRecord, ChangeSet, list[str], Config]
 
 
@@ -94,7 +96,7 @@ def enforce(journal: Journal, tx: TxRecord, changes: ChangeSet, config: Config) 
     if found:
         journal.log_event(tx.id, "refuse", {
             "reason": "policy", "diff_hash": changes.diff_hash, "violations": [v.to_json() for v in found]})
-        raise PolicyRefused(tx=tx.id, violations="; ".join(map(str, found)))
+        raise PolicyRefused(tx=tx.id, violations="; ".join(map(str, found)), paths=policy.violating_paths(found))
     reasons = policy.approval_reasons(changes, config.approval)
     if not reasons:
         return None

@@ -341,12 +341,12 @@ def checked(ws: Workspace, tx: TxRecord) -> Iterator[tuple[TxRecord, Stager | No
 
                 moved = objects_moved(ws.journal, tx)
                 if moved:
-                    raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved))) from None
+                    raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=moved)) from None
             raise
         enforce(ws.journal, tx, changes, ws.rules(tx))
         moved = check_bases(changes, ws.journal.bases(tx.id))
         if moved:
-            raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved)))
+            raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=moved))
         yield tx, stager, changes, hashes
         if stager is not None:
             stager.discard()
@@ -393,7 +393,7 @@ def store_images(blobs: BlobStore, tx: TxRecord, changes: ChangeSet, hashes: Has
                 if c.old is not None and c.old.type == FILE:
                     old_blob = capture_old(blobs, dirs, c.path, c.old, link=replaced(c.old, c.new), hashes=hashes)
             except (BlobCorrupt, FileNotFoundError, durable.NotADirectoryOnPath):
-                raise Conflict(what="commit refused", tx=tx.id, paths=c.path) from None
+                raise Conflict(what="commit refused", tx=tx.id, paths=[c.path]) from None
             rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, None))
     finally:
         dirs.close()

@@ -60,6 +60,8 @@ EMPTY_MD5 = md5_b64(b"")
 class LeaseBusy(RoscoeError):
     """{url} is being committed to by {owner} (lease held until {until}); try again when it is done"""
 
+    error_kind = "busy"
+
 
 class LeaseLost(RoscoeError):
     """{url}: the commit lease was taken over by {owner}; the commit was undone"""
@@ -259,7 +261,7 @@ def commit_locked(ws: Workspace, tx: TxRecord, blobs: BlobStore) -> None:
             current = target.stat_many(keys)
             moved = moved_objects(changes, target, ws.journal.base_generations(tx.id), current)
             if moved:
-                raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=", ".join(moved)))
+                raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=moved))
             with images_linked(ws, blobs, tx, stager, changes):
                 try:
                     rows = store_images(blobs, target, tx, stager, changes, current)
@@ -292,7 +294,7 @@ def store_images(
             old = op["old"]
             if old is not None and old["kind"] == "file":
                 if c.old is None or c.old.type != FILE or c.old.hash is None:
-                    raise Conflict(what="commit refused", tx=tx.id, paths=c.path)
+                    raise Conflict(what="commit refused", tx=tx.id, paths=[c.path])
                 old_blob = c.old.hash
                 reads.append((c.path, old["generation"], op["key"], old_blob))
         rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, new_blob, ops, {}))
@@ -303,13 +305,13 @@ def store_images(
         try:
             data = await target.read(key, generation)
         except PreconditionFailed:
-            raise Conflict(what="commit refused", tx=tx.id, paths=path) from None
+            raise Conflict(what="commit refused", tx=tx.id, paths=[path]) from None
         from journal.blobs import BlobCorrupt
 
         try:
             blobs.put_stream(iter([data]), digest)
         except BlobCorrupt:
-            raise Conflict(what="commit refused", tx=tx.id, paths=path) from None
+            raise Conflict(what="commit refused", tx=tx.id, paths=[path]) from None
 
     target.run(target.gather([lambda r=r: fetch(*r) for r in reads]))
     blobs.sync()
@@ -345,8 +347,9 @@ def apply_journaled(
             from journal.commit import logged
 
             what = e.message if isinstance(e, LeaseLost) else "commit undone: an object was written by someone else during it"
-            path = e.key if isinstance(e, PreconditionFailed) else "the lease"
-            raise logged(journal, Conflict(what=what, tx=tx.id, paths=path)) from None
+            if isinstance(e, PreconditionFailed):
+                raise logged(journal, Conflict(what=what, tx=tx.id, paths=[e.key])) from None
+            raise logged(journal, Conflict(what=what, tx=tx.id, paths=[], changed="the lease")) from None
         outcome = "the bucket was put back as it was" if problem is None else (
             f"the bucket could not be put back yet ({problem}): run `roscoe recover`")
         reason = e.message if isinstance(e, RoscoeError) else str(e)
@@ -559,7 +562,7 @@ def rollback(
             since = f" (changed since by {', '.join(later)})" if later else ""
             raise logged(ws.journal, Conflict(
                 what=f"rollback of {target_tx.id} refused (--force overrides)", tx=target_tx.id,
-                paths=", ".join(moved) + since))
+                paths=moved, since=since))
         gate(rollback_changes(target_tx.root, written, current))
         checkpoint("before-images")
         rows: list[ChangeRow] = []

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import cowfs
 from cowfs.changeset import ChangeSet
 from cowfs.errors import RoscoeError, UsageError
-from cowfs.plan import Plan, PlanError, check, load, parse
+from cowfs.plan import Plan, PlanError, check, load, op_paths, parse
 from cowfs.savepoint import Savepoint, clone, heal, layer_paths
 from cowfs.stagers import CopyStager, remove_tree
 from journal.store import TxRecord
@@ -191,7 +191,8 @@ def _apply(ws: Workspace, record: TxRecord, plan: Plan, *, savepoint: bool) -> R
     if outcome.get("reason"):
         index, op = outcome.get("index"), outcome.get("op")
         where = "" if index is None else f" ops[{index}] ({op})"
-        raise PlanError(where=where, reason=outcome["reason"], index=index, op=op)
+        named = op_paths(plan.ops[index]) if isinstance(index, int) and 0 <= index < len(plan.ops) else []
+        raise PlanError(where=where, reason=outcome["reason"], index=index, op=op, paths=named)
     raise PlanFailed(detail=f"the plan applier exited {run.exit_code} without a result")
 
 

@@ -222,7 +222,7 @@ def held_to_policy(ws: Workspace, target: TxRecord, tx: TxRecord, changes: Chang
         ws.journal.log_event(target.id, "refuse", {
             "reason": "policy", "rollback": True, "diff_hash": changes.diff_hash,
             "violations": [v.to_json() for v in found]})
-        raise RollbackRefused(tx=target.id, violations="; ".join(map(str, found)))
+        raise RollbackRefused(tx=target.id, violations="; ".join(map(str, found)), paths=policy.violating_paths(found))
     reasons = policy.approval_reasons(changes, config.approval)
     if not reasons or (journaled and valid_approval(ws.journal, tx.id, changes.diff_hash) is not None):
         return
@@ -276,13 +276,13 @@ def _rollback(
             since = f" (changed since by {', '.join(later)})" if later else ""
             raise logged(ws.journal, Conflict(
                 what=f"rollback of {target.id} refused (--force overrides)", tx=target.id,
-                paths=", ".join(moved) + since,
+                paths=moved, since=since,
             ))
         blocked = obstacles(target.root, [(r.path, r.old) for r in written], dirs)
         if blocked:
             raise logged(ws.journal, Conflict(
                 what=f"rollback of {target.id} refused: it would have to touch paths it never wrote",
-                tx=target.id, paths=", ".join(blocked),
+                tx=target.id, paths=blocked,
             ))
         for r in written:
             if r.old is not None and r.old.type == FILE and not blobs.has(r.old_blob or ""):

@@ -36,6 +36,9 @@ from journal.faults import checkpoint
 class RootBusy(RoscoeError):
     """root {root} is being committed to by {owner}; try again when it is done"""
 
+    error_kind = "busy"
+    path_fields = ("root",)
+
 
 def lock_path(home: str, root: str) -> str:
     return os.path.join(home, "locks", xxhash.xxh3_64_hexdigest(os.fsencode(root)) + ".lock")

@@ -156,7 +156,10 @@ def test_command_not_executable_is_126(roscoe: Roscoe, root: Path) -> None:
 def test_unknown_transaction_is_5(roscoe: Roscoe) -> None:
     for args in (("diff", "nope"), ("show", "nope"), ("abort", "nope"), ("diff", "nope", "--json")):
         done = roscoe("tx", *args)
-        assert (done.returncode, done.stdout, done.stderr) == (5, b"", b"roscoe: error: no such transaction: nope\n")
+        error = {"error": {"code": 5, "kind": "no_such_tx", "message": "no such transaction: nope", "paths": []}}
+        assert (done.returncode, done.stdout, done.stderr) == (
+            5, (json.dumps(error, indent=2) + "\n").encode() if "--json" in args else b"",
+            b"roscoe: error: no such transaction: nope\n")
 
 
 def test_run_failures_of_roscoe_itself_are_125(roscoe: Roscoe, root: Path, tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """One test per exit code of the contract (DESIGN.md, "Exit codes"), through
 the CLI: where roscoe itself fails, stderr ends in exactly one
-``roscoe: error: ...`` line and stdout is empty; the live tree is untouched.
+``roscoe: error: ...`` line and stdout is empty (with --json, the error
+object: tests/test_json.py); the live tree is untouched.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -17,8 +19,11 @@ def fails(roscoe: Roscoe, code: int, *args: str | Path, root: Path | None = None
     if given, is byte-for-byte unchanged. Returns the error line."""
     before = snapshot(root) if root is not None else None
     done = roscoe(*args, cwd=root)
-    assert done.stdout == b""
     message = error_line(done, code)
+    if "--json" in args:
+        assert json.loads(done.stdout)["error"]["message"] == message
+    else:
+        assert done.stdout == b""
     if root is not None:
         assert snapshot(root) == before
     return message
