@@ -188,12 +188,18 @@ def test_a_move_with_new_bytes_is_a_deletion_and_an_addition(roscoe: Roscoe, roo
     assert [row[:2] for row in table(roscoe("tx", "diff", tx))[:3]] == [["D", "a/brief.txt"], ["A", "b"], ["A", "b/brief.txt"]]
 
 
-def test_a_move_that_changes_the_mode_is_a_move_showing_the_mode(roscoe: Roscoe, root: Path) -> None:
+def test_a_move_that_changes_the_mode_or_owner_is_a_move_showing_it(roscoe: Roscoe, root: Path) -> None:
     data = b"memo\n"
     make_files(root, {"a/memo.txt": data})
     tx = staged(roscoe, root, "mv a/memo.txt a/memo-2024.txt && chmod 0600 a/memo-2024.txt"
-                              " && mv case2/notes-link case1/notes-link")
+                              " && mv case2/notes-link case1/notes-link"
+                              " && mv 'case2/intake form.txt' case2/intake.txt && chown 65534:65534 case2/intake.txt")
     got = tx_json(roscoe, "diff", tx)
+    assert got["changes"].pop(3) == {
+        "path": "case2/intake form.txt", "status": "deleted", "old": file_json(b"intake\n"), "new": None,
+        "moved_to": "case2/intake.txt"}
+    assert got["changes"].pop(3) == {"path": "case2/intake.txt", "status": "added", "old": None,
+                      "new": {**file_json(b"intake\n"), "uid": 65534, "gid": 65534}, "moved_from": "case2/intake form.txt"}
     link = {"type": "symlink", "size": 17, "mode": "0777", "mtime_ns": T0, "uid": 0, "gid": 0,
             "hash": h(b"../case1/notes.md"), "target": "../case1/notes.md"}
     assert got["changes"] == [
@@ -203,12 +209,14 @@ def test_a_move_that_changes_the_mode_is_a_move_showing_the_mode(roscoe: Roscoe,
          "moved_to": "a/memo-2024.txt"},
         {"path": "case1/notes-link", "status": "added", "old": None, "new": link, "moved_from": "case2/notes-link"},
         {"path": "case2/notes-link", "status": "deleted", "old": link, "new": None, "moved_to": "case1/notes-link"}]
-    hd, hl = h(data)[:8], h(b"../case1/notes.md")[:8]
+    hd, hl, hi = h(data)[:8], h(b"../case1/notes.md")[:8], h(b"intake\n")[:8]
     assert table(roscoe("tx", "diff", tx)) == [
         ["R", "a/memo.txt", "->", "a/memo-2024.txt", "file", "5", "B", "mode", "0644", "file", "5", "B", "mode", "0600",
          hd, "→", hd],
         ["R", "case2/notes-link", "->", "case1/notes-link", "symlink", "17", "B", "symlink", "17", "B", hl, "→", hl],
-        ["2", "moved;", "22", "B", "to", "write;", "diff_hash", got["diff_hash"]]]
+        ["R", "case2/intake", "form.txt", "->", "case2/intake.txt", "file", "7", "B", "owner", "0:0",
+         "file", "7", "B", "owner", "65534:65534", hi, "→", hi],
+        ["3", "moved,", "1", "owner", "changed;", "29", "B", "to", "write;", "diff_hash", got["diff_hash"]]]
 
 
 # -- --stat and --patch ------------------------------------------------------------------
