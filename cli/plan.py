@@ -61,8 +61,8 @@ def execute(
         write_json(result.to_json())
     elif result.began:
         print(result.tx)
-    counts = result.changes.counts()
-    staged = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n) or "no changes"
+    counts = result.changes.summary  # (a move counted once, as moved)
+    staged = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n and k != "bytes_written") or "no changes"
     say(f"tx {result.tx}: plan of {result.ops} ops staged; the transaction now stages {staged}"
         f" ({result.backend}); review: roscoe tx diff {result.tx}")
     return 0

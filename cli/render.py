@@ -15,14 +15,14 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.state import write_json
-from cowfs.changeset import ChangeSet
+from cowfs.changeset import Change, ChangeSet, Move
 from cowfs.patch import FilePatch
 from journal.store import TxRecord
 from journal.workspace import TxView
 
 STYLE = {
     "added": ("A", "green"), "modified": ("M", "yellow"), "deleted": ("D", "red"),
-    "type_changed": ("T", "magenta"), "meta_changed": ("m", "cyan"),
+    "type_changed": ("T", "magenta"), "meta_changed": ("m", "cyan"), "moved": ("R", "blue"),
 }
 
 
@@ -89,19 +89,42 @@ def owner(entry: Any) -> str:
     return f"{entry.uid}:{entry.gid}"
 
 
-def owner_changed(c: Any) -> bool:
-    """Whether a change gives an existing path another owner (shown wherever the change is)."""
-    return c.old is not None and c.new is not None and c.old.owner != c.new.owner
+def owner_changed(c: Change | Move) -> bool:
+    """Whether a change gives an existing path (or a move, the file it moves)
+    another owner (shown wherever the change is)."""
+    old, new = (c.deleted.old, c.added.new) if isinstance(c, Move) else (c.old, c.new)
+    return old is not None and new is not None and old.owner != new.owner
+
+
+def ends(c: Change | Move) -> tuple[Any, Any]:
+    """The old and new state of a change, or of the file a move moves."""
+    return (c.deleted.old, c.added.new) if isinstance(c, Move) else (c.old, c.new)
+
+
+def moved_label(move: Move) -> str:
+    return f"{display_path(move.source)} -> {display_path(move.dest)}"
+
+
+def rows_of(changes: ChangeSet) -> Iterator[tuple[str, Change | Move]]:
+    """(status, change) per row: a move is one row, where its new path sorts."""
+    moves = changes.moves()
+    by_dest = {m.dest: m for m in moves}
+    sources = {m.source for m in moves}
+    for c in changes.changes:
+        if c.path in sources:
+            continue
+        move = by_dest.get(c.path)
+        yield ("moved", move) if move is not None else (c.status, c)
 
 
 def summary_line(changes: ChangeSet) -> str:
-    counts = changes.counts()
-    parts = [f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n]
-    owners = sum(1 for c in changes.changes if owner_changed(c))
+    summary = changes.summary
+    parts = [f"{n} {k.replace('_', ' ')}" for k, n in summary.items() if n and k != "bytes_written"]
+    owners = sum(1 for _, c in rows_of(changes) if owner_changed(c))
     if owners:
         parts.append(f"{owners} owner{'s' if owners != 1 else ''} changed")
     text = ", ".join(parts) if parts else "no changes"
-    return f"{text}; {human_size(changes.summary['bytes_written'])} to write; diff_hash {changes.diff_hash}"
+    return f"{text}; {human_size(summary['bytes_written'])} to write; diff_hash {changes.diff_hash}"
 
 
 def diff(tx: str, changes: ChangeSet) -> None:
@@ -115,19 +138,22 @@ def diff(tx: str, changes: ChangeSet) -> None:
     table.add_column("old", justify="right", no_wrap=True)
     table.add_column("new", justify="right", no_wrap=True)
     table.add_column("hash old → new", no_wrap=True)
-    for c in changes.changes:
-        letter, color = STYLE[c.status]
-        old, new = c.old, c.new
+    for status, c in rows_of(changes):
+        letter, color = STYLE[status]
+        old, new = ends(c)
+        label = moved_label(c) if isinstance(c, Move) else display_path(c.path)
         old_desc = f"{old.type} {human_size(old.size)}" if old and old.type != "dir" else (old.type if old else "")
         new_desc = f"{new.type} {human_size(new.size)}" if new and new.type != "dir" else (new.type if new else "")
-        if c.status == "meta_changed" and old and new:
+        if status == "meta_changed" and old and new:
             old_desc, new_desc = f"mode {format(old.mode, '04o')}", f"mode {format(new.mode, '04o')}"
             if owner_changed(c) and old.mode == new.mode:
                 old_desc = new_desc = ""
+        if status == "moved" and old and new and old.mode != new.mode:
+            old_desc, new_desc = f"{old_desc} mode {format(old.mode, '04o')}", f"{new_desc} mode {format(new.mode, '04o')}"
         if owner_changed(c):
             old_desc, new_desc = f"{old_desc} owner {owner(old)}".lstrip(), f"{new_desc} owner {owner(new)}".lstrip()
         hashes = f"{(old.hash or '')[:8] if old else ''} → {(new.hash or '')[:8] if new else ''}"
-        table.add_row(Text(letter, style=color), Text(display_path(c.path), style=color), old_desc, new_desc, hashes)
+        table.add_row(Text(letter, style=color), Text(label, style=color), old_desc, new_desc, hashes)
     for u in changes.unsupported:
         table.add_row(Text("!", style="bold red"), Text(display_path(u.path), style="bold red"), "", u.type, "cannot be committed")
     out.print(table)
@@ -136,17 +162,22 @@ def diff(tx: str, changes: ChangeSet) -> None:
 
 def stat(changes: ChangeSet) -> None:
     out = console()
-    width = max((len(display_path(c.path)) for c in changes.changes), default=0)
-    for c in changes.changes:
-        letter, color = STYLE[c.status]
-        size = c.new.size if c.new else (c.old.size if c.old else 0)
-        sign = "-" if c.status == "deleted" else "+"
-        detail = f"{sign}{human_size(size)}" if (c.new or c.old) and (c.new or c.old).type != "dir" else "dir"  # type: ignore[union-attr]
+    rows = [(status, c, moved_label(c) if isinstance(c, Move) else display_path(c.path))
+            for status, c in rows_of(changes)]
+    width = max((len(label) for _, _, label in rows), default=0)
+    for status, c, label in rows:
+        letter, color = STYLE[status]
+        old, new = ends(c)
+        size = new.size if new else (old.size if old else 0)
+        sign = "-" if status == "deleted" else "" if status == "moved" else "+"
+        detail = f"{sign}{human_size(size)}" if (new or old).type != "dir" else "dir"
         line = Text(f" {letter} ", style=color)
-        line.append(display_path(c.path).ljust(width))
+        line.append(label.ljust(width))
         line.append(f" | {detail}")
+        if status == "moved" and old.mode != new.mode:
+            line.append(f" mode {format(old.mode, '04o')} → {format(new.mode, '04o')}")
         if owner_changed(c):
-            line.append(f" owner {owner(c.old)} → {owner(c.new)}")
+            line.append(f" owner {owner(old)} → {owner(new)}")
         out.print(line)
     for u in changes.unsupported:
         out.print(Text(f" ! {display_path(u.path)} | {u.type}: cannot be committed", style="bold red"))
@@ -159,15 +190,18 @@ def patches(tx: str, root: str, items: list[FilePatch]) -> None:
         out.print(f"tx {tx}: no changes against {escape(display_path(root))}")
         return
     for p in items:
-        c = p.change
-        letter, color = STYLE[c.status]
-        out.print(Text(f"{letter} {display_path(c.path)}", style=f"bold {color}"))
+        c: Change | Move = p.move if p.move is not None else p.change
+        status = "moved" if p.move is not None else p.change.status
+        letter, color = STYLE[status]
+        old, new = ends(c)
+        label = moved_label(c) if isinstance(c, Move) else display_path(c.path)
+        out.print(Text(f"{letter} {label}", style=f"bold {color}"))
         if p.binary:
-            out.print(f"Binary files differ ({(c.old.hash or '')[:8] if c.old else 'none'} → {(c.new.hash or '')[:8] if c.new else 'none'})")
-        elif c.status == "meta_changed" and c.old and c.new and (c.old.mode, c.old.mtime_ns) != (c.new.mode, c.new.mtime_ns):
-            out.print(f"mode {format(c.old.mode, '04o')} → {format(c.new.mode, '04o')}, mtime {c.old.mtime_ns} → {c.new.mtime_ns}")
+            out.print(f"Binary files differ ({(old.hash or '')[:8] if old else 'none'} → {(new.hash or '')[:8] if new else 'none'})")
+        elif status in ("meta_changed", "moved") and old and new and (old.mode, old.mtime_ns) != (new.mode, new.mtime_ns):
+            out.print(f"mode {format(old.mode, '04o')} → {format(new.mode, '04o')}, mtime {old.mtime_ns} → {new.mtime_ns}")
         if owner_changed(c):
-            out.print(f"owner {owner(c.old)} → {owner(c.new)}")
+            out.print(f"owner {owner(old)} → {owner(new)}")
         for line in p.lines:
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else "cyan" if line.startswith("@@") else None
             out.print(Text(line.rstrip("\n"), style=style or ""))

@@ -274,8 +274,8 @@ def summarize(tx_id: str, args: RunArgs, result) -> None:  # type: ignore[no-unt
         if enforced.oom_kills:
             say(f"tx {tx_id}: out of memory: the kernel killed {enforced.oom_kills} process(es) of the run"
                 f" for going over --memory {args.memory}")
-    counts = result.changes.counts()
-    staged = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n) or "no changes"
+    counts = result.changes.summary  # (a move counted once, as moved)
+    staged = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n and k != "bytes_written") or "no changes"
     cmd = shlex.join(args.command).replace("\n", "\\n")
     cmd = cmd if len(cmd) <= 60 else cmd[:57] + "..."
     say(

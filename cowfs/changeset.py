@@ -3,6 +3,10 @@
 ``ChangeSet`` is built from the touched paths a stager reports, each compared
 with the live tree (read without following symlinks). Its ``diff_hash`` is the
 xxh3-128 of the canonical change list, which approvals bind to.
+
+Moves are a view of that list (``ChangeSet.moves``): a deleted file or
+symlink and an added one of the same type, size and hash are one move. The
+list keeps both entries, so the commit and ``diff_hash`` never see a pairing.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections import namedtuple
 import xxhash
 
 from cowfs import durable, livetree
-from cowfs.entry import DIR, SUPPORTED, Entry, read_entry
+from cowfs.entry import DIR, FILE, SUPPORTED, SYMLINK, Entry, read_entry
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
 ADDED, MODIFIED, DELETED = "added", "modified", "deleted"
 TYPE_CHANGED, META_CHANGED = "type_changed", "meta_changed"
 STATUSES = (ADDED, MODIFIED, DELETED, TYPE_CHANGED, META_CHANGED)
+MOVED = "moved"
 
 
 def path_key(rel: str) -> bytes:
@@ -58,6 +63,70 @@ class Change(namedtuple("_Change", "path status old new")):
             Entry.from_json(d["old"]) if d.get("old") else None,
             Entry.from_json(d["new"]) if d.get("new") else None,
         )
+
+
+class Move(namedtuple("_Move", "deleted added")):
+    """A deleted path and an added one with the same type, size and hash: one
+    move from ``deleted.path`` to ``added.path`` (both stay in the change list)."""
+
+    __slots__ = ()
+    deleted: Change
+    added: Change
+
+    @property
+    def source(self) -> str:
+        return self.deleted.path
+
+    @property
+    def dest(self) -> str:
+        return self.added.path
+
+    def to_json(self) -> dict[str, str]:
+        return {"from": self.source, "to": self.dest}
+
+
+def pair_moves(changes: Iterable[Change]) -> tuple[Move, ...]:
+    """The moves among ``changes``, in the order of their new paths.
+
+    Candidates are deleted and added files and symlinks (directories have no
+    hash: never a move), grouped by (type, size, hash). Within a group the
+    pairs are one-to-one and do not depend on input order: first a deleted
+    and an added path with the same file name, in path order within each
+    name; then the rest of the group, in path order. Modes, owners and mtimes
+    may differ: a move that changes them is still a move.
+    """
+    groups: dict[tuple[str, int, str], tuple[list[Change], list[Change]]] = {}
+    for c in changes:
+        entry, side = (c.old, 0) if c.status == DELETED else (c.new, 1) if c.status == ADDED else (None, 0)
+        if entry is None or entry.type not in (FILE, SYMLINK) or entry.hash is None:
+            continue
+        groups.setdefault((entry.type, entry.size, entry.hash), ([], []))[side].append(c)
+    moves: list[Move] = []
+    for deleted, added in groups.values():
+        if not (deleted and added):
+            continue
+        deleted.sort(key=lambda c: path_key(c.path))
+        added.sort(key=lambda c: path_key(c.path))
+        by_name: dict[str, list[Change]] = {}
+        for c in deleted:
+            by_name.setdefault(_name(c.path), []).append(c)
+        paired: set[str] = set()
+        rest = []
+        for c in added:
+            same = by_name.get(_name(c.path))
+            if same:
+                source = same.pop(0)
+                paired.add(source.path)
+                moves.append(Move(source, c))
+            else:
+                rest.append(c)
+        left = [c for c in deleted if c.path not in paired]
+        moves.extend(Move(d, a) for d, a in zip(left, rest))
+    return tuple(sorted(moves, key=lambda m: path_key(m.dest)))
+
+
+def _name(path: str) -> str:
+    return path.rpartition("/")[2]
 
 
 class Unsupported(namedtuple("_Unsupported", "path type")):
@@ -105,17 +174,28 @@ class ChangeSet(namedtuple("_ChangeSet", "root changes unsupported", defaults=((
             h.update(path_key(u.path) + b"\0unsupported\0" + u.type.encode() + b"\0\0\0")
         return h.hexdigest()
 
+    def moves(self) -> tuple[Move, ...]:
+        """The moves of this change set (``pair_moves``): a view, not part of ``diff_hash``."""
+        return pair_moves(self.changes)
+
     @property
     def summary(self) -> dict[str, int]:
-        counts = {ADDED: 0, MODIFIED: 0, DELETED: 0}
+        """What the diff does: each status counted, a move once under
+        ``moved`` (not under added and deleted); ``bytes_written``, the new
+        bytes a commit writes (a move's included: it writes them again)."""
+        counts = self.counts()
+        moved = len(self.moves())
+        counts[ADDED] -= moved
+        counts[DELETED] -= moved
         written = 0
         for c in self.changes:
-            counts[c.status if c.status in counts else MODIFIED] += 1
             if c.new is not None and c.status != META_CHANGED and c.new.type != DIR:
                 written += c.new.size
-        return {**counts, "bytes_written": written}
+        return {**counts, MOVED: moved, "bytes_written": written}
 
     def counts(self) -> dict[str, int]:
+        """The entries of ``changes`` by status (a move is one added and one
+        deleted here; the counts add up to the number of changed paths)."""
         out = dict.fromkeys(STATUSES, 0)
         for c in self.changes:
             out[c.status] += 1
@@ -138,11 +218,27 @@ class ChangeSet(namedtuple("_ChangeSet", "root changes unsupported", defaults=((
             "tx": tx,
             "root": self.root,
             "diff_hash": self.diff_hash,
-            "changes": [c.to_json() for c in self.changes],
+            "changes": self._entries_json(),
             "summary": self.summary,
         }
         if self.unsupported:
             out["unsupported"] = [u.to_json() for u in self.unsupported]
+        return out
+
+    def _entries_json(self) -> list[dict[str, Any]]:
+        """``changes`` as JSON; the two entries of a move name each other
+        (``moved_to`` on the deleted one, ``moved_from`` on the added one)."""
+        other: dict[str, tuple[str, str]] = {}
+        for m in self.moves():
+            other[m.source] = ("moved_to", m.dest)
+            other[m.dest] = ("moved_from", m.source)
+        out = []
+        for c in self.changes:
+            d = c.to_json()
+            if c.path in other:
+                key, path = other[c.path]
+                d[key] = path
+            out.append(d)
         return out
 
 

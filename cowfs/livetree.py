@@ -194,3 +194,43 @@ def _read_bytes(root: str, rel: str, limit: int) -> bytes | None:
             return os.read(file_fd, limit)
         finally:
             os.close(file_fd)
+
+
+def same_bytes(root: str, rel: str, other: str) -> bool:
+    """Whether the live regular file ``rel`` holds exactly the bytes of the
+    regular file ``other`` (outside the live tree; a final symlink is not
+    followed), compared byte for byte, not by hash. False when either cannot
+    be read."""
+    try:
+        with durable.parent_dir(root, rel) as fd:
+            if fd is None:
+                return False
+            live = os.open(durable.basename(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                theirs = os.open(other, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    a, b = os.fstat(live), os.fstat(theirs)
+                    if not (stat.S_ISREG(a.st_mode) and stat.S_ISREG(b.st_mode)) or a.st_size != b.st_size:
+                        return False
+                    return _same_stream(durable.chunks_of(live), durable.chunks_of(theirs))
+                finally:
+                    os.close(theirs)
+            finally:
+                os.close(live)
+    except OSError:
+        return False
+
+
+def _same_stream(a: Iterator[bytes], b: Iterator[bytes]) -> bool:
+    left = right = memoryview(b"")
+    while True:
+        if not left:
+            left = memoryview(next(a, b""))
+        if not right:
+            right = memoryview(next(b, b""))
+        if not left or not right:
+            return not left and not right
+        n = min(len(left), len(right))
+        if left[:n] != right[:n]:
+            return False
+        left, right = left[n:], right[n:]

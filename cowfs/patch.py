@@ -6,16 +6,20 @@ import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from cowfs.changeset import Change
+from cowfs.changeset import Change, Move
 
 MAX_TEXT = 4 << 20
 
 
 @dataclass(frozen=True)
 class FilePatch:
+    """The patch of one change; of a move (``move``, ``change`` being its
+    added half), no lines: its bytes are the same at both paths."""
+
     change: Change
     lines: tuple[str, ...]
     binary: bool
+    move: Move | None = None
 
 
 def as_text(data: bytes | None) -> list[str] | None:
@@ -34,9 +38,18 @@ def patches(
     changes: tuple[Change, ...],
     old_bytes: Callable[[str], bytes | None],
     new_bytes: Callable[[str], bytes | None],
+    moves: tuple[Move, ...] = (),
 ) -> Iterator[FilePatch]:
-    """One patch per file-level change; directories and pure moves of mode show no lines."""
+    """One patch per file-level change, one per move (where its new path
+    sorts); directories, moves and changes of mode alone show no lines."""
+    by_dest = {m.dest: m for m in moves}
+    sources = {m.source for m in moves}
     for c in changes:
+        if c.path in sources:
+            continue
+        if c.path in by_dest:
+            yield FilePatch(c, (), False, by_dest[c.path])
+            continue
         old_file = c.old is not None and c.old.type == "file"
         new_file = c.new is not None and c.new.type == "file"
         if not (old_file or new_file):

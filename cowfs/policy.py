@@ -15,6 +15,14 @@ class. A pattern ending in ``/**`` matches the directory itself and everything
 below it. A pattern with no ``/`` matches a name at any depth (``*.exe``).
 A change matches when its own path does; a move matches on both its old and
 its new path, since a diff lists both.
+
+Moves (``ChangeSet.moves``) change no limit: ``max_changes`` and
+``when_changes_over`` count a move's two paths, ``max_bytes`` and
+``when_bytes_over`` its bytes, which the commit writes. Only
+``when_deleting`` tells a move from a deletion: an exact move (a symlink
+with the same target; a file whose bytes, compared byte for byte by the
+caller's ``same_bytes``, are the same at both paths) loses nothing and is not
+a deletion. Without ``same_bytes`` a moved file counts as deleted.
 """
 
 from __future__ import annotations
@@ -23,11 +31,12 @@ import os
 import re
 import stat
 from collections import namedtuple
+from collections.abc import Callable
 from functools import lru_cache
 
-from cowfs.changeset import ChangeSet
+from cowfs.changeset import ChangeSet, Move
 from cowfs.config import ApprovalRules, Policy
-from cowfs.entry import SYMLINK
+from cowfs.entry import FILE, SYMLINK
 
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
 DELETING = ("deleted", "type_changed")
@@ -136,11 +145,30 @@ def inside(root: str, path: str, target: str) -> bool:
     return resolved == base or resolved.startswith(base.rstrip("/") + "/")
 
 
-def approval_reasons(changes: ChangeSet, rules: ApprovalRules) -> list[str]:
-    """Why ``changes`` needs an approval under ``rules``; empty when it does not."""
+SameBytes = Callable[[Move], bool]
+
+
+def exact_moves(changes: ChangeSet, same_bytes: SameBytes | None) -> set[str]:
+    """The old paths of the moves that lose nothing: a symlink's target, or a
+    file's bytes as ``same_bytes`` reads them, the same at both paths."""
+    exact = set()
+    for m in changes.moves():
+        old, new = m.deleted.old, m.added.new
+        if old.type == SYMLINK and old.target == new.target:
+            exact.add(m.source)
+        elif old.type == FILE and same_bytes is not None and same_bytes(m):
+            exact.add(m.source)
+    return exact
+
+
+def approval_reasons(changes: ChangeSet, rules: ApprovalRules, same_bytes: SameBytes | None = None) -> list[str]:
+    """Why ``changes`` needs an approval under ``rules``; empty when it does
+    not. ``same_bytes(move)``: whether a moved file's bytes are the same at
+    both paths (an exact move is no deletion; see the module doc)."""
     reasons: list[str] = []
     if rules.when_deleting:
-        deleted = [c.path for c in changes.changes if c.status in DELETING]
+        moved = exact_moves(changes, same_bytes) if any(c.status == "deleted" for c in changes.changes) else set()
+        deleted = [c.path for c in changes.changes if c.status in DELETING and c.path not in moved]
         if deleted:
             reasons.append(f"deletes {_count(deleted, 'path')} (when_deleting)")
     count = len(changes.changes)

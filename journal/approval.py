@@ -80,8 +80,10 @@ def valid_approval(journal: Journal, tx_id: str, diff_hash: str) -> ApprovalReco
     return None
 
 
-def status(journal: Journal, tx: TxRecord, changes: ChangeSet, config: Config) -> Status:
-    reasons = policy.approval_reasons(changes, config.approval)
+def status(
+    journal: Journal, tx: TxRecord, changes: ChangeSet, config: Config, same_bytes: policy.SameBytes | None = None,
+) -> Status:
+    reasons = policy.approval_reasons(changes, config.approval, same_bytes)
     approval = valid_approval(journal, tx.id, changes.diff_hash) if reasons else None
     pending = bool(reasons) and approval is None and any(
         a.kind == "requested" and a.diff_hash == changes.diff_hash for a in journal.approvals(tx.id))
@@ -89,15 +91,18 @@ def status(journal: Journal, tx: TxRecord, changes: ChangeSet, config: Config) -
                   approval.approver if approval else None, pending)
 
 
-def enforce(journal: Journal, tx: TxRecord, changes: ChangeSet, config: Config) -> str | None:
+def enforce(
+    journal: Journal, tx: TxRecord, changes: ChangeSet, config: Config, same_bytes: policy.SameBytes | None = None,
+) -> str | None:
     """Refuse (exit 4) what policy forbids or what needs an approval it lacks,
-    journaling the refusal; returns the approver when one was needed."""
+    journaling the refusal; returns the approver when one was needed
+    (``same_bytes``: see ``cowfs.policy.approval_reasons``)."""
     found = policy.refusals(changes, config.policy)
     if found:
         journal.log_event(tx.id, "refuse", {
             "reason": "policy", "diff_hash": changes.diff_hash, "violations": [v.to_json() for v in found]})
         raise PolicyRefused(tx=tx.id, violations="; ".join(map(str, found)), paths=policy.violating_paths(found))
-    reasons = policy.approval_reasons(changes, config.approval)
+    reasons = policy.approval_reasons(changes, config.approval, same_bytes)
     if not reasons:
         return None
     approval = valid_approval(journal, tx.id, changes.diff_hash)
@@ -140,14 +145,19 @@ def request(journal: Journal, tx: TxRecord, changes: ChangeSet, reasons: list[st
 
 
 def request_json(journal: Journal, tx: TxRecord, changes: ChangeSet, reasons: list[str]) -> dict[str, Any]:
-    """What the notify command reads on stdin."""
+    """What the notify command reads on stdin: ``paths``, the first 100
+    changed paths that are not part of a move, and ``moves``, the first 100
+    moves (``{"from", "to"}``)."""
+    moves = changes.moves()
+    moved = {m.source for m in moves} | {m.dest for m in moves}
     return {
         "kind": "roscoe.approval-request", "version": 1,
         "tx": tx.id, "root": tx.root, "message": tx.message, "user": tx.user, "host": tx.host,
         "diff_hash": changes.diff_hash, "summary": changes.summary, "changes": len(changes.changes),
         "reasons": reasons,
         "commands": [{"argv": r.argv, "cwd": r.cwd, "exit_code": r.exit_code} for r in journal.runs(tx.id)],
-        "paths": [c.path for c in changes.changes[:100]],
+        "paths": [c.path for c in changes.changes if c.path not in moved][:100],
+        "moves": [m.to_json() for m in moves[:100]],
         "approve": f"roscoe tx approve {tx.id} --hash {changes.diff_hash}",
     }
 

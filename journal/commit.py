@@ -343,7 +343,7 @@ def checked(ws: Workspace, tx: TxRecord) -> Iterator[tuple[TxRecord, Stager | No
                 if moved:
                     raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=moved)) from None
             raise
-        enforce(ws.journal, tx, changes, ws.rules(tx))
+        enforce(ws.journal, tx, changes, ws.rules(tx), ws.same_bytes(tx, stager))
         moved = check_bases(changes, ws.journal.bases(tx.id))
         if moved:
             raise logged(ws.journal, Conflict(what="commit refused", tx=tx.id, paths=moved))

@@ -16,7 +16,7 @@ from collections import namedtuple
 from contextlib import closing
 
 from cowfs import durable, livetree, policy
-from cowfs.changeset import Change, ChangeSet, classify
+from cowfs.changeset import Change, ChangeSet, Move, classify
 from cowfs.converge import matches, obstacles
 from cowfs.entry import FILE, Entry
 from cowfs.errors import Conflict, Refused, RoscoeError, RootError, TransactionState
@@ -144,7 +144,7 @@ def rollback(ws: Workspace, ref: str, *, force: bool = False, progress: Progress
     )._replace(state="committing", target=target.target, rules=encode(in_force(ws.home.path)))
 
     def gate(changes: ChangeSet) -> None:
-        held_to_policy(ws, target, tx, changes, pending is not None)
+        held_to_policy(ws, target, tx, changes, pending is not None, moved_back(ws, target))
 
     try:
         if target.target:
@@ -212,7 +212,10 @@ def dry_run(ws: Workspace, ref: str) -> DryRun:
     return DryRun(target, ws.journal.open_rollback(target.id), changes, conflicts)
 
 
-def held_to_policy(ws: Workspace, target: TxRecord, tx: TxRecord, changes: ChangeSet, journaled: bool) -> None:
+def held_to_policy(
+    ws: Workspace, target: TxRecord, tx: TxRecord, changes: ChangeSet, journaled: bool,
+    same_bytes: policy.SameBytes | None = None,
+) -> None:
     """Step 2 for a rollback: refuse what policy forbids (exit 4, logged on the
     rolled-back transaction); where an approval is needed and ``tx`` has no
     valid one, journal ``tx`` as open (unless it is already) and ask for it."""
@@ -223,7 +226,7 @@ def held_to_policy(ws: Workspace, target: TxRecord, tx: TxRecord, changes: Chang
             "reason": "policy", "rollback": True, "diff_hash": changes.diff_hash,
             "violations": [v.to_json() for v in found]})
         raise RollbackRefused(tx=target.id, violations="; ".join(map(str, found)), paths=policy.violating_paths(found))
-    reasons = policy.approval_reasons(changes, config.approval)
+    reasons = policy.approval_reasons(changes, config.approval, same_bytes)
     if not reasons or (journaled and valid_approval(ws.journal, tx.id, changes.diff_hash) is not None):
         return
     if not journaled:
@@ -234,6 +237,23 @@ def held_to_policy(ws: Workspace, target: TxRecord, tx: TxRecord, changes: Chang
                                    diff_hash=changes.diff_hash, notified="")
     needed.pending = (tx, changes, reasons, config)
     raise needed
+
+
+def moved_back(ws: Workspace, target: TxRecord) -> policy.SameBytes | None:
+    """For ``when_deleting``: whether a move a rollback of ``target`` makes
+    puts back exactly the bytes it removes (the live file at the move's old
+    path against the image it restores at the new one). None on a bucket
+    target, whose images are in the bucket: its moves count as deletions."""
+    if target.target:
+        return None
+    blobs = blob_store(ws.home.path)
+    images = {r.path: r.old_blob for r in ws.journal.changes(target.id)}
+
+    def same(move: Move) -> bool:
+        digest = images.get(move.dest)
+        return digest is not None and livetree.same_bytes(target.root, move.source, blobs.path(digest))
+
+    return same
 
 
 def preview(ws: Workspace, target: TxRecord) -> ChangeSet:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from collections import namedtuple
 
 from cowfs import durable, livetree
-from cowfs.changeset import Change, ChangeSet, compare
+from cowfs.changeset import Change, ChangeSet, Move, compare
 from cowfs.errors import (
     AbortNotJournaled, AmbiguousTransaction, LiveUnreadable, NoBackend, NoSuchTransaction, RootError,
     SandboxError, StagingCorrupt, StagingDiscarded, StateDirError, StateDirFull, TransactionBusy,
@@ -458,6 +458,19 @@ class Workspace:
         hashes.save()
         return changes.without_owners() if tx.target else changes
 
+    def same_bytes(self, tx: TxRecord, stager: Stager | None) -> Callable[[Move], bool] | None:
+        """Whether a move's file has the same bytes in the live tree (at its
+        old path) and staged (at its new one), read byte for byte: the check
+        that lets an exact move past ``when_deleting`` (cowfs.policy). For a
+        rollback waiting for approval, the bytes it would put back."""
+        if tx.rolls_back:
+            from journal.rollback import moved_back
+
+            return moved_back(self, self.get(tx.rolls_back))
+        if stager is None:
+            return None
+        return lambda m: livetree.same_bytes(tx.root, m.source, stager.staged_path(m.dest))
+
     def staged_changes(self, tx: TxRecord) -> ChangeSet:
         """What the open ``tx`` would commit now: its staged layer against the live
         tree, or, for a rollback waiting for approval, what it would put back."""
@@ -508,7 +521,7 @@ class Workspace:
                         raise
                     return bucket.read(rel, MAX_TEXT)
 
-            return list(patches(changes.changes, old_bytes, new_bytes))
+            return list(patches(changes.changes, old_bytes, new_bytes, changes.moves()))
 
     def show(self, ref: str) -> TxView:
         tx = self.get(ref)
@@ -518,7 +531,8 @@ class Workspace:
 
             with self.locked(tx, exclusive=False) as tx:
                 changes = self.staged_changes(tx)
-            verdict = status(self.journal, tx, changes, self.rules(tx))
+                same_bytes = self.same_bytes(tx, None if tx.rolls_back else self.stager(tx))
+                verdict = status(self.journal, tx, changes, self.rules(tx), same_bytes)
         elif tx.state == "committed":
             changes = self.committed_changes(tx)
         return TxView(tx, self.journal.runs(tx.id), changes, self.journal.approvals(tx.id), verdict)

@@ -246,9 +246,10 @@ def test_notify_gets_the_request_once_per_diff_hash(clerk: Roscoe, root: Path, h
     assert received(inbox) == [{
         "kind": "roscoe.approval-request", "version": 1, "tx": tx, "root": str(root), "message": "tidy up",
         "user": USER, "host": os.uname().nodename, "diff_hash": h,
-        "summary": {"added": 0, "modified": 0, "deleted": 1, "bytes_written": 0}, "changes": 1,
+        "summary": {"added": 0, "modified": 0, "deleted": 1, "type_changed": 0, "meta_changed": 0, "moved": 0,
+                    "bytes_written": 0}, "changes": 1,
         "reasons": reasons, "commands": [{"argv": argv, "cwd": str(root), "exit_code": 0}],
-        "paths": ["case1/old.tmp"], "approve": f"roscoe tx approve {tx} --hash {h}",
+        "paths": ["case1/old.tmp"], "moves": [], "approve": f"roscoe tx approve {tx} --hash {h}",
     }]
     [request] = tx_json(clerk, "show", tx)["approval_requests"]
     assert (request["diff_hash"], request["notified"]) == (h, True)

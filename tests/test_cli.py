@@ -94,7 +94,8 @@ def test_diff_json_is_exactly_the_contract(roscoe: Roscoe, root: Path) -> None:
          "new": entry("file", 18, "0700", T0, h(b"#!/bin/sh\necho hi\n"))},
     ]
     assert got["changes"] == changes
-    assert got["summary"] == {"added": 1, "modified": 2, "deleted": 2, "bytes_written": 22}
+    assert got["summary"] == {"added": 1, "modified": 1, "deleted": 2, "type_changed": 0, "meta_changed": 1,
+                              "moved": 0, "bytes_written": 22}
     assert set(got) == {"tx", "root", "diff_hash", "changes", "summary"}
     assert (got["tx"], got["root"]) == (tx, str(root))
     assert re.fullmatch(r"[0-9a-f]{32}", got["diff_hash"])
@@ -204,7 +205,7 @@ def test_show_json(roscoe: Roscoe, root: Path) -> None:
     assert [(r["argv"], r["exit_code"], r["backend"], r["changes"]) for r in got["runs"]] == [
         (["sh", "-c", "echo x > a.txt; exit 3"], 3, "kernel", 1)
     ]
-    assert got["diff"]["summary"] == {"added": 1, "modified": 0, "deleted": 0, "bytes_written": 2}
+    assert got["diff"]["summary"] == {"added": 1, "modified": 0, "deleted": 0, "type_changed": 0, "meta_changed": 0, "moved": 0, "bytes_written": 2}
     assert got["diff"]["diff_hash"] == json.loads(roscoe("tx", "diff", tx, "--json").stdout)["diff_hash"]
     assert got["approvals"] == []
     table = roscoe("tx", "show", tx).stdout.decode()
@@ -318,7 +319,7 @@ def test_report_file(roscoe: Roscoe, root: Path, tmp_path: Path) -> None:
     tx = tx_from(done.stderr)
     assert (got["tx"], got["root"], got["argv"], got["exit_code"], got["backend"], got["timed_out"]) == (
         tx, str(root), ["sh", "-c", "echo x > r.txt; exit 2"], 2, "kernel", False)
-    assert got["summary"] == {"added": 1, "modified": 0, "deleted": 0, "bytes_written": 2}
+    assert got["summary"] == {"added": 1, "modified": 0, "deleted": 0, "type_changed": 0, "meta_changed": 0, "moved": 0, "bytes_written": 2}
     assert got["diff_hash"] == json.loads(roscoe("tx", "diff", tx, "--json").stdout)["diff_hash"]
 
 

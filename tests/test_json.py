@@ -175,7 +175,8 @@ def test_plan(roscoe: Roscoe, root: Path, tmp_path: Path) -> None:
     assert got == {
         "tx": got["tx"], "root": str(root), "ops": 1, "began": True, "backend": got["backend"],
         "diff_hash": diff_hash(roscoe, got["tx"]),
-        "summary": {"added": 1, "modified": 0, "deleted": 0, "bytes_written": 4},
+        "summary": {"added": 1, "modified": 0, "deleted": 0, "type_changed": 0, "meta_changed": 0,
+                    "moved": 0, "bytes_written": 4},
         "counts": got["counts"],
     }
 

@@ -275,9 +275,10 @@ def test_every_diff_status_and_key_is_documented():
     assert {"tx", "root", "diff_hash", "changes", "summary", "unsupported"} <= documented
     text = " ".join(plain_text(diff).split())
     for key in ("path", "status", "old", "new", "type", "size", "mode", "mtime_ns", "uid", "gid", "hash", "target",
-                "added", "modified", "deleted", "bytes_written"):
+                "moved_from", "moved_to", *STATUSES, "moved", "bytes_written"):
         assert re.search(rf'"{key}":', text), key
-    assert "type_changed and meta_changed changes count under modified" in text
+    assert "which count once under moved (not under added or deleted)" in text
+    assert "R OLD -> NEW" in text
 
 
 def test_every_roscoe_environment_variable_is_documented():

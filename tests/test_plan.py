@@ -121,7 +121,7 @@ def test_every_op_stages_exactly_and_commits_to_the_reference_tree(roscoe: Rosco
     lines = done.stderr.decode().splitlines()
     assert lines[0] == f"roscoe: tx {tx}"
     assert lines[1:] == [
-        f"roscoe: tx {tx}: plan of 7 ops staged; the transaction now stages 10 added, 7 deleted"
+        f"roscoe: tx {tx}: plan of 7 ops staged; the transaction now stages 6 added, 3 deleted, 4 moved"
         f" (kernel); review: roscoe tx diff {tx}"
     ]
     assert snapshot(root) == before
@@ -250,7 +250,7 @@ def test_a_plan_from_stdin(roscoe: Roscoe, root: Path) -> None:
     done = roscoe("tx", "plan", "--root", root, "-", input=json.dumps(plan_of([{"op": "delete", "path": "case1"}])).encode())
     assert done.returncode == 0, done.stderr
     diff = json.loads(roscoe("tx", "diff", done.stdout.decode().strip(), "--json").stdout)
-    assert diff["summary"] == {"added": 0, "modified": 0, "deleted": 5, "bytes_written": 0}
+    assert diff["summary"] == {"added": 0, "modified": 0, "deleted": 5, "type_changed": 0, "meta_changed": 0, "moved": 0, "bytes_written": 0}
 
 
 # -- refusals: exit 2, one line naming the op, nothing staged --------------------
@@ -461,7 +461,7 @@ def test_dry_run_without_a_transaction_opens_none(roscoe: Roscoe, root: Path, tm
     json_out = roscoe("tx", "plan", "--root", root, "--dry-run", "--json", write_plan(tmp_path, plan_of([])))
     assert json.loads(json_out.stdout) == {
         "tx": None, "root": str(root), "diff_hash": "99aa06d3014798d86001c324468d497f", "changes": [],
-        "summary": {"added": 0, "modified": 0, "deleted": 0, "bytes_written": 0}}
+        "summary": {"added": 0, "modified": 0, "deleted": 0, "type_changed": 0, "meta_changed": 0, "moved": 0, "bytes_written": 0}}
     assert json.loads(roscoe("tx", "list", "--json").stdout) == []
 
 
