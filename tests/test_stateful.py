@@ -45,7 +45,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from cowfs.errors import CommitFailed, Conflict
 from cowfs.stagers import remove_tree
 from journal.commit import commit
-from journal.rollback import rollback
+from journal.rollback import AlreadyRolledBack, rollback
 from journal.verify import verify
 from journal.workspace import Workspace
 from tests.conftest import Roscoe
@@ -279,6 +279,7 @@ class TransactionMachine(RuleBasedStateMachine):
         # committed transactions (rollbacks included): tx -> {path: (old, new)}
         self.committed: dict[str, dict[str, tuple[State | None, State | None]]] = {}
         self.written: dict[str, State | None] = {}    # newest committed state of every path
+        self.rolled_back: dict[str, str] = {}         # tx -> its newest committed rollback
         self.log: list[str] = []
 
     def teardown(self) -> None:
@@ -389,9 +390,18 @@ class TransactionMachine(RuleBasedStateMachine):
     def rollback_committed(self, data: st.DataObject) -> None:
         tx = data.draw(st.sampled_from(list(self.committed)), label="committed tx")
         wrote = self.committed[tx]
+        before = {r.id for r in self.ws.journal.list_tx()}
+        standing = self.rolled_back.get(tx)
+        if standing is not None and standing not in self.rolled_back:
+            # Its newest rollback stands (was not itself rolled back): refused as such.
+            self.log.append(f"rollback {tx}: expect already rolled back by {standing}")
+            event("rollback: already rolled back")
+            with pytest.raises(AlreadyRolledBack, match=f"already rolled back by {standing}"):
+                rollback(self.ws, tx)
+            assert {r.id for r in self.ws.journal.list_tx()} == before
+            return
         moved = sorted(p for p, (_, new) in wrote.items() if self.live.get(p) != new)
         self.log.append(f"rollback {tx}: expect {'conflict ' + str(moved) if moved else 'ok'}")
-        before = {r.id for r in self.ws.journal.list_tx()}
         if moved:
             event("rollback: conflict")
             with pytest.raises(Conflict):
@@ -415,6 +425,7 @@ class TransactionMachine(RuleBasedStateMachine):
         event("rollback: applied")
         record = rollback(self.ws, tx)
         assert record.state == "committed" and record.rolls_back == tx
+        self.rolled_back[tx] = record.id
         self.check_journaled(record.id, changes)
         apply_changes(self.live, changes)
         self.record(record.id, changes)
