@@ -12,7 +12,7 @@ list keeps both entries, so the commit and ``diff_hash`` never see a pairing.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from collections import namedtuple
 
 import xxhash
@@ -140,13 +140,36 @@ class Unsupported(namedtuple("_Unsupported", "path type")):
         return {"path": self.path, "type": self.type}
 
 
-class ChangeSet(namedtuple("_ChangeSet", "root changes unsupported", defaults=((),))):
-    """Every change a transaction stages against the live tree, sorted by path bytes."""
+class ChangeSet:
+    """Every change a transaction stages against the live tree, sorted by path
+    bytes. Iterating it yields its changes (``for change in diff``), and its
+    length is their number."""
 
-    __slots__ = ()
+    __slots__ = ("root", "changes", "unsupported")
     root: str
     changes: tuple[Change, ...]
     unsupported: tuple[Unsupported, ...]
+
+    def __init__(self, root: str, changes: tuple[Change, ...], unsupported: tuple[Unsupported, ...] = ()) -> None:
+        self.root, self.changes, self.unsupported = root, changes, unsupported
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ChangeSet) and (self.root, self.changes, self.unsupported) == (
+            other.root, other.changes, other.unsupported)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ChangeSet(root={self.root!r}, changes={self.changes!r}, unsupported={self.unsupported!r})"
+
+    def _replace(self, **fields: Any) -> ChangeSet:
+        return ChangeSet(**{"root": self.root, "changes": self.changes, "unsupported": self.unsupported, **fields})
 
     @property
     def diff_hash(self) -> str:
