@@ -193,6 +193,10 @@ class Layout(namedtuple("_Layout", "root upper tree wh_files")):
     tree: str | None
     wh_files: bool
 
+    @property
+    def base(self) -> str:
+        return self.tree if self.tree is not None else self.upper
+
     def entries(self, rel: str) -> list[str]:
         """The layer's entries that say what the view has at ``rel``."""
         if self.tree is not None:
@@ -247,12 +251,14 @@ class Guard:
         entries = []
         for rel in absent:
             for entry in layout.entries(rel):
+                if not _in_layer(layout.base, entry):
+                    continue  # below a symlink or a file of the layer: nothing can be staged there
                 kept = None
                 if os.path.lexists(entry):
                     os.makedirs(self.kept, mode=0o700, exist_ok=True)
                     kept = os.path.join(self.kept, str(len(entries)))
                     os.link(entry, kept, follow_symlinks=False)
-                entries.append({"rel": rel, "entry": entry, "kept": kept})
+                entries.append({"base": layout.base, "rel": rel, "entry": entry, "kept": kept})
         tmp = self.notes + ".tmp"
         with open(tmp, "w") as f:
             json.dump(entries, f, ensure_ascii=True)
@@ -279,6 +285,12 @@ def heal(tx_dir: str) -> list[str]:
     dropped: list[str] = []
     for e in entries:
         entry, kept = e["entry"], e["kept"]
+        if not _in_layer(e["base"], entry):
+            # the run made a parent a symlink (never followed: it may lead
+            # out of the layer) or removed it: the view has nothing there
+            if kept is not None:
+                os.unlink(kept)
+            continue
         now = _lstat(entry)
         if kept is not None:
             before = os.lstat(kept)
@@ -289,7 +301,8 @@ def heal(tx_dir: str) -> list[str]:
             dropped += _files(entry, e["rel"], now)
             _remove(entry, now)
         if kept is not None:
-            os.link(kept, entry, follow_symlinks=False)
+            if os.path.isdir(os.path.dirname(entry)):  # else the run removed a parent: nothing to put back
+                os.link(kept, entry, follow_symlinks=False)
             os.unlink(kept)
     os.unlink(claimed)
     try:
@@ -297,6 +310,22 @@ def heal(tx_dir: str) -> list[str]:
     except OSError:
         pass
     return sorted(set(dropped))
+
+
+def _in_layer(base: str, entry: str) -> bool:
+    """Whether every parent of ``entry`` below ``base`` that exists is a
+    directory (not a symlink): then ``entry`` names a path of the layer."""
+    path = base
+    for name in os.path.relpath(os.path.dirname(entry), base).split("/"):
+        if name == ".":
+            continue
+        path = os.path.join(path, name)
+        st = _lstat(path)
+        if st is None:
+            return True
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+    return True
 
 
 def _files(path: str, rel: str, st: os.stat_result) -> list[str]:

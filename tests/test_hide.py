@@ -209,6 +209,18 @@ def test_a_path_an_earlier_run_deleted_stays_deleted_when_hidden(roscoe: Roscoe,
     assert diff(roscoe, tx) == deleted
 
 
+def test_a_run_cannot_make_the_guard_remove_a_host_file(roscoe: Roscoe, root: Path, tmp_path: Path) -> None:
+    # the run turns a parent of the hidden path into a symlink out of the
+    # tree: the guard must not follow it when it clears the hidden path
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "x").write_text("host file\n")
+    done = roscoe("tx", "run", "--root", root, "--hide", "newco/x", "--", "ln", "-s", victim, "newco", cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert (victim / "x").read_text() == "host file\n"
+    assert diff(roscoe, tx_of(done)) == ["added newco"]
+
+
 def test_a_killed_run_leaves_nothing_under_a_hidden_path(roscoe: Roscoe, root: Path, home: Path) -> None:
     tx = roscoe.begin(root)
     # a first run picks the backend (a killed first run is issue 15's item 1, not this test's)
