@@ -208,27 +208,25 @@ class Layout(namedtuple("_Layout", "root upper tree wh_files")):
         return found
 
 
-def masks(
-    hidden: Hidden, layout: Layout | None, empty_file: str,
-) -> tuple[list[tuple[str, str | None]], list[str]]:
+def masks(hidden: Hidden, layout: Layout | None) -> tuple[list[tuple[str, bool]], list[str]]:
     """The mounts that hide what ``hidden`` names, for cowfs.sandbox.run (a
-    path, and ``empty_file`` to bind over it, or None for an empty
-    read-only dir), and the hidden paths inside the root that the view does
-    not show (for ``Guard``)."""
-    found: list[tuple[str, str | None]] = []
+    path, and whether it is a directory, to get an empty read-only dir, or
+    else an empty read-only file), and the hidden paths inside the root that
+    the view does not show (for ``Guard``)."""
+    found: list[tuple[str, bool]] = []
     absent: list[str] = []
     for rel in hidden.inside:
         kind = shown(layout, rel) if layout is not None else None
         if kind is None:
             absent.append(rel)
         else:
-            found.append((os.path.join(hidden.root, rel), None if kind == DIR else empty_file))
+            found.append((os.path.join(hidden.root, rel), kind == DIR))
     for path in hidden.outside:
         try:
             st = os.stat(path)
         except OSError:
             continue  # nothing there to hide (and nothing the run could make: it is read-only)
-        found.append((path, None if stat.S_ISDIR(st.st_mode) else empty_file))
+        found.append((path, stat.S_ISDIR(st.st_mode)))
     return found, absent
 
 

@@ -177,24 +177,46 @@ class Outcome(namedtuple("_Outcome", "started exit_code error timed_out enforced
 # /tmp in a run: the host's /tmp with the run's writes kept apart, so scripts
 # and venvs under /tmp keep working and nothing leaks out. In a user
 # namespace the kernel cannot overlay a /tmp that has mounts below it ("failed
-# to clone lowerpath"); then /tmp starts empty. With a ``scratch`` dir (the
-# transaction's), the writes land in RunTmp's dirs there, so that what the
-# run wrote can be named once it is over (and is then removed); without one,
-# in a tmpfs that dies with the run.
+# to clone lowerpath"); then /tmp starts empty. With a ``scratch`` dir, the
+# writes land in RunTmp's dirs, so that what the run wrote can be named once
+# it is over (and is then removed); without one, in a tmpfs that dies with the
+# run.
 TMP_OVERLAY = ["--overlay-src", "/tmp", "--tmp-overlay", "/tmp"]
 TMP_EMPTY = ["--tmpfs", "/tmp"]
+# RunTmp's dirs go to the host's /dev/shm when it can take them: a tmpfs, as
+# bwrap's own --tmp-overlay is (no disk writes on the start-up path, and the
+# pages count against the run's memory cgroup as before). The run's own
+# /dev/shm is private, so it never sees them. Else, the scratch dir.
+SHM = "/dev/shm"
+SHM_PREFIX = "roscoe-run-"
 
 
 class RunTmp:
-    """The private /tmp of a run, in ``SCRATCH/run-tmp``: an overlay's upper
-    and work dirs over the host's /tmp (``overlay``), or the upper dir alone
-    bound at /tmp (``empty``); ``discarded`` lists what the run wrote there."""
+    """The private /tmp of a run: an overlay's upper and work dirs over the
+    host's /tmp (``overlay``), or the upper dir alone bound at /tmp
+    (``empty``); ``discarded`` lists what the run wrote there. They live in
+    ``/dev/shm/roscoe-run-PID-RAND`` (see SHM), else in ``SCRATCH/run-tmp``."""
 
-    def __init__(self, scratch: str) -> None:
-        self.base = os.path.join(scratch, "run-tmp")
+    def __init__(self, scratch: str, base: str | None = None) -> None:
+        self.base = base or os.path.join(scratch, "run-tmp")
         self.upper = os.path.join(self.base, "upper")
         self.work = os.path.join(self.base, "work")
         self.empty_file = os.path.join(self.base, "empty")
+
+    @classmethod
+    def create(cls, scratch: str) -> RunTmp:
+        """A RunTmp made on /dev/shm when it can be, else in ``scratch``."""
+        if os.access(SHM, os.W_OK | os.X_OK):
+            _sweep_shm()
+            made = cls(scratch, os.path.join(SHM, f"{SHM_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"))
+            try:
+                made.make()
+                return made
+            except OSError:
+                made.remove()
+        made = cls(scratch)
+        made.make()
+        return made
 
     def make(self) -> None:
         if os.path.lexists(self.base):
@@ -247,6 +269,25 @@ class RunTmp:
             from cowfs.stagers import remove_tree
 
             remove_tree(self.base)
+
+
+def _sweep_shm() -> None:
+    """Remove the RunTmp dirs on /dev/shm of this user's roscoe processes that
+    are gone (killed before they could remove them)."""
+    uid = os.geteuid()
+    with os.scandir(SHM) as it:
+        for d in it:
+            if not d.name.startswith(SHM_PREFIX):
+                continue
+            pid = d.name[len(SHM_PREFIX):].partition("-")[0]
+            try:
+                if not pid.isdigit() or d.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                RunTmp("", d.path).remove()
+            except OSError:
+                continue
 
 
 KERNEL_FILESYSTEMS = ("/proc", "/dev", "/sys")
@@ -370,13 +411,13 @@ def run(
     argv: list[str], *, root: str, mount_args: list[str], cwd: str, env: dict[str, str],
     probe: bool, network: bool = True, timeout: float | None = None,
     limits: Limits = NO_LIMITS, binds: list[str] | None = None, hidden: tuple[str, ...] = (),
-    pass_fds: tuple[int, ...] = (), masks: list[tuple[str, str | None]] | None = None,
+    pass_fds: tuple[int, ...] = (), masks: list[tuple[str, bool]] | None = None,
     scratch: str | None = None,
 ) -> Outcome:
     """Run ``argv`` in the sandbox; ``binds`` come from ``writable_binds``;
     ``hidden`` dirs (the state dir) are empty in the run, and ``masks``
-    (cowfs.hide: a path, and the empty file to bind over it or None for an
-    empty dir) hide more; of roscoe's file descriptors above 2 only
+    (cowfs.hide: a path, and whether it is a dir) are an empty read-only dir
+    or file there; of roscoe's file descriptors above 2 only
     ``pass_fds`` reach the command (cowfs.stdio). With a ``scratch`` dir,
     the run's /tmp writes are kept there until the run ends, to be named in
     the outcome (RunTmp)."""
@@ -386,12 +427,16 @@ def run(
             f"--pids {limits.pids} needs a pids cgroup, and none can be made here "
             "(run as root, or from a cgroup v2 subtree delegated to you)"
         ))
-    run_tmp = RunTmp(scratch) if scratch is not None else None
+    run_tmp = None
     try:
         extra = list(binds or [])
-        view = View(mount_args, extra, hidden, pass_fds, host_sockets(root, extra[2::3]), list(masks or []))
-        if run_tmp is not None:
-            run_tmp.make()
+        if scratch is not None:
+            run_tmp = RunTmp.create(scratch)
+        if masks and not all(is_dir for _, is_dir in masks) and run_tmp is None:
+            raise SandboxError(detail="hiding a file needs a scratch dir")
+        empty_file = run_tmp.empty_file if run_tmp is not None else ""
+        view = View(mount_args, extra, hidden, pass_fds, host_sockets(root, extra[2::3]),
+                    [(path, None if is_dir else empty_file) for path, is_dir in masks or []])
         overlay, empty = (run_tmp.overlay, run_tmp.empty) if run_tmp is not None else (TMP_OVERLAY, TMP_EMPTY)
         tmp = overlay
         for _ in range(ATTEMPTS):

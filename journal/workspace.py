@@ -346,7 +346,7 @@ class Workspace:
                         savepoint.take(stager)
                     stager.before_run()
                     layout = hiding.layout_of(stager)
-                    masks, absent = hiding.masks(hidden, layout, sandbox.RunTmp(tx_dir).empty_file)
+                    masks, absent = hiding.masks(hidden, layout)
                     guard.take(layout, absent)
                     outcome = sandbox.run(
                         argv, root=tx.root, mount_args=stager.mount_args(), cwd=inner_cwd,

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from cowfs.stagers import remove_tree
-from tests.conftest import Roscoe, chown_tree, lookup_test_user, make_tree, snapshot
+from tests.conftest import Roscoe, chown_tree, gone_pid, lookup_test_user, make_tree, snapshot
 
 PY = "/usr/bin/python3"  # the sandbox sees the host's files read-only, so any python works
 ENOENT, EBUSY, EROFS = 2, 16, 30
@@ -337,7 +337,19 @@ def test_the_state_dir_is_never_visible_to_a_run(tmp_path: Path, placement: str)
 
 # -- writes that vanish with the run ------------------------------------------------------
 
+def shm_dirs() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("roscoe-run-")}
+
+
 def test_files_a_run_wrote_in_its_tmp_are_reported_as_discarded(caller: Caller) -> None:
+    # a killed run's leftover dir on /dev/shm (see cowfs.sandbox.RunTmp) is swept
+    dead = Path(f"/dev/shm/roscoe-run-{gone_pid()}-0badc0de")
+    (dead / "upper").mkdir(parents=True)
+    (dead / "upper" / "left.txt").write_text("left\n")
+    if caller.name == "user":
+        user = lookup_test_user()
+        chown_tree(dead, user.pw_uid, user.pw_gid)
+    before = shm_dirs() - {dead.name}
     name = f"roscoe-discard-{os.getpid()}-{caller.name}"
     many = f"mkdir /tmp/{name} && for f in d c b a; do echo $f > /tmp/{name}/$f.txt; done && mkdir /tmp/{name}/empty"
     report = caller.outside / "report.json"
@@ -350,6 +362,7 @@ def test_files_a_run_wrote_in_its_tmp_are_reported_as_discarded(caller: Caller) 
     assert not os.path.exists(f"/tmp/{name}")
     tx = tx_of(done)
     assert not (caller.roscoe.home / "tx" / tx / "run-tmp").exists()
+    assert shm_dirs() == before
 
     one = caller.roscoe("tx", "run", "--tx", tx, "--", "sh", "-c", f"echo 1 > /tmp/{name}")
     assert one.stderr.decode().splitlines()[-1] == (
