@@ -1,7 +1,7 @@
 """The agent's other hot paths, without typer or rich: ``tx diff ID --json``,
 ``tx commit ID [--yes] [--json]``, ``tx rollback ID [--yes] [--force] [--json]``
-and ``tx plan [--tx ID] [--root DIR] [--dry-run] [--json] PLAN``, when their
-arguments have exactly these shapes (flags in any order, each once).
+and ``tx plan [--tx ID] [--root DIR] [--hide PATH]... [--dry-run] [--json] PLAN``,
+when their arguments have exactly these shapes (flags in any order, each once).
 
 An agent reads the diff and commits on every transaction, and stages plans;
 an operator's rollback should be as quick as the commit it undoes. Typer and
@@ -12,6 +12,7 @@ rich cost ~200 ms a call. Anything else (help, other options, the
 from __future__ import annotations
 
 PLAN_VALUES = ("--tx", "--root")
+PLAN_REPEATABLE = ("--hide",)
 PLAN_FLAGS = ("--dry-run", "--json")
 # tx COMMAND ID [FLAG...]: the flags each fast path takes, and those it needs
 # (tests/test_json.py checks them against typer's options).
@@ -44,6 +45,7 @@ def fast_path(argv: list[str]) -> int | None:
 
 def plan(args: list[str]) -> int | None:
     values: dict[str, str] = {}
+    hide: list[str] = []
     flags: set[str] = set()
     source = None
     i = 0
@@ -51,6 +53,10 @@ def plan(args: list[str]) -> int | None:
         arg = args[i]
         if arg in PLAN_VALUES and arg not in values and i + 1 < len(args):
             values[arg] = args[i + 1]
+            i += 2
+            continue
+        if arg in PLAN_REPEATABLE and i + 1 < len(args):
+            hide.append(args[i + 1])
             i += 2
             continue
         if arg in PLAN_FLAGS and arg not in flags:
@@ -65,7 +71,7 @@ def plan(args: list[str]) -> int | None:
     from cli.plan import execute
 
     return execute(source, tx=values.get("--tx"), root=values.get("--root"),
-                   dry_run="--dry-run" in flags, json_="--json" in flags)
+                   dry_run="--dry-run" in flags, json_="--json" in flags, hide=hide)
 
 
 def diff_json(ref: str) -> int:

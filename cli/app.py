@@ -85,6 +85,7 @@ PidsOpt = Annotated[Optional[str], typer.Option("--pids", metavar="N", help="At 
 EnvOpt = Annotated[Optional[list[str]], typer.Option("--env", metavar="KEY=VAL", help="Set a variable in the run's environment (repeatable).")]
 CleanEnvOpt = Annotated[bool, typer.Option("--clean-env", help="Pass only PATH, HOME, LANG and TERM of roscoe's environment (plus --env).")]
 WritableOpt = Annotated[Optional[list[str]], typer.Option("--writable", metavar="PATH", help="Let the run write PATH, outside the root, for real (repeatable).")]
+HideOpt = Annotated[Optional[list[str]], typer.Option("--hide", metavar="PATH", help="Hide PATH (relative to the root, or absolute outside it) from the run: it sees an empty read-only dir or file there (repeatable; adds to the config's [run] hide).")]
 
 
 @tx_app.command("run", context_settings=RUN_CONTEXT)
@@ -100,6 +101,7 @@ def tx_run(
     env: EnvOpt = None,
     clean_env: CleanEnvOpt = False,
     writable: WritableOpt = None,
+    hide: HideOpt = None,
     report: Annotated[Optional[str], typer.Option("--report", metavar="FILE", help="Write the run's JSON report to FILE.")] = None,
     commit: Annotated[bool, typer.Option("--commit", help="Commit afterwards when CMD exited 0 (asks first on a terminal).")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="With --commit: do not ask.")] = False,
@@ -113,7 +115,7 @@ def tx_run(
     try:
         return execute(RunArgs(
             tx, root, message, network, timeout, report, command, commit, yes,
-            memory=memory, pids=pids, env=env, clean_env=clean_env, writable=writable,
+            memory=memory, pids=pids, env=env, clean_env=clean_env, writable=writable, hide=hide,
         ))
     except RoscoeError as e:
         return fail(e, in_run=True)
@@ -130,6 +132,7 @@ def tx_shell(
     env: EnvOpt = None,
     clean_env: CleanEnvOpt = False,
     writable: WritableOpt = None,
+    hide: HideOpt = None,
 ) -> int:
     """An interactive shell ($SHELL) inside the transaction's staged overlay.
 
@@ -138,7 +141,7 @@ def tx_shell(
     try:
         return execute(RunArgs(
             tx=tx, root=root, network=network, timeout=timeout, command=shell_command(),
-            memory=memory, pids=pids, env=env, clean_env=clean_env, writable=writable,
+            memory=memory, pids=pids, env=env, clean_env=clean_env, writable=writable, hide=hide,
         ), interactive=True)
     except RoscoeError as e:
         return fail(e, in_run=True)
@@ -152,6 +155,7 @@ def tx_plan(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff the transaction would have after the plan; stage nothing.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON: the dry run's diff, or what was staged.")] = False,
     schema: Annotated[bool, typer.Option("--schema", help="Print the plan's JSON Schema and exit.")] = False,
+    hide: HideOpt = None,
 ) -> int:
     """Stage a JSON plan of file operations (mkdir, move, copy, rename, delete,
     write) into a transaction (a new one without --tx, whose id is printed).
@@ -162,7 +166,7 @@ def tx_plan(
     """
     from cli.plan import execute as plan_execute
 
-    return plan_execute(plan, tx=tx, root=root, dry_run=dry_run, json_=json_, schema=schema)
+    return plan_execute(plan, tx=tx, root=root, dry_run=dry_run, json_=json_, schema=schema, hide=hide or ())
 
 
 @tx_app.command("diff")

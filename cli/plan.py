@@ -22,7 +22,7 @@ def read_plan(source: str) -> bytes:
 
 def execute(
     source: str | None, *, tx: str | None = None, root: str | None = None, dry_run: bool = False,
-    json_: bool = False, schema: bool = False,
+    json_: bool = False, schema: bool = False, hide: tuple[str, ...] | list[str] = (),
 ) -> int:
     from cowfs.plan import load, schema_text
 
@@ -41,7 +41,8 @@ def execute(
     ws = open_workspace(root)
     try:
         if dry_run:
-            return _dry_run(planning.dry_run(ws, plan, tx=tx if tx is None else ws.get(tx).id, root=root), json_)
+            return _dry_run(planning.dry_run(ws, plan, tx=tx if tx is None else ws.get(tx).id, root=root,
+                                             hide=hide), json_)
         began: list[str] = []
 
         def opened(record) -> None:  # type: ignore[no-untyped-def]
@@ -50,7 +51,8 @@ def execute(
                 began.append(record.id)
 
         try:
-            result = planning.stage(ws, plan, tx=tx, root=root, message=f"tx plan {source}", on_begin=opened)
+            result = planning.stage(ws, plan, tx=tx, root=root, message=f"tx plan {source}", on_begin=opened,
+                                    hide=hide)
         except BaseException:
             for tx_id in began:
                 say(f"tx {tx_id} aborted: it was opened for this plan")

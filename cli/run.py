@@ -33,11 +33,12 @@ RUN_OPTIONS: dict[str, tuple[str, bool]] = {
     "--env": ("env", True),
     "--clean-env": ("clean_env", False),
     "--writable": ("writable", True),
+    "--hide": ("hide", True),
     "--report": ("report", True),
     "--commit": ("commit", False),
     "--yes": ("yes", False),
 }
-REPEATABLE = {"env", "writable"}
+REPEATABLE = {"env", "writable", "hide"}
 # What --clean-env keeps of roscoe's own environment (ROSCOE_TX and ROSCOE_ROOT
 # are always set for the run).
 CLEAN_ENV = ("PATH", "HOME", "LANG", "TERM")
@@ -58,14 +59,14 @@ class RunArgs:
         network: str = "on", timeout: str | None = None, report: str | None = None,
         command: list[str] | None = None, commit: bool = False, yes: bool = False,
         memory: str | None = None, pids: str | None = None, env: list[str] | None = None,
-        clean_env: bool = False, writable: list[str] | None = None,
+        clean_env: bool = False, writable: list[str] | None = None, hide: list[str] | None = None,
     ) -> None:
         self.tx, self.root, self.message = tx, root, message
         self.network, self.timeout, self.report = network, timeout, report
         self.command = command or []
         self.commit, self.yes = commit, yes
         self.memory, self.pids, self.clean_env = memory, pids, clean_env
-        self.env, self.writable = env, writable
+        self.env, self.writable, self.hide = env, writable, hide
 
 
 def parse_run_args(argv: list[str]) -> RunArgs:
@@ -168,6 +169,7 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
     """Run ``args.command`` in its transaction; returns the exit code to exit with."""
     from cli.errors import say
     from cli.state import open_workspace
+    from cowfs.hide import check_writable
     from cowfs.sandbox import writable_binds
 
     network = parse_network(args.network)
@@ -186,7 +188,9 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
             report = report_place(args.report, tx.root, ws.home.path)
         else:
             root = ws.check_invocable(default_root(args.root), args.command)
-            writable_binds(args.writable or (), root, ws.home.path)  # before a transaction exists
+            # bad --writable, --hide and --report values fail before a transaction exists
+            writable_binds(args.writable or (), root, ws.home.path)
+            check_writable(ws.hidden(root, args.hide or ())[0], args.writable or ())
             report = report_place(args.report, root, ws.home.path)
             tx = ws.begin(root, args.message)
         say(f"tx {tx.id}")
@@ -196,7 +200,7 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
             command, pass_fds = prompt_shell(command, tx.id, env)
         result = ws.run(
             tx.id, command, env=env, network=network, timeout=timeout, limits=limits,
-            writable=args.writable or (), pass_fds=pass_fds,
+            writable=args.writable or (), pass_fds=pass_fds, hide=args.hide or (),
         )
         summary = result.report()
         will_commit = args.commit and result.exit_code == 0
@@ -284,6 +288,39 @@ def summarize(tx_id: str, args: RunArgs, result) -> None:  # type: ignore[no-unt
     )
     for u in result.changes.unsupported:
         say(f"warning: {u.path!r} is a {u.type}: it cannot be committed")
+    for line in discarded_lines(result.root, result.discarded):
+        say(line)
+
+
+def discarded_lines(root: str, discarded: tuple[str, ...] | list[str]) -> list[str]:
+    """One line for the files a run wrote in its private /tmp, one for those it
+    wrote under hidden paths of the root: both gone with the run."""
+    inside = root.rstrip("/") + "/"
+    tmp = [os.path.relpath(p, "/tmp") for p in discarded if not p.startswith(inside)]
+    hidden = [os.path.relpath(p, root) for p in discarded if p.startswith(inside)]
+    lines = []
+    if tmp:
+        lines.append(f"discarded {_files(len(tmp))} the run wrote outside {_shown(root)}"
+                     f" (under /tmp: {_names(tmp)}); use --writable PATH to keep them")
+    if hidden:
+        lines.append(f"discarded {_files(len(hidden))} the run wrote under hidden paths of {_shown(root)}:"
+                     f" {_names(hidden)}")
+    return lines
+
+
+def _files(n: int) -> str:
+    return "1 file" if n == 1 else f"{n} files"
+
+
+def _shown(path: str) -> str:
+    """A path on one line of text: newlines and bytes that are not UTF-8 escaped."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.replace("\n", "\\n")
+
+
+def _names(paths: list[str], most: int = 3) -> str:
+    shown = ", ".join(_shown(p) for p in paths[:most])
+    return shown + (", ..." if len(paths) > most else "")
 
 
 def report_place(path: str | None, root: str, home: str) -> CallerFile | None:

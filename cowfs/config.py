@@ -21,6 +21,8 @@ notify = "/usr/local/bin/notify-slack"
 notify_timeout = 30            # seconds before a hanging notify is killed
 [roots."/mnt/workspace/projects"]
 target = "gs://whaley_law_firm/projects"
+[run]
+hide = ["clients/other", "/home/ops/.ssh"]  # plain paths: relative to the root, or absolute
 ```
 """
 
@@ -82,7 +84,14 @@ class RootConfig(namedtuple("_RootConfig", "target", defaults=(None,))):
     target: str | None
 
 
-class Config(namedtuple("_Config", "path policy approval roots")):
+class RunRules(namedtuple("_RunRules", "hide", defaults=((),))):
+    """What every run gets: ``hide``, paths it may not see (cowfs.hide)."""
+
+    __slots__ = ()
+    hide: tuple[str, ...]
+
+
+class Config(namedtuple("_Config", "path policy approval roots run", defaults=(RunRules(),))):
     """The whole config; ``path`` is None when there was no file."""
 
     __slots__ = ()
@@ -90,6 +99,7 @@ class Config(namedtuple("_Config", "path policy approval roots")):
     policy: Policy
     approval: ApprovalRules
     roots: dict[str, RootConfig]
+    run: RunRules
 
     def root(self, root: str) -> RootConfig:
         return self.roots.get(os.path.normpath(root), RootConfig())
@@ -136,6 +146,7 @@ def strictest(configs: list[Config]) -> Config:
             _last([r.notify for r in rules], None), _last([r.notify_timeout for r in rules], NOTIFY_TIMEOUT),
         ),
         roots,
+        RunRules(_union([c.run.hide for c in configs])),
     )
 
 
@@ -145,6 +156,11 @@ def _nonnegative_int(value: object) -> bool:
 
 def _globs(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) and v and "\0" not in v for v in value)
+
+
+def _plain_paths(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, str) and v and "\0" not in v and "*" not in v and "?" not in v for v in value)
 
 
 def _command(value: object) -> bool:
@@ -176,6 +192,9 @@ KEYS = {
         "when_paths": (_globs, "a list of glob strings"),
         "notify": (_command, "a command line (a string, or a list of strings)"),
         "notify_timeout": (_seconds, "a number of seconds, more than 0 and at most 3600"),
+    },
+    "run": {
+        "hide": (_plain_paths, "a list of plain paths (relative to the root, or absolute; not globs)"),
     },
     "root": {
         "target": (lambda v: isinstance(v, str) and bool(re.fullmatch(r"gs://[a-z0-9][-a-z0-9_.]{1,221}[a-z0-9](/.*)?", v)),
@@ -236,10 +255,11 @@ def parse(raw: bytes, path: str) -> Config:
         return value
 
     for name in data:
-        if name not in ("policy", "approval", "roots"):
-            raise bad(name, None, "unknown table (known tables: policy, approval, roots)")
+        if name not in ("policy", "approval", "roots", "run"):
+            raise bad(name, None, "unknown table (known tables: policy, approval, roots, run)")
     policy = section("policy", "policy", data.get("policy", {}))
     approval = section("approval", "approval", data.get("approval", {}))
+    run = section("run", "run", data.get("run", {}))
     roots: dict[str, RootConfig] = {}
     root_tables = data.get("roots", {})
     if not isinstance(root_tables, dict):
@@ -267,6 +287,7 @@ def parse(raw: bytes, path: str) -> Config:
             tuple(notify) if notify else None, float(approval.get("notify_timeout", NOTIFY_TIMEOUT)),
         ),
         roots,
+        RunRules(tuple(run.get("hide", ()))),
     )
 
 

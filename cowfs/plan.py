@@ -330,21 +330,41 @@ class _Refused(Exception):
     """One op's reason to fail, before the index is attached."""
 
 
+class _Hidden(_Refused):
+    """An op's path leads to a hidden path: said as it is, never wrapped."""
+
+
 def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top + "/")
 
 
 class View:
-    """The tree under ``root`` as the ops so far would leave it."""
+    """The tree under ``root`` as the ops so far would leave it. A path at or
+    under one of ``hidden`` (root-relative, cowfs.hide) is refused before
+    anything there is read: the run cannot see it."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, hidden: tuple[str, ...] = ()) -> None:
         self.root = os.path.abspath(root)
         self.top = _Node(DIR, self.root)
+        self.hidden = hidden
 
-    def _resolve_dir(self, parts: list[str], *, create: list[str] | None = None) -> tuple[list[str], _Node]:
+    def _visible(self, real: str, named: str) -> None:
+        for hidden in self.hidden:
+            if _under(real, hidden):
+                raise _Hidden(f"{named} is hidden from this run ({hidden})")
+
+    def _holds_no_hidden(self, real: str, named: str) -> None:
+        for hidden in self.hidden:
+            if _under(hidden, real):
+                raise _Hidden(f"{named} holds {hidden}, which is hidden from this run")
+
+    def _resolve_dir(
+        self, parts: list[str], *, create: list[str] | None = None, named: str | None = None,
+    ) -> tuple[list[str], _Node]:
         """Walk ``parts`` from the root following symlinks that stay inside it;
         each must be a directory. With ``create``, missing ones are made (and
-        their paths appended to it); else a missing one is an error."""
+        their paths appended to it); else a missing one is an error. A hidden
+        one is refused as ``named`` (the op's path)."""
         canon: list[str] = []
         nodes = [self.top]
         todo = list(parts)
@@ -360,6 +380,7 @@ class View:
                 nodes.pop()
                 continue
             here = "/".join(canon + [name])
+            self._visible(here, named or here)
             kids = nodes[-1].children()
             node = kids.get(name)
             if node is None:
@@ -389,9 +410,11 @@ class View:
         """(real path, parent node, name, node or None) of ``rel``, its last
         component not followed."""
         parts = rel.split("/")
-        canon, parent = self._resolve_dir(parts[:-1])
+        canon, parent = self._resolve_dir(parts[:-1], named=rel)
         name = parts[-1]
-        return "/".join(canon + [name]), parent, name, parent.children().get(name)
+        real = "/".join(canon + [name])
+        self._visible(real, rel)
+        return real, parent, name, parent.children().get(name)
 
     def _source(self, rel: str) -> tuple[str, _Node, str, _Node]:
         real, parent, name, node = self._leaf(rel)
@@ -402,6 +425,8 @@ class View:
     def _destination(self, rel: str, overwrite: bool) -> tuple[str, _Node, str, bool]:
         try:
             real, parent, name, node = self._leaf(rel)
+        except _Hidden:
+            raise
         except _Refused as e:
             raise _Refused(f"cannot make {rel}: {e}") from None
         if node is not None and not overwrite:
@@ -412,23 +437,29 @@ class View:
         """Check ``op`` against the view, then change the view as it would."""
         if op.op == "mkdir":
             made: list[str] = []
-            self._resolve_dir(op.path.split("/"), create=made)
+            self._resolve_dir(op.path.split("/"), create=made, named=op.path)
             return Step(op, None, op.path, tuple(made), False)
         if op.op == "delete":
             real, parent, name, _ = self._source(op.path)
+            self._holds_no_hidden(real, op.path)
             del parent.children()[name]
             return Step(op, real, None, (), False)
         if op.op == "write":
             real, parent, name, exists = self._destination(op.path, op.overwrite)
+            if exists:
+                self._holds_no_hidden(real, op.path)
             parent.children()[name] = _Node(FILE)
             return Step(op, None, real, (), exists)
         # move, rename, copy
         if op.op == "rename" and op.src.rpartition("/")[0] != op.dst.rpartition("/")[0]:
             raise _Refused("rename keeps the parent directory (use move to move elsewhere)")
         src, src_parent, src_name, node = self._source(op.src)
+        self._holds_no_hidden(src, op.src)
         if op.op == "copy" and node.kind not in (FILE, DIR, SYMLINK):
             raise _Refused(f"{op.src} is a {node.kind}: only files, directories and symlinks are copied")
         dst, dst_parent, dst_name, exists = self._destination(op.dst, op.overwrite)
+        if exists:
+            self._holds_no_hidden(dst, op.dst)
         if dst == src:
             raise _Refused(f"from and to are the same path ({src})")
         if node.kind == DIR and _under(dst, src):
@@ -448,10 +479,11 @@ def op_paths(op: Op) -> list[str]:
     return [p for p in (op.path, op.src, op.dst) if p is not None]
 
 
-def check(plan: Plan, root: str) -> list[Step]:
-    """Check every op in order against ``root`` as the earlier ops leave it;
-    raise PlanError naming the first op that cannot run."""
-    view = View(root)
+def check(plan: Plan, root: str, hidden: tuple[str, ...] = ()) -> list[Step]:
+    """Check every op in order against ``root`` as the earlier ops leave it
+    (``hidden``: root-relative paths no op may name); raise PlanError naming
+    the first op that cannot run."""
+    view = View(root, hidden)
     steps = []
     for op in plan.ops:
         try:
@@ -461,3 +493,4 @@ def check(plan: Plan, root: str) -> list[Step]:
         except OSError as e:
             raise _fail(f"cannot read the tree: {e.strerror or e}: {e.filename}", op.index, op.op, op_paths(op)) from None
     return steps
+

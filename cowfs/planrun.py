@@ -1,4 +1,4 @@
-"""Apply a plan inside a run: ``python -m cowfs.planrun [--root DIR] [--result-fd N] PLAN``.
+"""Apply a plan inside a run: ``python -m cowfs.planrun [--root DIR] [--result-fd N] [--hidden REL]... PLAN``.
 
 roscoe runs this as the command of a sandboxed run (``journal.planning``), so
 the ops change the transaction's overlay exactly as any command would. It
@@ -145,9 +145,10 @@ def _fault(count: int) -> None:
     raise OSError(errno.EIO, "injected fault (ROSCOE_FAULT)")
 
 
-def stage(plan: Plan, root: str) -> int:
-    """Check the whole plan, then apply it; the number of ops applied."""
-    steps = check(plan, root)
+def stage(plan: Plan, root: str, hidden: tuple[str, ...] = ()) -> int:
+    """Check the whole plan (no op may name a ``hidden`` path), then apply
+    it; the number of ops applied."""
+    steps = check(plan, root, hidden)
     applier = Applier(root)
     for count, step in enumerate(steps, 1):
         try:
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     root = os.environ.get("ROSCOE_ROOT", "")
     fd: int | None = None
+    hidden: list[str] = []
     while args and args[0].startswith("--"):
         key, value = args[0], args[1]
         del args[:2]
@@ -179,13 +181,15 @@ def main(argv: list[str] | None = None) -> int:
             root = value
         elif key == "--result-fd":
             fd = int(value)
+        elif key == "--hidden":
+            hidden.append(value)
     if len(args) != 1 or not root:
-        sys.stderr.write("usage: python -m cowfs.planrun [--root DIR] [--result-fd N] PLAN\n")
+        sys.stderr.write("usage: python -m cowfs.planrun [--root DIR] [--result-fd N] [--hidden REL]... PLAN\n")
         return 2
     try:
         with open(args[0], "rb") as f:
             plan = load(f.read())
-        applied = stage(plan, root)
+        applied = stage(plan, root, tuple(hidden))
     except PlanError as e:
         _report(fd, {"ok": False, "index": e.fields.get("index"), "op": e.fields.get("op"),
                      "reason": e.fields["reason"]})

@@ -159,9 +159,11 @@ def precheck(cmd: str, cwd: str, root: str, path_env: str | None) -> None:
     raise CommandNotFound(cmd=cmd)
 
 
-class Outcome(namedtuple("_Outcome", "started exit_code error timed_out enforced")):
+class Outcome(namedtuple("_Outcome", "started exit_code error timed_out enforced discarded", defaults=((),))):
     """How a sandboxed run ended. ``started`` is False when bwrap failed before CMD;
-    ``enforced`` says how its limits were kept and whether memory ran out."""
+    ``enforced`` says how its limits were kept and whether memory ran out;
+    ``discarded`` names the files the run wrote in its private /tmp (relative
+    to it, sorted), gone with the run."""
 
     __slots__ = ()
     started: bool
@@ -169,14 +171,125 @@ class Outcome(namedtuple("_Outcome", "started exit_code error timed_out enforced
     error: str
     timed_out: bool
     enforced: Enforced
+    discarded: tuple[str, ...]
 
 
-# /tmp in a run: the host's /tmp with writes kept in a tmpfs that dies with the
-# run, so scripts and venvs under /tmp keep working and nothing leaks out.
-# In a user namespace the kernel cannot overlay a /tmp that has mounts below
-# it ("failed to clone lowerpath"); then /tmp is an empty private tmpfs.
+# /tmp in a run: the host's /tmp with the run's writes kept apart, so scripts
+# and venvs under /tmp keep working and nothing leaks out. In a user
+# namespace the kernel cannot overlay a /tmp that has mounts below it ("failed
+# to clone lowerpath"); then /tmp starts empty. With a ``scratch`` dir, the
+# writes land in RunTmp's dirs, so that what the run wrote can be named once
+# it is over (and is then removed); without one, in a tmpfs that dies with the
+# run.
 TMP_OVERLAY = ["--overlay-src", "/tmp", "--tmp-overlay", "/tmp"]
 TMP_EMPTY = ["--tmpfs", "/tmp"]
+# RunTmp's dirs go to the host's /dev/shm when it can take them: a tmpfs, as
+# bwrap's own --tmp-overlay is (no disk writes on the start-up path, and the
+# pages count against the run's memory cgroup as before). The run's own
+# /dev/shm is private, so it never sees them. Else, the scratch dir.
+SHM = "/dev/shm"
+SHM_PREFIX = "roscoe-run-"
+
+
+class RunTmp:
+    """The private /tmp of a run: an overlay's upper and work dirs over the
+    host's /tmp (``overlay``), or the upper dir alone bound at /tmp
+    (``empty``); ``discarded`` lists what the run wrote there. They live in
+    ``/dev/shm/roscoe-run-PID-RAND`` (see SHM), else in ``SCRATCH/run-tmp``."""
+
+    def __init__(self, scratch: str, base: str | None = None) -> None:
+        self.base = base or os.path.join(scratch, "run-tmp")
+        self.upper = os.path.join(self.base, "upper")
+        self.work = os.path.join(self.base, "work")
+        self.empty_file = os.path.join(self.base, "empty")
+
+    @classmethod
+    def create(cls, scratch: str) -> RunTmp:
+        """A RunTmp made on /dev/shm when it can be, else in ``scratch``."""
+        if os.access(SHM, os.W_OK | os.X_OK):
+            _sweep_shm()
+            made = cls(scratch, os.path.join(SHM, f"{SHM_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"))
+            try:
+                made.make()
+                return made
+            except OSError:
+                made.remove()
+        made = cls(scratch)
+        made.make()
+        return made
+
+    def make(self) -> None:
+        if os.path.lexists(self.base):
+            self.remove()  # left by a run that was killed
+        os.mkdir(self.base, 0o700)
+        os.mkdir(self.upper, 0o700)
+        os.mkdir(self.work, 0o700)
+        os.chmod(self.upper, stat.S_IMODE(os.stat("/tmp").st_mode))  # the overlay's root takes the upper's mode
+        os.close(os.open(self.empty_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+
+    @property
+    def overlay(self) -> list[str]:
+        return ["--overlay-src", "/tmp", "--overlay", self.upper, self.work, "/tmp"]
+
+    @property
+    def empty(self) -> list[str]:
+        return ["--bind", self.upper, "/tmp"]
+
+    def discarded(self) -> tuple[str, ...]:
+        """The files (not directories, not whiteouts) the run left in /tmp."""
+        found: list[str] = []
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            path = os.path.join(self.upper, rel) if rel else self.upper
+            try:
+                entries = list(os.scandir(path))
+            except PermissionError:  # a dir the run left without r or x: it is ours to open
+                os.chmod(path, stat.S_IRWXU)
+                entries = list(os.scandir(path))
+            for d in entries:
+                child = f"{rel}/{d.name}" if rel else d.name
+                st = d.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(child)
+                elif not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0):
+                    found.append(child)
+        return tuple(sorted(found))
+
+    def remove(self) -> None:
+        # the common case, nothing written: a few rmdirs, no shutil
+        try:
+            for path in (os.path.join(self.work, "work"), self.work, self.upper):
+                if os.path.lexists(path):
+                    os.rmdir(path)
+            if os.path.lexists(self.empty_file):
+                os.unlink(self.empty_file)
+            os.rmdir(self.base)
+        except OSError:
+            from cowfs.stagers import remove_tree
+
+            remove_tree(self.base)
+
+
+def _sweep_shm() -> None:
+    """Remove the RunTmp dirs on /dev/shm of this user's roscoe processes that
+    are gone (killed before they could remove them)."""
+    uid = os.geteuid()
+    with os.scandir(SHM) as it:
+        for d in it:
+            if not d.name.startswith(SHM_PREFIX):
+                continue
+            pid = d.name[len(SHM_PREFIX):].partition("-")[0]
+            try:
+                if not pid.isdigit() or d.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                RunTmp("", d.path).remove()
+            except OSError:
+                continue
+
+
 KERNEL_FILESYSTEMS = ("/proc", "/dev", "/sys")
 # runc's defaults: kernel settings a run may read but not write, and kernel
 # state it may not read (masked files read as empty, masked dirs are empty).
@@ -298,29 +411,42 @@ def run(
     argv: list[str], *, root: str, mount_args: list[str], cwd: str, env: dict[str, str],
     probe: bool, network: bool = True, timeout: float | None = None,
     limits: Limits = NO_LIMITS, binds: list[str] | None = None, hidden: tuple[str, ...] = (),
-    pass_fds: tuple[int, ...] = (),
+    pass_fds: tuple[int, ...] = (), masks: list[tuple[str, bool]] | None = None,
+    scratch: str | None = None,
 ) -> Outcome:
     """Run ``argv`` in the sandbox; ``binds`` come from ``writable_binds``;
-    ``hidden`` dirs (the state dir) are empty in the run; of roscoe's file
-    descriptors above 2 only ``pass_fds`` reach the command (cowfs.stdio)."""
+    ``hidden`` dirs (the state dir) are empty in the run, and ``masks``
+    (cowfs.hide: a path, and whether it is a dir) are an empty read-only dir
+    or file there; of roscoe's file descriptors above 2 only
+    ``pass_fds`` reach the command (cowfs.stdio). With a ``scratch`` dir,
+    the run's /tmp writes are kept there until the run ends, to be named in
+    the outcome (RunTmp)."""
     cgroup = RunCgroup.create(limits) if limits else None
     if cgroup is None and limits.pids is not None:
         raise SandboxError(detail=(
             f"--pids {limits.pids} needs a pids cgroup, and none can be made here "
             "(run as root, or from a cgroup v2 subtree delegated to you)"
         ))
+    run_tmp = None
     try:
         extra = list(binds or [])
-        view = View(mount_args, extra, hidden, pass_fds, host_sockets(root, extra[2::3]))
-        tmp = TMP_OVERLAY
+        if scratch is not None:
+            run_tmp = RunTmp.create(scratch)
+        if masks and not all(is_dir for _, is_dir in masks) and run_tmp is None:
+            raise SandboxError(detail="hiding a file needs a scratch dir")
+        empty_file = run_tmp.empty_file if run_tmp is not None else ""
+        view = View(mount_args, extra, hidden, pass_fds, host_sockets(root, extra[2::3]),
+                    [(path, None if is_dir else empty_file) for path, is_dir in masks or []])
+        overlay, empty = (run_tmp.overlay, run_tmp.empty) if run_tmp is not None else (TMP_OVERLAY, TMP_EMPTY)
+        tmp = overlay
         for _ in range(ATTEMPTS):
             outcome = _run(argv, root, view, tmp, cwd, env, probe, network, timeout, limits, cgroup)
             if outcome.started:
                 break
-            if "/newroot/tmp " in outcome.error and tmp is TMP_OVERLAY:
+            if "/newroot/tmp " in outcome.error and tmp is overlay:
                 if under(cwd, "/tmp") and not under(cwd, root):
                     cwd = root
-                tmp = TMP_EMPTY
+                tmp = empty
             elif any(_gone(path) for path in view.sockets[2::3]):
                 # a host socket went away between the listing and bwrap's mount
                 # over it (bwrap cannot cover a path that is not there): list again
@@ -329,18 +455,22 @@ def run(
                 break
         if cgroup is not None:
             outcome = outcome._replace(enforced=outcome.enforced._replace(oom_kills=cgroup.oom_kills()))
+        if run_tmp is not None and outcome.started:
+            outcome = outcome._replace(discarded=run_tmp.discarded())
     finally:
         if cgroup is not None:
             cgroup.remove()
+        if run_tmp is not None:
+            run_tmp.remove()
     if not outcome.started and JOIN_FAILED in outcome.error:
         raise SandboxError(detail=JOIN_FAILED.removeprefix("roscoe: "))
     return outcome
 
 
-class View(namedtuple("_View", "mount_args binds hidden pass_fds sockets")):
+class View(namedtuple("_View", "mount_args binds hidden pass_fds sockets masks")):
     """What a run sees besides the host read-only: the stager's mount of the
     root, the writable binds, the dirs hidden (empty), the fds passed on, the
-    host's sockets covered (host_sockets)."""
+    host's sockets covered (host_sockets), the paths masked (cowfs.hide)."""
 
     __slots__ = ()
 
@@ -368,6 +498,10 @@ def _run(
              *view.mount_args]
     for path in view.hidden:
         args += ["--tmpfs", path, "--remount-ro", path]
+    for path, source in view.masks:
+        if tmp[0] == "--bind" and under(path, "/tmp") and not under(path, root):
+            continue  # /tmp starts empty: nothing there to hide, and no mount point to make
+        args += ["--tmpfs", path, "--remount-ro", path] if source is None else ["--ro-bind", source, path]
     args += view.sockets
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--chdir", cwd]
     if not network:

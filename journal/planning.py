@@ -82,19 +82,21 @@ def as_plan(plan: Plan | dict[str, object] | str | bytes) -> Plan:
 def stage(
     ws: Workspace, plan: Plan | dict[str, object] | str | bytes, *, tx: str | None = None,
     root: str | None = None, message: str | None = None,
-    on_begin: Callable[[TxRecord], None] | None = None,
+    on_begin: Callable[[TxRecord], None] | None = None, hide: tuple[str, ...] | list[str] = (),
 ) -> PlanResult:
     """Stage ``plan`` into the open transaction ``tx``, or into a new one over
     ``root`` (begun only once the plan checks out against the live tree).
-    ``on_begin`` is called with the transaction before the plan runs."""
+    ``on_begin`` is called with the transaction before the plan runs. The
+    plan runs with ``hide`` (and the config's ``[run] hide``) hidden, and an
+    op naming a hidden path fails it (exit 2)."""
     parsed = as_plan(plan)
     began = tx is None
-    existing, path = _target(ws, parsed, tx, root)
+    existing, path = _target(ws, parsed, tx, root, hide)
     record = existing if existing is not None else ws.begin(path, message)
     if on_begin is not None:
         on_begin(record)
     try:
-        run = _apply(ws, record, parsed, savepoint=True)
+        run = _apply(ws, record, parsed, savepoint=True, hide=hide)
     except BaseException:
         if began:
             _abort_quietly(ws, record.id)
@@ -104,12 +106,16 @@ def stage(
 
 def dry_run(
     ws: Workspace, plan: Plan | dict[str, object] | str | bytes, *, tx: str | None = None,
-    root: str | None = None,
+    root: str | None = None, hide: tuple[str, ...] | list[str] = (),
 ) -> DryRun:
     """The diff ``tx`` (or a new transaction over ``root``) would have after
     ``plan``; nothing is staged anywhere."""
     parsed = as_plan(plan)
-    record, path = _target(ws, parsed, tx, root)
+    record, path = _target(ws, parsed, tx, root, hide)
+    # the scratch state dir has no config of its own: the hidden paths go as
+    # given, and the real state dir is hidden like the scratch one
+    hidden, _ = ws.hidden(path, hide, record)
+    scratch_hide = [*hidden.paths(), os.path.realpath(ws.home.path)]
     scratch_home = _scratch_home(ws)
     scratch = Workspace.open(scratch_home)
     try:
@@ -120,7 +126,7 @@ def dry_run(
                     _copy_layer(ws, record, scratch, fork)
             if record.backend:
                 scratch.journal.set_backend(fork.id, record.backend)
-        _apply(scratch, scratch.get(fork.id), parsed, savepoint=False)
+        _apply(scratch, scratch.get(fork.id), parsed, savepoint=False, hide=scratch_hide)
         changes = scratch.diff(fork.id)
         scratch.abort(fork.id)
         if not _keeps_owners(ws, record, path):  # (the scratch transaction has no target)
@@ -139,31 +145,40 @@ def _keeps_owners(ws: Workspace, record: TxRecord | None, root: str) -> bool:
     return not ws.config().root(root).target
 
 
-def _target(ws: Workspace, plan: Plan, tx: str | None, root: str | None) -> tuple[TxRecord | None, str]:
+def _target(
+    ws: Workspace, plan: Plan, tx: str | None, root: str | None, hide: tuple[str, ...] | list[str],
+) -> tuple[TxRecord | None, str]:
     """The open transaction named by ``tx`` and its root; without one, None
     and ``root`` resolved, once the plan was checked against the live tree
-    (a plan that cannot run opens no transaction)."""
+    (a plan that cannot run opens no transaction). An op naming a hidden
+    path (``hide``, ``[run] hide``) fails the plan, here or in the run."""
     if tx is not None:
         record = ws.get(tx)
         ws.require_open(record, "stage a plan")
         if root is not None and os.path.realpath(root) != record.root:
             raise UsageError(detail=f"--root {root} is not the root of tx {record.id} ({record.root})")
+        ws.hidden(record.root, hide, record)  # a bad --hide fails here; the ops are checked in the run
         return record, record.root
     if root is None:
         raise UsageError(detail="no root: pass --root DIR or set ROSCOE_ROOT")
     path = resolve_root(root, ws.home)
-    check(plan, path)
+    hidden, _ = ws.hidden(path, hide)
+    check(plan, path, hidden.inside)
     return None, path
 
 
-def _apply(ws: Workspace, record: TxRecord, plan: Plan, *, savepoint: bool) -> RunResult:
-    """Run ``cowfs.planrun`` on ``plan`` in ``record``'s overlay; raise
-    PlanError (exit 2) when an op cannot run."""
+def _apply(
+    ws: Workspace, record: TxRecord, plan: Plan, *, savepoint: bool, hide: tuple[str, ...] | list[str],
+) -> RunResult:
+    """Run ``cowfs.planrun`` on ``plan`` in ``record``'s overlay, with ``hide``
+    hidden; raise PlanError (exit 2) when an op cannot run."""
+    hidden, _ = ws.hidden(record.root, hide, record)
     plan_fd = _memfd("roscoe-plan", plan.dumps().encode())
     result_fd = _memfd("roscoe-plan-result", b"")
     argv = [
         sys.executable, "-P", "-m", "cowfs.planrun", "--root", record.root,
-        "--result-fd", str(result_fd), f"/dev/fd/{plan_fd}",
+        "--result-fd", str(result_fd), *(a for rel in hidden.inside for a in ("--hidden", rel)),
+        f"/dev/fd/{plan_fd}",
     ]
     env = dict(os.environ)
     # the sandboxed python must import this very cowfs, wherever it came from
@@ -173,7 +188,7 @@ def _apply(ws: Workspace, record: TxRecord, plan: Plan, *, savepoint: bool) -> R
     try:
         try:
             run = ws.run(record.id, argv, cwd=record.root, env=env, savepoint=points,
-                         pass_fds=(plan_fd, result_fd))
+                         pass_fds=(plan_fd, result_fd), hide=hide)
         except BaseException:
             if points is not None:
                 _heal(ws, record)

@@ -738,14 +738,16 @@ class Journal:
 
     # -- runs -----------------------------------------------------------------
 
-    def start_run(self, tx_id: str, argv: list[str], cwd: str, backend: str) -> int:
+    def start_run(self, tx_id: str, argv: list[str], cwd: str, backend: str, hide: list[str] | None = None) -> int:
+        """``hide``: the paths the run cannot see (cowfs.hide), for the audit trail."""
         with self.write():
             cur = self.db.execute(
                 "INSERT INTO runs (tx, argv, cwd, backend, started_ns) VALUES (?,?,?,?,?)",
                 (tx_id, json.dumps(argv), _blob(cwd), backend, now_ns()),
             )
             run_id = int(cur.lastrowid or 0)
-            self.event(tx_id, "run-start", {"run": run_id, "argv": argv, "cwd": cwd, "backend": backend})
+            self.event(tx_id, "run-start", {
+                "run": run_id, "argv": argv, "cwd": cwd, "backend": backend, "hide": hide or []})
             return run_id
 
     def end_run(

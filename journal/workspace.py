@@ -29,6 +29,7 @@ from journal.store import ApprovalRecord, Journal, RunRecord, TxRecord, now_ns
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cowfs import sandbox
+    from cowfs.hide import Hidden
     from cowfs.config import Config
     from cowfs.bucketreads import BucketReads
     from cowfs.hashcache import HashCache
@@ -41,11 +42,15 @@ OPEN, ABORTED = "open", "aborted"
 
 class RunResult(namedtuple(
     "_RunResult",
-    "tx root run_id argv cwd backend exit_code timed_out started_ns ended_ns changes limits warnings",
-    defaults=(None, ()),
+    "tx root run_id argv cwd backend exit_code timed_out started_ns ended_ns changes limits warnings"
+    " hidden discarded",
+    defaults=(None, (), (), ()),
 )):
     """How one run ended, and what the transaction stages after it; ``limits``
-    (cowfs.limits.Enforced) says how its memory and process limits were kept."""
+    (cowfs.limits.Enforced) says how its memory and process limits were kept;
+    ``hidden`` lists the paths it could not see (cowfs.hide) and
+    ``discarded`` the files it wrote that are gone with it (absolute: in its
+    private /tmp, or under a hidden path that did not show)."""
 
     __slots__ = ()
     tx: str
@@ -61,6 +66,8 @@ class RunResult(namedtuple(
     changes: ChangeSet
     limits: sandbox.Enforced | None
     warnings: tuple[str, ...]
+    hidden: tuple[str, ...]
+    discarded: tuple[str, ...]
 
     def report(self) -> dict[str, object]:
         return {
@@ -72,6 +79,7 @@ class RunResult(namedtuple(
             "unsupported": [u.to_json() for u in self.changes.unsupported],
             "limits": self.limits.to_json() if self.limits is not None else None,
             "warnings": list(self.warnings),
+            "hide": list(self.hidden), "discarded": list(self.discarded),
         }
 
 
@@ -214,6 +222,10 @@ class Workspace:
             from cowfs.savepoint import heal
 
             heal(stager)
+            if os.path.exists(os.path.join(stager.tx_dir, "hide-guard.json")):  # cowfs.hide.GUARD
+                from cowfs.hide import heal as settle_guard
+
+                settle_guard(stager.tx_dir)  # left by a run that was killed
         return stager
 
     @contextmanager
@@ -315,18 +327,42 @@ class Workspace:
             raise
         return record
 
+    def hidden(
+        self, root: str, hide: tuple[str, ...] | list[str] = (), tx: TxRecord | None = None,
+    ) -> tuple[Hidden, list[str]]:
+        """The paths a run over ``root`` may not see (cowfs.hide): ``hide``
+        and the config's ``[run] hide`` (``tx``'s rules, else those in force
+        now); and a warning for each of ``hide`` outside the root that does
+        not exist. The state dir, always hidden, is not among them."""
+        from cowfs import hide as hiding
+        from journal.rules import decode, in_force
+
+        given = hiding.resolve(hide, root) if hide else hiding.Hidden(root, (), ())
+        sources = in_force(self.home.path) + ((decode(tx.rules) or []) if tx is not None else [])
+        configured = ()
+        if any(s.text is not None for s in sources):  # no config: no import of cowfs.config
+            configured = (self.rules(tx) if tx is not None else self.config()).run.hide
+        merged = given.merge(hiding.resolve(configured, root, option="[run] hide")) if configured else given
+        state = os.path.realpath(self.home.path)
+        merged = merged._replace(outside=tuple(p for p in merged.outside if not under(p, state)))
+        warnings = [f"--hide {p}: does not exist; nothing to hide there" for p in hiding.missing_outside(given)]
+        return merged, warnings
+
     def run(
         self, ref: str, argv: list[str], *, cwd: str | None = None,
         env: dict[str, str] | None = None, network: bool = True, timeout: float | None = None,
         limits: sandbox.Limits | None = None, writable: tuple[str, ...] | list[str] = (),
         savepoint: Savepoint | None = None, pass_fds: tuple[int, ...] = (),
+        hide: tuple[str, ...] | list[str] = (),
     ) -> RunResult:
         """Run ``argv`` in the transaction's overlay. ``limits`` caps memory and
         processes; ``writable`` paths outside the root are bound read-write;
-        ``pass_fds`` reach the command (no other fd of roscoe's above 2 does).
-        With a ``savepoint`` (cowfs.savepoint), a run that exits non-zero
-        leaves the staged layer, and the bases, exactly as they were."""
-        from cowfs import sandbox
+        ``hide`` paths (and the config's ``[run] hide``) are hidden from it
+        (cowfs.hide); ``pass_fds`` reach the command (no other fd of
+        roscoe's above 2 does). With a ``savepoint`` (cowfs.savepoint), a run
+        that exits non-zero leaves the staged layer, and the bases, exactly
+        as they were."""
+        from cowfs import hide as hiding, sandbox
 
         if limits is None:
             limits = sandbox.NO_LIMITS
@@ -338,6 +374,8 @@ class Workspace:
             raise UsageError(detail=f"transaction {tx.id} is the rollback of {tx.rolls_back}: it runs no commands;"
                                     f" approve it, or abort it and roll back again")
         binds = sandbox.writable_binds(tuple(writable), tx.root, self.home.path)
+        hidden, hide_warnings = self.hidden(tx.root, hide, tx)
+        hiding.check_writable(hidden, writable)
         env = dict(os.environ if env is None else env)
         inner_cwd = sandbox.sandbox_cwd(_cwd() if cwd is None else cwd, tx.root)
         if not os.path.isdir(tx.root):
@@ -350,22 +388,29 @@ class Workspace:
                 raise StagingDiscarded(tx=tx.id)
             self._release_links(tx)
             candidates = self._candidates(tx)
-            run_id = self.journal.start_run(tx.id, argv, inner_cwd, candidates[0])
+            run_id = self.journal.start_run(tx.id, argv, inner_cwd, candidates[0], hide=hidden.paths())
             started = now_ns()
             failures: list[str] = []
+            tx_dir = self.home.tx_dir(tx.id)
+            guard = hiding.Guard(tx_dir)
+            dropped: list[str] = []
             for name in candidates:
                 if name != candidates[0]:  # so that a run whose roscoe dies names the layer it wrote
                     self.journal.set_run_backend(run_id, name)
-                stager = stager_for(name, self.home.tx_dir(tx.id), tx.root)
+                stager = stager_for(name, tx_dir, tx.root)
                 try:
                     stager.prepare()
                     if savepoint is not None:
                         savepoint.take(stager)
                     stager.before_run()
+                    layout = hiding.layout_of(stager)
+                    masks, absent = hiding.masks(hidden, layout)
+                    guard.take(layout, absent)
                     outcome = sandbox.run(
                         argv, root=tx.root, mount_args=stager.mount_args(), cwd=inner_cwd,
                         env=env, probe=tx.backend is None, network=network, timeout=timeout,
                         limits=limits, binds=binds, hidden=(os.path.realpath(self.home.path),), pass_fds=pass_fds,
+                        masks=masks, scratch=tx_dir,
                     )
                 except NoBackend as e:
                     failures.append(f"{name}: {e.fields.get('detail')}")
@@ -375,6 +420,7 @@ class Workspace:
                     raise
                 finally:
                     stager.after_run()
+                    dropped = guard.settle()
                 if outcome.started:
                     break
                 failures.append(f"{name}: {outcome.error or 'sandbox setup failed'}")
@@ -390,9 +436,9 @@ class Workspace:
             restored = savepoint is not None and savepoint.settle(outcome.exit_code)
             changes = self._compare(tx, stager)
             generations = None if restored or not tx.target else self._generations(tx, changes)
-            warnings: tuple[str, ...] = ()
+            warnings: tuple[str, ...] = tuple(hide_warnings)
             if generations is not None and changes.changes and not generations:
-                warnings = (f"{tx.target}: the bucket could not be read when the run ended, so the object"
+                warnings += (f"{tx.target}: the bucket could not be read when the run ended, so the object"
                             " generations a commit is conditional on were not recorded; the commit will"
                             " refuse (exit 3) until a later run records them",)
             self.journal.end_run(
@@ -400,9 +446,12 @@ class Workspace:
                 None if restored else {c.path: c.old for c in changes.changes}, stager.name,
                 generations=generations,
             )
+        lost = tuple(os.path.join("/tmp", p) for p in outcome.discarded)
+        lost += tuple(os.path.join(tx.root, p) for p in dropped)
         return RunResult(
             tx.id, tx.root, run_id, argv, inner_cwd, stager.name, outcome.exit_code,
             outcome.timed_out, started, now_ns(), changes, outcome.enforced, warnings,
+            tuple(hidden.paths()), lost,
         )
 
     def _generations(self, tx: TxRecord, changes: ChangeSet) -> dict[str, dict[str, int]] | None:

@@ -105,7 +105,7 @@ def test_every_step_is_recorded_with_who_where_and_when(clerk: Roscoe, root: Pat
                                       "tx_user": USER, "tx_host": HOST, "config": [
                                           {"path": str(config), "sha256": hashlib.sha256(config.read_bytes()).hexdigest()}]}
     argv = ["sh", "-c", "rm case1/old.tmp; exit 3"]
-    assert by_kind[(tx, "run-start")] == {"run": 1, "argv": argv, "cwd": str(root), "backend": backend}
+    assert by_kind[(tx, "run-start")] == {"run": 1, "argv": argv, "cwd": str(root), "backend": backend, "hide": []}
     assert by_kind[(tx, "run")] == {"run": 1, "argv": argv, "cwd": str(root), "exit_code": 3,
                                     "backend": backend, "diff_hash": h, "changes": 1}
     assert by_kind[(tx, "diff")] == {"diff_hash": h, "changes": 1}

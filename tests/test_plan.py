@@ -521,7 +521,7 @@ def test_the_applier_refuses_to_run_without_a_plan() -> None:
     import subprocess
 
     done = subprocess.run([sys.executable, "-m", "cowfs.planrun"], capture_output=True, text=True, timeout=60)
-    assert (done.returncode, done.stderr) == (2, "usage: python -m cowfs.planrun [--root DIR] [--result-fd N] PLAN\n")
+    assert (done.returncode, done.stderr) == (2, "usage: python -m cowfs.planrun [--root DIR] [--result-fd N] [--hidden REL]... PLAN\n")
 
 
 # -- backends and ordinary users -------------------------------------------------------
