@@ -16,6 +16,12 @@ def say(line: str) -> None:
     sys.stderr.flush()
 
 
+def warn(notices: list[str]) -> None:
+    """What the library could not do but did not fail for (a notify command that failed)."""
+    for notice in notices:
+        say(f"warning: {notice}")
+
+
 def fail(err: BaseException, *, in_run: bool = False, debug: bool = False) -> int:
     """Print ``roscoe: error: ...`` for ``err`` and return the exit code to use.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from cli.errors import say
+from cli.errors import say, warn
 
 
 def write_json(data: object) -> None:
@@ -52,6 +52,7 @@ def commit_with_prompt(ws, tx_id: str, *, yes: bool) -> bool:  # type: ignore[no
         record = commit(ws, tx_id)
     rows = ws.journal.change_count(record.id)
     say(f"tx {record.id} committed: {rows} changes to {record.root} (roscoe tx rollback {record.id} undoes it)")
+    warn(ws.notices)
     return True
 
 
@@ -73,4 +74,5 @@ def rollback_with_prompt(ws, ref: str, *, yes: bool, force: bool) -> int:  # typ
     rows = ws.journal.change_count(undone.id)
     print(undone.id, flush=True)
     say(f"tx {record.id} rolled back by tx {undone.id}: {rows} paths put back in {undone.root}")
+    warn(ws.notices)
     return 0

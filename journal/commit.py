@@ -44,7 +44,7 @@ from cowfs.entry import DIR, FILE, Entry
 from cowfs.errors import CommitFailed, Conflict, LiveUnreadable, RoscoeError
 from cowfs.hashahead import HashedAhead
 from cowfs.stagers import Stager
-from journal.approval import ApprovalNeeded, enforce, requested
+from journal.approval import ApprovalNeeded, enforce, requested, tell_committed
 from journal.blobs import BlobCorrupt, BlobStore
 from journal.faults import checkpoint
 from journal.rootlock import root_lock
@@ -269,6 +269,7 @@ def commit(ws: Workspace, ref: str, *, progress: Progress | None = None) -> TxRe
         raise requested(ws.journal, needed) from None
     done = ws.journal.get_tx(tx.id)
     assert done is not None
+    tell_committed(ws, done)
     return done
 
 
