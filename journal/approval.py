@@ -252,10 +252,20 @@ def tell(ws: Workspace, tx: TxRecord, event: str, diff_hash: str | None, by: str
         ws.notices.append(notice)
 
 
+def tells(ws: Workspace, tx: TxRecord) -> bool:
+    """Whether ``tx``'s rules name a notify command (or cannot be read: ``tell`` says so)."""
+    try:
+        return ws.rules(tx).approval.notify is not None
+    except RoscoeError:
+        return True
+
+
 def tell_committed(ws: Workspace, tx: TxRecord) -> None:
     """``committed`` (or, for a rollback, ``rolled-back``) for ``tx``, just committed."""
     from journal.audit import login_name
 
+    if not tells(ws, tx):
+        return
     approval = valid_approval(ws.journal, tx.id, tx.diff_hash) if tx.diff_hash else None
     tell(ws, tx, "rolled-back" if tx.rolls_back else "committed", tx.diff_hash, login_name(),
          ws.journal.change_count(tx.id), approved_by=approval.approver if approval else None,
