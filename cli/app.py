@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cli import render
-from cli.errors import fail, say
+from cli.errors import fail, say, warn
 from cli.run import RunArgs, execute, shell_command
 from cowfs.errors import ExitCode, RoscoeError, UsageError
 
@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 tx_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None,
-    help="Transactions: begin, run, shell, diff, show, list, approve, commit, rollback, log, abort.",
+    help="Transactions: begin, run, shell, diff, show, list, approve, reject, wait, commit, rollback, log, abort.",
 )
 app.add_typer(tx_app, name="tx")
 
@@ -247,12 +247,64 @@ def tx_approve(
     ws = workspace()
     try:
         record = approve(ws, tx, diff_hash, by)
+        notices = ws.notices
     finally:
         ws.close()
     if json_:
         render.json_out(dict(tx=record.tx, **record.to_json()))
     say(f"tx {record.tx} approved by {record.approver} for diff {record.diff_hash}; any later run voids it")
+    warn(notices)
     return 0
+
+
+@tx_app.command("reject")
+def tx_reject(
+    tx: TxId,
+    by: Annotated[str, typer.Option("--by", metavar="NAME", help="Who rejects it (required).")],
+    reason: Annotated[Optional[str], typer.Option("-m", "--message", metavar="REASON", help="Why, for the agent and the audit trail.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the rejection as JSON.")] = False,
+) -> int:
+    """Refuse the transaction's diff for good: a commit of it exits 4, and an
+    approval of it is refused, until a later run changes the diff."""
+    import json
+
+    from journal.approval import reject
+
+    ws = workspace()
+    try:
+        record = reject(ws, tx, by, reason)
+        notices = ws.notices
+    finally:
+        ws.close()
+    if json_:
+        render.json_out(dict(record.to_json(), tx=record.tx))
+    why = f": {json.dumps(reason, ensure_ascii=False)}" if reason else ""
+    say(f"tx {record.tx} rejected by {record.approver} for diff {record.diff_hash}{why};"
+        " a commit of it exits 4 until its diff changes")
+    warn(notices)
+    return 0
+
+
+@tx_app.command("wait")
+def tx_wait(
+    tx: TxId,
+    timeout: Annotated[Optional[str], typer.Option("--timeout", metavar="SECONDS", help="Give up after this long (exit 124); default: wait for ever.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print how the wait ended as JSON.")] = False,
+) -> int:
+    """Block until the transaction is approved (exit 0), rejected (4),
+    committed (0) or aborted (1); exit 124 when SECONDS pass first."""
+    from journal.waiting import seconds, wait
+
+    limit = seconds(timeout)
+    ws = workspace()
+    try:
+        result = wait(ws, tx, limit)
+    finally:
+        ws.close()
+    if json_:
+        render.json_out(result.to_json())
+    render.waited(result, timeout)
+    return result.exit_code
 
 
 @tx_app.command("abort")

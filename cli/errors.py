@@ -50,6 +50,12 @@ def print_error_json(error: dict[str, object]) -> None:
         sys.stdout.flush()
 
 
+def warn(notices: list[str]) -> None:
+    """What the library could not do but did not fail for (a notify command that failed)."""
+    for notice in notices:
+        say(f"warning: {notice}")
+
+
 def fail(err: BaseException, *, in_run: bool = False, debug: bool = False) -> int:
     """Print ``roscoe: error: ...`` for ``err`` (and with ``--json`` the error
     object on stdout) and return the exit code to use.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -222,7 +223,10 @@ def show(view: TxView) -> None:
     if verdict is not None:
         for v in verdict.refusals:
             rows.append(("refused", str(v)))
-        if verdict.approved_by:
+        if verdict.rejected is not None:
+            why = f": {verdict.rejected.reason}" if verdict.rejected.reason else ""
+            rows.append(("approval", f"rejected by {verdict.rejected.approver} for this exact diff{why}"))
+        elif verdict.approved_by:
             rows.append(("approval", f"approved by {verdict.approved_by} for this exact diff"))
         elif verdict.needed:
             state = "pending (requested)" if verdict.pending else "needed"
@@ -232,9 +236,9 @@ def show(view: TxView) -> None:
         else:
             rows.append(("approval", "not needed"))
     for a in view.approvals:
-        label = "approved" if a.kind == "approved" else "requested"
         who = f" by {a.approver}" if a.approver else ""
-        rows.append((label, f"{when(a.time_ns)}{who} for diff {a.diff_hash}"))
+        why = f": {a.reason}" if a.kind == "rejected" and a.reason else ""
+        rows.append((a.kind, f"{when(a.time_ns)}{who} for diff {a.diff_hash}{why}"))
     grid = Table.grid(padding=(0, 2))
     for key, value in rows:
         grid.add_row(Text(key, style="bold"), Text(value))
@@ -253,6 +257,25 @@ def show(view: TxView) -> None:
                 when(run.started_ns), seconds, run.backend,
             )
         out.print(table)
+
+
+def waited(result: Any, timeout: str | None) -> None:
+    """How ``tx wait`` ended, one roscoe line on stderr (an error line unless it exits 0)."""
+    from cli.errors import say
+
+    tx = result.tx
+    if result.outcome == "approved":
+        say(f"tx {tx} approved by {result.by} for diff {result.diff_hash}")
+    elif result.outcome == "committed":
+        say(f"tx {tx} committed")
+    elif result.outcome == "rejected":
+        why = f": {json.dumps(result.reason, ensure_ascii=False)}" if result.reason else ""
+        say(f"error: tx {tx} rejected by {result.by} for diff {result.diff_hash}{why}")
+    elif result.outcome == "aborted":
+        say(f"error: tx {tx} aborted")
+    else:
+        say(f"error: tx {tx} still {result.state} after {timeout} s: nothing approved, rejected, committed or"
+            " aborted it (waiting changed nothing)")
 
 
 def tx_list(records: list[TxRecord], runs: dict[str, int], approvals: dict[str, str]) -> None:
@@ -296,6 +319,9 @@ def audit_detail(kind: str, d: dict[str, Any]) -> str:
         return display_path(text)
     if kind == "approve":
         return f"{d.get('approver')} approved diff {d.get('diff_hash')}"
+    if kind == "reject":
+        why = f": {d['reason']}" if d.get("reason") else ""
+        return display_path(f"{d.get('by')} rejected diff {d.get('diff_hash')}{why}")
     if kind in ("commit", "rollback"):
         who = f", approved by {d['approved_by']}" if d.get("approved_by") else ""
         undo = f", undoing {d['rolls_back']}" if d.get("rolls_back") else ""

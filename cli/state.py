@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from cli.errors import say
+from cli.errors import say, warn
 from cowfs.errors import RoscoeError
 
 
@@ -74,6 +74,7 @@ def commit_with_prompt(ws, tx_id: str, *, yes: bool, json_: bool = False):  # ty
         record = commit(ws, tx_id)
     rows = ws.journal.change_count(record.id)
     say(f"tx {record.id} committed: {rows} changes to {record.root} (roscoe tx rollback {record.id} undoes it)")
+    warn(ws.notices)
     return record
 
 
@@ -106,4 +107,5 @@ def rollback_with_prompt(ws, ref: str, *, yes: bool, force: bool, json_: bool = 
     else:
         print(undone.id, flush=True)
     say(f"tx {record.id} rolled back by tx {undone.id}: {rows} paths put back in {undone.root}")
+    warn(ws.notices)
     return 0

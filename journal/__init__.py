@@ -17,7 +17,8 @@ from journal.workspace import Workspace, RunResult
 # The agent API (journal.api: begin, run, stage_plan, diff, commit, abort, ...)
 # is re-exported lazily: ``tx run`` imports journal and must stay light.
 _API = ("api", "begin", "run", "stage_plan", "dry_run_plan", "validate_plan", "plan_schema",
-        "diff", "show", "approve", "audit", "commit", "abort", "PlanResult", "DryRun")
+        "diff", "show", "approve", "reject", "wait", "audit", "commit", "abort", "PlanResult", "DryRun",
+        "WaitResult")
 
 
 def __getattr__(name: str) -> object:

@@ -27,14 +27,15 @@ from cowfs.plan import Plan, schema
 from journal.planning import DryRun, PlanResult, as_plan
 from journal.audit import Event
 from journal.store import ApprovalRecord, TxRecord
+from journal.waiting import WaitResult
 from journal.workspace import RunResult, TxView, Workspace
 
 HomeDir = str | os.PathLike[str] | None
 PlanLike = Plan | dict[str, object] | str | bytes
 
 __all__ = [
-    "DryRun", "PlanResult", "abort", "approve", "audit", "begin", "commit", "diff", "dry_run_plan",
-    "plan_schema", "run", "show", "stage_plan", "validate_plan",
+    "DryRun", "PlanResult", "WaitResult", "abort", "approve", "audit", "begin", "commit", "diff", "dry_run_plan",
+    "plan_schema", "reject", "run", "show", "stage_plan", "validate_plan", "wait",
 ]
 
 
@@ -131,6 +132,26 @@ def approve(tx: str, diff_hash: str, *, by: str | None = None, home: HomeDir = N
 
     with _workspace(home) as ws:
         return approve_tx(ws, tx, diff_hash, by)
+
+
+def reject(tx: str, by: str, reason: str | None = None, *, home: HomeDir = None) -> ApprovalRecord:
+    """Record that ``by`` rejects the transaction's diff as it hashes now, for
+    good: a commit of it raises ``Rejected`` (exit_code 4) and approvals of it
+    are void, until a run changes the diff."""
+    from journal.approval import reject as reject_tx
+
+    with _workspace(home) as ws:
+        return reject_tx(ws, tx, by, reason)
+
+
+def wait(tx: str, timeout: float | None = None, *, home: HomeDir = None) -> WaitResult:
+    """Block until the transaction is approved, rejected, committed or aborted
+    (``WaitResult.outcome``; ``.exit_code`` is the CLI's), or until ``timeout``
+    seconds pass (outcome ``timeout``, exit_code 124)."""
+    from journal.waiting import wait as wait_tx
+
+    with _workspace(home) as ws:
+        return wait_tx(ws, tx, timeout)
 
 
 def audit(tx: str | None = None, *, since_ns: int | None = None, home: HomeDir = None) -> list[Event]:

@@ -45,7 +45,7 @@ from cowfs.errors import CommitFailed, Conflict, LiveUnreadable, Refused, Roscoe
 from cowfs.hashahead import HashedAhead
 from cowfs.home import FULL
 from cowfs.stagers import Stager
-from journal.approval import ApprovalNeeded, enforce, requested
+from journal.approval import ApprovalNeeded, enforce, requested, tell_committed
 from journal.blobs import BlobCorrupt, BlobStore
 from journal.faults import checkpoint
 from journal.rootlock import root_lock
@@ -291,6 +291,7 @@ def commit(ws: Workspace, ref: str, *, progress: Progress | None = None) -> TxRe
         raise requested(ws.journal, needed) from None
     done = ws.journal.get_tx(tx.id)
     assert done is not None
+    tell_committed(ws, done)
     return done
 
 

@@ -1,9 +1,17 @@
-"""Telling a person that a commit waits for approval: the ``[approval] notify``
-command, run with the approval request as JSON on its stdin.
+"""Telling people what happened to a transaction: the ``[approval] notify``
+command, run with one JSON event on its stdin when an approval is requested,
+and when a transaction is approved, rejected, committed or rolled back.
 
-It is bounded (killed with its whole process group after ``notify_timeout``
-seconds) and never fatal: whatever happens is reported and journaled, and the
-transaction's data is not touched either way.
+Every event has one shape (``payload``): ``{"kind": "roscoe.event",
+"version": 1, "event": NAME, "tx", "root", "message", "user", "host",
+"diff_hash", "by", "uid", "os_user", "changes"}`` plus the event's own keys.
+``by`` is who did it as they named themselves (``--by``, else the login
+user), ``uid``/``os_user`` who did it as the operating system knows them.
+
+It runs after the command's locks are released, is bounded (killed with its
+whole process group after ``notify_timeout`` seconds) and never fatal:
+whatever happens is reported and journaled, and the transaction's data is not
+touched either way.
 """
 
 from __future__ import annotations
@@ -18,6 +26,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from cowfs.config import Config
+    from journal.store import Journal, TxRecord
+
+EVENTS = ("approval-requested", "approved", "rejected", "committed", "rolled-back")
+
 
 class Outcome(namedtuple("_Outcome", "ok detail")):
     """Whether the notify command took the request, and what happened, in words."""
@@ -25,6 +38,36 @@ class Outcome(namedtuple("_Outcome", "ok detail")):
     __slots__ = ()
     ok: bool
     detail: str
+
+
+def payload(event: str, tx: TxRecord, diff_hash: str | None, by: str | None, changes: int | None,
+            **extra: Any) -> dict[str, Any]:
+    """The JSON every notify command reads: the common keys, then ``extra``."""
+    from journal.audit import os_user
+
+    assert event in EVENTS, event
+    return {
+        "kind": "roscoe.event", "version": 1, "event": event,
+        "tx": tx.id, "root": tx.root, "message": tx.message, "user": tx.user, "host": tx.host,
+        "diff_hash": diff_hash, "by": by, "uid": os.getuid(), "os_user": os_user(), "changes": changes,
+        **extra,
+    }
+
+
+def announce(journal: Journal, config: Config, event: dict[str, Any]) -> str | None:
+    """Send ``event`` to the config's notify command, if it has one, and
+    journal how that went (a ``notify`` audit event). Returns what to tell the
+    person when it could not be sent, else None. (An approval request is
+    journaled with its request instead: ``journal.approval.request``.)"""
+    command = config.approval.notify
+    if command is None:
+        return None
+    outcome = send(command, event, config.approval.notify_timeout)
+    journal.log_event(event["tx"], "notify", {
+        "event": event["event"], "notify": list(command), "notified": outcome.ok, "outcome": outcome.detail})
+    if outcome.ok:
+        return None
+    return f"the {event['event']} event of tx {event['tx']} could not be sent: {outcome.detail}"
 
 
 def send(command: tuple[str, ...], request: dict[str, Any], timeout: float) -> Outcome:

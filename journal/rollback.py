@@ -22,7 +22,7 @@ from cowfs.entry import FILE, Entry
 from cowfs.errors import Conflict, Refused, RoscoeError, RootError, TransactionState
 from cowfs.hashcache import HashCache
 from cowfs.hashahead import HashedAhead
-from journal.approval import ApprovalNeeded, requested, valid_approval
+from journal.approval import ApprovalNeeded, refuse_rejected, requested, tell_committed, valid_approval
 from journal.blobs import BlobCorrupt, BlobStore
 from journal.commit import Progress, apply_journaled, blob_store, capture_old, images_shared, logged, replaced
 from journal.faults import checkpoint
@@ -155,6 +155,7 @@ def rollback(ws: Workspace, ref: str, *, force: bool = False, progress: Progress
             done = _rollback(ws, target, tx, gate, new=pending is None, force=force, progress=progress)
     except ApprovalNeeded as needed:
         raise requested(ws.journal, needed) from None
+    tell_committed(ws, done)
     return done
 
 
@@ -219,6 +220,8 @@ def held_to_policy(
     """Step 2 for a rollback: refuse what policy forbids (exit 4, logged on the
     rolled-back transaction); where an approval is needed and ``tx`` has no
     valid one, journal ``tx`` as open (unless it is already) and ask for it."""
+    if journaled:  # (a rollback rejected while it waited for its approval)
+        refuse_rejected(ws.journal, tx, changes.diff_hash)
     config = ws.rules(tx)
     found = policy.refusals(changes, config.policy)
     if found:

@@ -31,7 +31,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = [
     # version 1
@@ -133,6 +133,34 @@ SCHEMA = [
     """
     ALTER TABLE transactions ADD COLUMN rules TEXT;
     """ + audit.HEAD_TRIGGERS,
+    # version 6: `tx reject` (journal.approval). A CHECK cannot be altered, so
+    # the table is rebuilt, rows kept, with a `reason` for rejections; its
+    # append-only triggers and index are made again.
+    """
+    DROP TRIGGER approvals_append_only_update;
+    DROP TRIGGER approvals_append_only_delete;
+    DROP INDEX approvals_tx;
+    CREATE TABLE approvals_v6 (
+        id INTEGER PRIMARY KEY,
+        tx TEXT NOT NULL REFERENCES transactions (id),
+        kind TEXT NOT NULL CHECK (kind IN ('requested', 'approved', 'rejected')),
+        diff_hash TEXT NOT NULL,
+        approver TEXT,
+        time_ns INTEGER NOT NULL,
+        after_run INTEGER NOT NULL,
+        notified INTEGER,
+        reason TEXT
+    );
+    INSERT INTO approvals_v6 (id, tx, kind, diff_hash, approver, time_ns, after_run, notified)
+        SELECT id, tx, kind, diff_hash, approver, time_ns, after_run, notified FROM approvals ORDER BY id;
+    DROP TABLE approvals;
+    ALTER TABLE approvals_v6 RENAME TO approvals;
+    CREATE INDEX approvals_tx ON approvals (tx);
+    CREATE TRIGGER approvals_append_only_update BEFORE UPDATE ON approvals
+    BEGIN SELECT RAISE(ABORT, 'approvals are append-only'); END;
+    CREATE TRIGGER approvals_append_only_delete BEFORE DELETE ON approvals
+    BEGIN SELECT RAISE(ABORT, 'approvals are append-only'); END;
+    """,
 ]
 
 
@@ -241,10 +269,12 @@ class RunRecord(namedtuple(
 
 
 class ApprovalRecord(namedtuple(
-    "_ApprovalRecord", "id tx kind diff_hash approver time_ns after_run notified"
+    "_ApprovalRecord", "id tx kind diff_hash approver time_ns after_run notified reason", defaults=(None,),
 )):
-    """An approval of one diff hash (``approved``), or a request for one (``requested``).
-    ``after_run`` is the newest run when it was made: a later run voids an approval."""
+    """An approval of one diff hash (``approved``), a request for one
+    (``requested``), or its rejection (``rejected``, by ``approver``, with a
+    ``reason``). ``after_run`` is the newest run when it was made: a later
+    run voids an approval; a rejection holds while the diff hashes the same."""
 
     __slots__ = ()
     id: int
@@ -255,11 +285,15 @@ class ApprovalRecord(namedtuple(
     time_ns: int
     after_run: int
     notified: int | None
+    reason: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "diff_hash": self.diff_hash, "by": self.approver,
-                "time_ns": self.time_ns, "after_run": self.after_run,
-                "notified": None if self.notified is None else bool(self.notified)}
+        out = {"kind": self.kind, "diff_hash": self.diff_hash, "by": self.approver,
+               "time_ns": self.time_ns, "after_run": self.after_run,
+               "notified": None if self.notified is None else bool(self.notified)}
+        if self.kind == "rejected":
+            out["reason"] = self.reason
+        return out
 
 
 class ChangeRow(namedtuple(
@@ -666,6 +700,15 @@ class Journal:
             if (tx_id, diff_hash, approver) not in approved:
                 found.append((tx_id, f"the approval of transaction {tx_id} by {approver} (diff {diff_hash})"
                                      " has no approve event in the audit trail"))
+        rejected = {(tx, d.get("diff_hash"), d.get("by")) for tx, d in (
+            (tx, json.loads(detail)) for tx, detail in self.db.execute(
+                "SELECT tx, detail FROM audit WHERE kind = 'reject'"))}
+        for tx_id, diff_hash, by in self.db.execute(
+                "SELECT a.tx, a.diff_hash, a.approver FROM approvals a JOIN transactions t ON t.id = a.tx"
+                " WHERE a.kind = 'rejected' AND t.created_ns >= ?", (since,)):
+            if (tx_id, diff_hash, by) not in rejected:
+                found.append((tx_id, f"the rejection of transaction {tx_id} by {by} (diff {diff_hash})"
+                                     " has no reject event in the audit trail"))
         return found
 
     def _untraced_rows(self, since: int, kinds: dict[str, set[str]]) -> list[tuple[str | None, str]]:
@@ -703,6 +746,12 @@ class Journal:
         row = self.db.execute("SELECT max(id) FROM runs WHERE tx = ?", (tx_id,)).fetchone()
         return int(row[0] or 0)
 
+    def last_diff_hash(self, tx_id: str) -> str | None:
+        """The diff hash the newest run that recorded one left."""
+        row = self.db.execute("SELECT diff_hash FROM runs WHERE tx = ? AND diff_hash IS NOT NULL"
+                              " ORDER BY id DESC LIMIT 1", (tx_id,)).fetchone()
+        return row[0] if row else None
+
     def add_approval(self, tx_id: str, diff_hash: str, approver: str) -> ApprovalRecord:
         with self.write():
             after_run = self.last_run(tx_id)
@@ -714,6 +763,17 @@ class Journal:
             self.event(tx_id, "approve", {"diff_hash": diff_hash, "approver": approver, "after_run": after_run,
                                           "uid": os.getuid(), "os_user": audit.os_user()})
         return ApprovalRecord(int(cur.lastrowid or 0), tx_id, "approved", diff_hash, approver, now, after_run, None)
+
+    def add_rejection(self, tx_id: str, diff_hash: str, by: str, reason: str | None) -> ApprovalRecord:
+        with self.write():
+            after_run = self.last_run(tx_id)
+            now = now_ns()
+            cur = self.db.execute(
+                "INSERT INTO approvals (tx, kind, diff_hash, approver, time_ns, after_run, reason)"
+                " VALUES (?, 'rejected', ?, ?, ?, ?, ?)", (tx_id, diff_hash, by, now, after_run, reason))
+            self.event(tx_id, "reject", {"diff_hash": diff_hash, "by": by, "reason": reason, "after_run": after_run,
+                                         "uid": os.getuid(), "os_user": audit.os_user()})
+        return ApprovalRecord(int(cur.lastrowid or 0), tx_id, "rejected", diff_hash, by, now, after_run, None, reason)
 
     def add_request(self, tx_id: str, diff_hash: str, notified: bool | None, detail: dict[str, Any]) -> None:
         with self.write():
@@ -731,7 +791,7 @@ class Journal:
     def approvals(self, tx_id: str) -> list[ApprovalRecord]:
         rows = self.db.execute("SELECT * FROM approvals WHERE tx = ? ORDER BY id", (tx_id,))
         return [ApprovalRecord(r["id"], r["tx"], r["kind"], r["diff_hash"], r["approver"], r["time_ns"],
-                               r["after_run"], r["notified"]) for r in rows]
+                               r["after_run"], r["notified"], r["reason"]) for r in rows]
 
     def integrity(self) -> str:
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])

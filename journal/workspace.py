@@ -105,6 +105,7 @@ class TxView(namedtuple("_TxView", "record runs changes approvals policy")):
         )
         out["approvals"] = [a.to_json() for a in self.approvals if a.kind == "approved"]
         out["approval_requests"] = [a.to_json() for a in self.approvals if a.kind == "requested"]
+        out["rejections"] = [a.to_json() for a in self.approvals if a.kind == "rejected"]
         out["policy"] = self.policy.to_json() if self.policy is not None else None
         return out
 
@@ -139,6 +140,8 @@ class Workspace:
         self.home = home
         self.journal = journal
         self.recovered: list[object] = []
+        # What could not be told (a notify command that failed): said, never fatal.
+        self.notices: list[str] = []
 
     @classmethod
     def open_to_abort(
@@ -590,23 +593,16 @@ class Workspace:
         return self.journal.list_tx(state)
 
     def approval_states(self) -> dict[str, str]:
-        """``pending`` or ``approved`` for open transactions whose last run's
-        diff was requested or approved (from the journal; no diff is computed)."""
-        from journal.approval import valid_approval
+        """``pending``, ``approved`` or ``rejected`` for open transactions whose
+        diff was requested, approved or rejected (from the journal; no diff
+        is computed: see ``journal.approval.decided``)."""
+        from journal.approval import decided
 
         out: dict[str, str] = {}
         for tx in self.journal.in_state(OPEN):
-            runs = self.journal.runs(tx.id)
-            diff_hash = runs[-1].diff_hash if runs else None
-            if tx.rolls_back:  # (no runs: the diff it last asked approval for)
-                asked = [a.diff_hash for a in self.journal.approvals(tx.id) if a.kind == "requested"]
-                diff_hash = asked[-1] if asked else None
-            if diff_hash is None:
-                continue
-            if valid_approval(self.journal, tx.id, diff_hash) is not None:
-                out[tx.id] = "approved"
-            elif any(a.kind == "requested" and a.diff_hash == diff_hash for a in self.journal.approvals(tx.id)):
-                out[tx.id] = "pending"
+            outcome = decided(self.journal, tx.id).outcome
+            if outcome is not None:
+                out[tx.id] = outcome
         return out
 
     def run_counts(self) -> dict[str, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import time
 from pathlib import Path
@@ -118,7 +119,7 @@ def test_the_whole_approval_as_tx_show_and_tx_list_see_it(clerk: Roscoe, root: P
     assert approval_column(clerk, tx) is None
     assert tx_json(clerk, "show", tx)["policy"] == {
         "refusals": [], "needed": True, "reasons": ["deletes 1 path: case1/old.tmp (when_deleting)"],
-        "approved_by": None, "pending": False,
+        "approved_by": None, "pending": False, "rejected": None,
     }
 
     assert refused(clerk, tx, root) == needs_approval(tx, "deletes 1 path: case1/old.tmp (when_deleting)", h)
@@ -139,7 +140,7 @@ def test_the_whole_approval_as_tx_show_and_tx_list_see_it(clerk: Roscoe, root: P
     assert approval == {"kind": "approved", "diff_hash": h, "by": USER, "after_run": 1, "notified": None}
     assert shown["policy"] == {
         "refusals": [], "needed": True, "reasons": ["deletes 1 path: case1/old.tmp (when_deleting)"],
-        "approved_by": USER, "pending": False,
+        "approved_by": USER, "pending": False, "rejected": None,
     }
     assert approval_column(clerk, tx) == "approved"
 
@@ -244,8 +245,10 @@ def test_notify_gets_the_request_once_per_diff_hash(clerk: Roscoe, root: Path, h
     reasons = ["deletes 1 path: case1/old.tmp (when_deleting)"]
     assert refused(clerk, tx, root) == needs_approval(tx, reasons[0], h, f" (request sent to {script})")
     assert received(inbox) == [{
-        "kind": "roscoe.approval-request", "version": 1, "tx": tx, "root": str(root), "message": "tidy up",
+        "kind": "roscoe.event", "version": 1, "event": "approval-requested",
+        "tx": tx, "root": str(root), "message": "tidy up",
         "user": USER, "host": os.uname().nodename, "diff_hash": h,
+        "by": USER, "uid": os.getuid(), "os_user": pwd.getpwuid(os.getuid()).pw_name,
         "summary": {"added": 0, "modified": 0, "deleted": 1, "type_changed": 0, "meta_changed": 0, "moved": 0,
                     "bytes_written": 0}, "changes": 1,
         "reasons": reasons, "commands": [{"argv": argv, "cwd": str(root), "exit_code": 0}],
@@ -270,7 +273,9 @@ def test_notify_gets_the_request_once_per_diff_hash(clerk: Roscoe, root: Path, h
     assert [c["argv"] for c in second["commands"]] == [argv, ["sh", "-c", "true"], ["sh", "-c", "rm case1/notes.md"]]
     approve(clerk, tx, new)
     committed(clerk, tx)
-    assert len(received(inbox)) == 2
+    # Two requests, then the approval and the commit (test_approval_loop.py has their payloads).
+    assert [e["event"] for e in received(inbox)] == [
+        "approval-requested", "approval-requested", "approved", "committed"]
 
 
 @pytest.mark.parametrize(("body", "outcome"), [

@@ -502,3 +502,14 @@ def test_report_conflict(roscoe: Roscoe, root: Path, tmp_path: Path) -> None:
         "code": 3, "kind": "conflict", "message": message, "paths": ["case1/notes.md"]}, "tx": None}
     assert stderr.decode().splitlines()[-1] == f"roscoe: error: {message}"
     assert (root / "case1" / "notes.md").read_text() == "changed live\n"
+
+
+def test_a_rejected_diff_is_kind_rejected(roscoe: Roscoe, root: Path) -> None:
+    tx = staged(roscoe, root, "echo new > case1/new.txt")
+    h = diff_hash(roscoe, tx)
+    assert roscoe("tx", "reject", tx, "--by", "Sam Senior", "-m", "no").returncode == 0
+    before = snapshot(root)
+    failed(roscoe("tx", "commit", tx, "--json"), 4, "rejected", (
+        f'transaction {tx} cannot be committed: its diff {h} was rejected by Sam Senior: "no"; nothing was'
+        " written; only a run that changes the diff lifts the rejection"))
+    assert snapshot(root) == before

@@ -259,7 +259,7 @@ def test_when_deleting_lets_exact_moves_through_and_rolls_them_back(roscoe: Rosc
     before = snapshot(root)
     tx = staged(roscoe, root, FILE_17.removesuffix(" && rmdir inbox") + " && mv case2/notes-link notes-link")
     assert tx_json(roscoe, "show", tx)["policy"] == {
-        "refusals": [], "needed": False, "reasons": [], "approved_by": None, "pending": False}
+        "refusals": [], "needed": False, "reasons": [], "approved_by": None, "pending": False, "rejected": None}
     committed(roscoe, tx)
     assert not (root / "inbox" / "doc01.txt").exists() and (root / "filed/2025/doc17.txt").read_bytes() == b"document 17\n"
     # Its rollback moves them back, exactly too (the live files against the
