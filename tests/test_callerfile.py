@@ -137,9 +137,13 @@ def test_a_report_swapped_for_a_symlink_during_the_run_is_refused(roscoe: Roscoe
     before = snapshot(root)
     planter = subprocess.Popen(["sh", "-c", f'while [ ! -e "{out}/started" ]; do sleep 0.01; done; '
                                             f'ln -s "{victim}" "{report}"'])
-    done = roscoe("tx", "run", "--root", root, "--writable", out, "--report", report, "--",
-                  "sh", "-c", f'touch "{out}/started"; sleep 1', cwd=root)
-    planter.wait(timeout=30)
+    try:
+        done = roscoe("tx", "run", "--root", root, "--writable", out, "--report", report, "--",
+                      "sh", "-c", f'touch "{out}/started"; sleep 1', cwd=root)
+        planter.wait(timeout=30)
+    finally:
+        planter.kill()  # (never left behind, whatever failed)
+        planter.wait()
     assert done.returncode == 125, done.stderr
     assert done.stderr.decode().splitlines()[-1] == (
         f"roscoe: error: --report {report}: is a symlink; roscoe writes its file only at a file's own name")
