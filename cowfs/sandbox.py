@@ -412,13 +412,14 @@ def run(
     probe: bool, network: bool = True, timeout: float | None = None,
     limits: Limits = NO_LIMITS, binds: list[str] | None = None, hidden: tuple[str, ...] = (),
     pass_fds: tuple[int, ...] = (), masks: list[tuple[str, bool]] | None = None,
-    scratch: str | None = None,
+    scratch: str | None = None, stdio: tuple[int, int, int] = (0, 1, 2),
 ) -> Outcome:
     """Run ``argv`` in the sandbox; ``binds`` come from ``writable_binds``;
     ``hidden`` dirs (the state dir) are empty in the run, and ``masks``
     (cowfs.hide: a path, and whether it is a dir) are an empty read-only dir
     or file there; of roscoe's file descriptors above 2 only
-    ``pass_fds`` reach the command (cowfs.stdio). With a ``scratch`` dir,
+    ``pass_fds`` reach the command (cowfs.stdio), whose stdin, stdout and
+    stderr are roscoe's fds ``stdio``. With a ``scratch`` dir,
     the run's /tmp writes are kept there until the run ends, to be named in
     the outcome (RunTmp)."""
     cgroup = RunCgroup.create(limits) if limits else None
@@ -436,7 +437,7 @@ def run(
             raise SandboxError(detail="hiding a file needs a scratch dir")
         empty_file = run_tmp.empty_file if run_tmp is not None else ""
         view = View(mount_args, extra, hidden, pass_fds, host_sockets(root, extra[2::3]),
-                    [(path, None if is_dir else empty_file) for path, is_dir in masks or []])
+                    [(path, None if is_dir else empty_file) for path, is_dir in masks or []], stdio)
         overlay, empty = (run_tmp.overlay, run_tmp.empty) if run_tmp is not None else (TMP_OVERLAY, TMP_EMPTY)
         tmp = overlay
         for _ in range(ATTEMPTS):
@@ -467,10 +468,11 @@ def run(
     return outcome
 
 
-class View(namedtuple("_View", "mount_args binds hidden pass_fds sockets masks")):
+class View(namedtuple("_View", "mount_args binds hidden pass_fds sockets masks stdio", defaults=((0, 1, 2),))):
     """What a run sees besides the host read-only: the stager's mount of the
     root, the writable binds, the dirs hidden (empty), the fds passed on, the
-    host's sockets covered (host_sockets), the paths masked (cowfs.hide)."""
+    host's sockets covered (host_sockets), the paths masked (cowfs.hide), and
+    roscoe's fds that are its stdin, stdout and stderr."""
 
     __slots__ = ()
 
@@ -523,18 +525,22 @@ def _run(
     # bwrap's own messages land in memory, never between CMD's stderr lines; the
     # shim finds the real stderr at fd 3 and the ready pipe at fd 4; JOIN finds
     # the cgroup.procs files to join at fds 5 and 6.
-    stdio = Stdio(view.pass_fds)
+    stdio = Stdio(view.pass_fds, view.stdio)
     err_mem = os.memfd_create("roscoe-bwrap-stderr", os.MFD_CLOEXEC)
     ready_r, ready_w = os.pipe()
-    sources = [stdio.fds[2], ready_w, err_mem, *(cgroup.procs_fds if cgroup is not None else ())]
+    # Every source is first copied above 9, so that no dup2 below overwrites
+    # a source another one still needs (a pipe of Stdio's may be fd 3 or 4).
+    procs = cgroup.procs_fds if cgroup is not None else ()
+    sources = [stdio.fds[2], ready_w, err_mem, stdio.fds[0], stdio.fds[1], *procs]
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in sources]
     os.close(ready_w)
     actions = [
         (os.POSIX_SPAWN_DUP2, high[0], 3),
         (os.POSIX_SPAWN_DUP2, high[1], 4),
         (os.POSIX_SPAWN_DUP2, high[2], 2),
-        *((os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(high[3:], join)),
-        *((os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio.fds[:2]) if fd != target),
+        (os.POSIX_SPAWN_DUP2, high[3], 0),
+        (os.POSIX_SPAWN_DUP2, high[4], 1),
+        *((os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(high[5:], join)),
     ]
     if filter_fd is not None:  # bwrap reads the filter from it and closes it
         high.append(fcntl.fcntl(filter_fd, fcntl.F_DUPFD_CLOEXEC, 10))

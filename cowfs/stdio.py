@@ -71,7 +71,8 @@ def _drain(pipe: int, target: int) -> None:
 class Stdio:
     """The run's fds 0, 1 and 2 (``fds``) and the threads pumping them."""
 
-    def __init__(self, pass_fds: tuple[int, ...] = ()) -> None:
+    def __init__(self, pass_fds: tuple[int, ...] = (), sources: tuple[int, int, int] = (0, 1, 2)) -> None:
+        """``sources``: roscoe's fds that become the run's 0, 1 and 2."""
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
             if fd > 2 and fd not in pass_fds:
@@ -79,24 +80,24 @@ class Stdio:
                     os.set_inheritable(fd, False)
                 except OSError:
                     continue  # the listing's own fd, already closed
-        self.fds = [0, 1, 2]
+        self.fds = list(sources)
         self._child_ends: list[int] = []
         self._pumps: list[tuple] = []  # (function, args): roscoe's pipe end is in args
-        for fd in (0, 1, 2):
+        for target, fd in enumerate(sources):
             if not _reopenable(fd):
                 continue
             read_end, write_end = os.pipe()  # close-on-exec; the spawn dups the child's end
-            if fd == 0:
+            if target == 0:
                 self.fds[0] = read_end
                 try:
-                    offset = os.lseek(0, 0, os.SEEK_CUR)
+                    offset = os.lseek(fd, 0, os.SEEK_CUR)
                 except OSError:
                     offset = 0
-                self._pumps.append((_feed, (0, write_end, offset)))
+                self._pumps.append((_feed, (fd, write_end, offset)))
             else:
-                self.fds[fd] = write_end
+                self.fds[target] = write_end
                 self._pumps.append((_drain, (read_end, fd)))
-            self._child_ends.append(self.fds[fd])
+            self._child_ends.append(self.fds[target])
         self._threads: list = []  # threading.Thread, imported only when a pump runs
 
     def started(self) -> None:

@@ -17,8 +17,8 @@ from journal.workspace import Workspace, RunResult
 # The agent API (journal.api: begin, run, stage_plan, diff, commit, abort, ...)
 # is re-exported lazily: ``tx run`` imports journal and must stay light.
 _API = ("api", "begin", "run", "stage_plan", "dry_run_plan", "validate_plan", "plan_schema",
-        "diff", "show", "approve", "reject", "wait", "audit", "commit", "abort", "PlanResult", "DryRun",
-        "WaitResult")
+        "diff", "show", "transactions", "approve", "reject", "wait", "audit", "commit", "abort", "rollback",
+        "rollback_dry_run", "log", "verify", "PlanResult", "DryRun", "WaitResult", "LogEntry")
 
 
 def __getattr__(name: str) -> object:

@@ -12,13 +12,18 @@ calls may come from any process or thread. Results are typed (namedtuples of
     staged = api.stage_plan(tx, {"version": 1, "ops": [
         {"op": "mkdir", "path": "case1/Filed"},
         {"op": "move", "from": "case1/complaint.txt", "to": "case1/Filed/complaint.txt"}]})
-    changes = api.diff(tx)              # cowfs.ChangeSet: .changes, .diff_hash, .summary
-    api.commit(tx)                      # or api.abort(tx)
+    changes = api.diff(tx)              # cowfs.ChangeSet: .diff_hash, .summary, .moves()
+    for change in changes:              # each Change: .path, .status, .old, .new
+        print(change.status, change.path)
+    ran = api.run(tx, ["python3", "check.py"], capture=True)   # .exit_code, .stdout, .stderr
+    api.commit(tx)                      # or api.abort(tx); api.wait(tx) for an approval
+    api.rollback_dry_run(tx)            # what api.rollback(tx) would put back
 """
 
 from __future__ import annotations
 
 import os
+from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,7 +31,9 @@ from cowfs.changeset import ChangeSet
 from cowfs.plan import Plan, schema
 from journal.planning import DryRun, PlanResult, as_plan
 from journal.audit import Event
+from journal.rollback import DryRun as RollbackDryRun
 from journal.store import ApprovalRecord, TxRecord
+from journal.verify import Report
 from journal.waiting import WaitResult
 from journal.workspace import RunResult, TxView, Workspace
 
@@ -34,9 +41,23 @@ HomeDir = str | os.PathLike[str] | None
 PlanLike = Plan | dict[str, object] | str | bytes
 
 __all__ = [
-    "DryRun", "PlanResult", "WaitResult", "abort", "approve", "audit", "begin", "commit", "diff", "dry_run_plan",
-    "plan_schema", "reject", "run", "show", "stage_plan", "validate_plan", "wait",
+    "DryRun", "LogEntry", "PlanResult", "Report", "RollbackDryRun", "RunResult", "WaitResult", "abort", "approve",
+    "audit", "begin", "commit", "diff", "dry_run_plan", "log", "plan_schema", "reject", "rollback",
+    "rollback_dry_run", "run", "show", "stage_plan", "transactions", "validate_plan", "verify", "wait",
 ]
+
+
+class LogEntry(namedtuple("_LogEntry", "record changes rolled_back_by")):
+    """One committed transaction of ``log()``: its record, its number of changed
+    paths, and the rollback that undid it (None when none stands)."""
+
+    __slots__ = ()
+    record: TxRecord
+    changes: int
+    rolled_back_by: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.record.to_json(), changes=self.changes, rolled_back_by=self.rolled_back_by)
 
 
 @contextmanager
@@ -56,12 +77,35 @@ def begin(root: str | os.PathLike[str], message: str | None = None, *, home: Hom
 
 def run(
     tx: str, argv: list[str], *, cwd: str | None = None, env: dict[str, str] | None = None,
-    network: bool = True, timeout: float | None = None, home: HomeDir = None,
+    network: bool = True, timeout: float | None = None, hide: tuple[str, ...] | list[str] = (),
+    capture: bool = False, input: bytes | None = None, home: HomeDir = None,
 ) -> RunResult:
-    """Run ``argv`` in the transaction's overlay (its stdio is this process's);
-    ``RunResult.exit_code`` is the command's, ``.changes`` what is staged after it."""
-    with _workspace(home) as ws:
-        return ws.run(tx, argv, cwd=cwd, env=env, network=network, timeout=timeout)
+    """Run ``argv`` in the transaction's overlay; ``RunResult.exit_code`` is the
+    command's, ``.changes`` what is staged after it. Its stdio is this
+    process's, unless ``capture``: then its stdout and stderr come back as
+    ``RunResult.stdout`` and ``.stderr`` (bytes), and its stdin is ``input``
+    (empty when not given). ``hide``: paths the run cannot see (``--hide``)."""
+    import tempfile
+    from contextlib import ExitStack
+
+    with ExitStack() as files:
+        stdio = [0, 1, 2]
+        if capture or input is not None:
+            given = files.enter_context(tempfile.TemporaryFile())
+            given.write(input or b"")
+            given.seek(0)
+            stdio[0] = given.fileno()
+        if capture:
+            out, err = (files.enter_context(tempfile.TemporaryFile()) for _ in range(2))
+            stdio[1:] = [out.fileno(), err.fileno()]
+        with _workspace(home) as ws:
+            result = ws.run(tx, argv, cwd=cwd, env=env, network=network, timeout=timeout, hide=hide,
+                            stdio=(stdio[0], stdio[1], stdio[2]))
+        if not capture:
+            return result
+        out.seek(0)
+        err.seek(0)
+        return result._replace(stdout=out.read(), stderr=err.read())
 
 
 def stage_plan(
@@ -152,6 +196,54 @@ def wait(tx: str, timeout: float | None = None, *, home: HomeDir = None) -> Wait
 
     with _workspace(home) as ws:
         return wait_tx(ws, tx, timeout)
+
+
+def transactions(state: str | None = None, *, home: HomeDir = None) -> list[TxRecord]:
+    """Every transaction (or those in ``state``), newest first, as ``tx list --json``."""
+    with _workspace(home) as ws:
+        return ws.list(state)
+
+
+def log(*, home: HomeDir = None) -> list[LogEntry]:
+    """The committed history, newest commit first (rollbacks included), as
+    ``tx log --json``: each record with its number of changes and the
+    rollback that undid it, if one stands."""
+    with _workspace(home) as ws:
+        undone = ws.journal.rolled_back_by()
+        return [LogEntry(r, ws.journal.change_count(r.id), undone.get(r.id)) for r in ws.journal.committed()]
+
+
+def rollback(tx: str, *, force: bool = False, home: HomeDir = None) -> TxRecord:
+    """Roll back the committed transaction ``tx``; the rollback transaction, now
+    committed. Held to policy and approval as a commit is: raises
+    ``Conflict`` (3) when the live tree no longer holds what ``tx`` wrote
+    (``force`` overrides that, never policy), ``Refused`` (4) when policy
+    refuses it or it needs an approval (the error names the open rollback
+    transaction to approve; call ``rollback`` again once it is approved)."""
+    from journal.rollback import rollback as roll_back
+
+    with _workspace(home) as ws:
+        return roll_back(ws, tx, force=force)
+
+
+def rollback_dry_run(tx: str, *, home: HomeDir = None) -> RollbackDryRun:
+    """What a rollback of ``tx`` would apply now (``.changes``, a ChangeSet) and
+    the paths it would be refused at without ``force`` (``.conflicts``);
+    nothing is staged or written (``.to_json()`` as ``tx rollback --dry-run --json``)."""
+    from journal.rollback import dry_run
+
+    with _workspace(home) as ws:
+        return dry_run(ws, tx)
+
+
+def verify(*, integrity: bool = False, home: HomeDir = None) -> Report:
+    """``roscoe verify``: ``Report.ok`` (nothing wrong), ``.healthy`` (nothing
+    but drift of the live tree), ``.problems``. With ``integrity``, the live
+    tree is not read."""
+    from journal.verify import verify as check
+
+    with _workspace(home) as ws:
+        return check(ws, live=not integrity)
 
 
 def audit(tx: str | None = None, *, since_ns: int | None = None, home: HomeDir = None) -> list[Event]:

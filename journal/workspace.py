@@ -43,14 +43,15 @@ OPEN, ABORTED = "open", "aborted"
 class RunResult(namedtuple(
     "_RunResult",
     "tx root run_id argv cwd backend exit_code timed_out started_ns ended_ns changes limits warnings"
-    " hidden discarded",
-    defaults=(None, (), (), ()),
+    " hidden discarded stdout stderr",
+    defaults=(None, (), (), (), None, None),
 )):
     """How one run ended, and what the transaction stages after it; ``limits``
     (cowfs.limits.Enforced) says how its memory and process limits were kept;
     ``hidden`` lists the paths it could not see (cowfs.hide) and
     ``discarded`` the files it wrote that are gone with it (absolute: in its
-    private /tmp, or under a hidden path that did not show)."""
+    private /tmp, or under a hidden path that did not show); ``stdout`` and
+    ``stderr`` the command's output when the Python API captured it, else None."""
 
     __slots__ = ()
     tx: str
@@ -356,13 +357,13 @@ class Workspace:
         env: dict[str, str] | None = None, network: bool = True, timeout: float | None = None,
         limits: sandbox.Limits | None = None, writable: tuple[str, ...] | list[str] = (),
         savepoint: Savepoint | None = None, pass_fds: tuple[int, ...] = (),
-        hide: tuple[str, ...] | list[str] = (),
+        hide: tuple[str, ...] | list[str] = (), stdio: tuple[int, int, int] = (0, 1, 2),
     ) -> RunResult:
         """Run ``argv`` in the transaction's overlay. ``limits`` caps memory and
         processes; ``writable`` paths outside the root are bound read-write;
         ``hide`` paths (and the config's ``[run] hide``) are hidden from it
         (cowfs.hide); ``pass_fds`` reach the command (no other fd of
-        roscoe's above 2 does). With a ``savepoint`` (cowfs.savepoint), a run
+        roscoe's above 2 does), whose stdin, stdout and stderr are ``stdio``. With a ``savepoint`` (cowfs.savepoint), a run
         that exits non-zero leaves the staged layer, and the bases, exactly
         as they were."""
         from cowfs import hide as hiding, sandbox
@@ -412,7 +413,7 @@ class Workspace:
                     outcome = sandbox.run(
                         argv, root=tx.root, mount_args=stager.mount_args(), cwd=inner_cwd,
                         env=env, probe=tx.backend is None, network=network, timeout=timeout,
-                        limits=limits, binds=binds, hidden=(os.path.realpath(self.home.path),), pass_fds=pass_fds,
+                        limits=limits, binds=binds, hidden=(os.path.realpath(self.home.path),), pass_fds=pass_fds, stdio=stdio,
                         masks=masks, scratch=tx_dir,
                     )
                 except NoBackend as e:
