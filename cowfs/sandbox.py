@@ -646,14 +646,19 @@ def sweep(stage_dir: str) -> list[int]:
             pidfds.append(fd)
         except OSError:
             os.close(fd)
+    _await_exit(pidfds)
+    return killed
+
+
+def _await_exit(pidfds: list[int], timeout_ms: int = 5000) -> None:
+    """Wait (up to ``timeout_ms`` each) until the process of every pidfd is gone; close them."""
     for fd in pidfds:
         try:
             poller = select.poll()
             poller.register(fd, select.POLLIN)
-            poller.poll(5000)
+            poller.poll(timeout_ms)
         finally:
             os.close(fd)
-    return killed
 
 
 def _kill_run(pid: int) -> None:
@@ -673,10 +678,4 @@ def _kill_run(pid: int) -> None:
         except OSError:
             continue
     os.kill(pid, signal.SIGKILL)
-    for fd in pidfds:
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            poller.poll(5000)
-        finally:
-            os.close(fd)
+    _await_exit(pidfds)

@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import Roscoe, snapshot
 from tests.test_policy import committed, diff_hash, error_line, refused, run, staged, tx_json, write_config
+from tests.test_approval import approval_column, audit_events
 
 USER = "clerk"  # the login user ($LOGNAME) of every call here
 OS_USER = pwd.getpwuid(os.getuid()).pw_name
@@ -47,16 +48,6 @@ def reject(roscoe: Roscoe, tx: str, *options: str) -> str:
     return done.stderr.decode()
 
 
-def approval_column(roscoe: Roscoe, tx: str) -> str | None:
-    done = roscoe("tx", "list", "--json")
-    assert done.returncode == 0, done.stderr
-    return {t["tx"]: t["approval"] for t in json.loads(done.stdout)}[tx]
-
-
-def audit_events(roscoe: Roscoe, tx: str, kind: str) -> list[dict]:
-    done = roscoe("audit", "--tx", tx, "--json")
-    assert done.returncode == 0, done.stderr
-    return [e for e in json.loads(done.stdout)["events"] if e["kind"] == kind]
 
 
 # -- tx reject -----------------------------------------------------------------------------
