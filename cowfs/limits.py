@@ -288,7 +288,7 @@ class RunCgroup:
         self.dirs = {}
 
 
-def _remove(path: str, wait: float = 2.0) -> None:
+def _remove(path: str, wait: float = 10.0) -> None:
     deadline = time.monotonic() + wait
     killed = False
     while True:

@@ -276,7 +276,7 @@ def test_a_file_changed_after_the_check_and_before_its_link_is_a_conflict(
     checks = image_checks(monkeypatch)
     with pytest.raises(Conflict) as refused:
         commit(ws, tx)
-    assert refused.value.fields["paths"] == "case1/notes.md"
+    assert refused.value.fields["paths"] == ["case1/notes.md"]
     assert checks == ([] if how == "rename-after-vouching" else [xxhash.xxh3_128_hexdigest(b"# notes\n")])
     assert notes.read_text() == "# NOTES\n" and snapshot(root) == swapped
     assert ws.get(tx).state == "open"
@@ -356,7 +356,7 @@ def test_a_file_swapped_after_its_pin_is_read_as_it_is_now(
     blobs_before = sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file())
     with pytest.raises(Conflict) as refused:
         rollback(ws, tx)
-    assert refused.value.fields["paths"] == "case1/notes.md"
+    assert refused.value.fields["paths"] == ["case1/notes.md"]
     assert len(pinned) == 2 and reads.take() == (1, 0)  # notes.md read again, as it is now
     assert notes.read_bytes() == b"EDITED NOTES\n" and snapshot(root) == swapped
     assert pins(home) == [] and sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file()) == blobs_before

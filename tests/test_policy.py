@@ -264,7 +264,7 @@ def test_every_rule_at_once_is_named(roscoe: Roscoe, root: Path, home: Path) -> 
             {"path": None, "rule": "2 changed paths is over max_changes = 1"},
             {"path": None, "rule": "3 new bytes is over max_bytes = 1"},
         ],
-        "needed": False, "reasons": [], "approved_by": None, "pending": False,
+        "needed": False, "reasons": [], "approved_by": None, "pending": False, "rejected": None,
     }
 
 
