@@ -17,6 +17,7 @@ from rich.text import Text
 
 from cli.state import write_json
 from cowfs.changeset import Change, ChangeSet, Move
+from cowfs.entry import Entry
 from cowfs.patch import FilePatch
 from journal.store import TxRecord
 from journal.workspace import TxView
@@ -128,6 +129,15 @@ def summary_line(changes: ChangeSet) -> str:
     return f"{text}; {human_size(summary['bytes_written'])} to write; diff_hash {changes.diff_hash}"
 
 
+def entry_desc(entry: Entry | None) -> str:
+    """The old/new column of the diff table: type and size, a symlink's target."""
+    if entry is None:
+        return ""
+    if entry.type == "symlink":
+        return f"symlink -> {display_path(entry.target or '')}"
+    return entry.type if entry.type == "dir" else f"{entry.type} {human_size(entry.size)}"
+
+
 def diff(tx: str, changes: ChangeSet) -> None:
     out = console()
     if not changes.changes and not changes.unsupported:
@@ -136,15 +146,14 @@ def diff(tx: str, changes: ChangeSet) -> None:
     table = Table(title=f"tx {tx}: {escape(display_path(changes.root))}", title_justify="left", box=None)
     table.add_column("", no_wrap=True)
     table.add_column("path", overflow="fold")
-    table.add_column("old", justify="right", no_wrap=True)
-    table.add_column("new", justify="right", no_wrap=True)
+    table.add_column("old", justify="right", overflow="fold")
+    table.add_column("new", justify="right", overflow="fold")
     table.add_column("hash old → new", no_wrap=True)
     for status, c in rows_of(changes):
         letter, color = STYLE[status]
         old, new = ends(c)
         label = moved_label(c) if isinstance(c, Move) else display_path(c.path)
-        old_desc = f"{old.type} {human_size(old.size)}" if old and old.type != "dir" else (old.type if old else "")
-        new_desc = f"{new.type} {human_size(new.size)}" if new and new.type != "dir" else (new.type if new else "")
+        old_desc, new_desc = entry_desc(old), entry_desc(new)
         if status == "meta_changed" and old and new:
             old_desc, new_desc = f"mode {format(old.mode, '04o')}", f"mode {format(new.mode, '04o')}"
             if owner_changed(c) and old.mode == new.mode:

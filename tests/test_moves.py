@@ -213,7 +213,7 @@ def test_a_move_that_changes_the_mode_or_owner_is_a_move_showing_it(roscoe: Rosc
     assert table(roscoe("tx", "diff", tx)) == [
         ["R", "a/memo.txt", "->", "a/memo-2024.txt", "file", "5", "B", "mode", "0644", "file", "5", "B", "mode", "0600",
          hd, "→", hd],
-        ["R", "case2/notes-link", "->", "case1/notes-link", "symlink", "17", "B", "symlink", "17", "B", hl, "→", hl],
+        ["R", "case2/notes-link", "->", "case1/notes-link", "symlink", "->", "../case1/notes.md", "symlink", "->", "../case1/notes.md", hl, "→", hl],
         ["R", "case2/intake", "form.txt", "->", "case2/intake.txt", "file", "7", "B", "owner", "0:0",
          "file", "7", "B", "owner", "65534:65534", hi, "→", hi],
         ["3", "moved,", "1", "owner", "changed;", "29", "B", "to", "write;", "diff_hash", got["diff_hash"]]]
