@@ -316,6 +316,20 @@ def _sweep(parent: str) -> None:
     except OSError:
         return
     for name in names:
-        pid = name[len(RUN_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+        pid, _, made = name[len(RUN_PREFIX):].partition("-")
+        if pid.isdigit() and made.isdigit() and not _alive(int(pid), int(made)):
             _remove(os.path.join(parent, name), wait=0)
+
+
+def _alive(pid: int, made_ns: int) -> bool:
+    """Whether the roscoe that made a run cgroup (its pid, and the monotonic
+    clock then) still lives: the pid exists and its process started before
+    the cgroup was made (a pid reused since, by a later process, does not
+    keep a dead roscoe's cgroup)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return False
+    started_ns = int(fields[19]) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")  # field 22: start, in ticks since boot
+    return started_ns <= made_ns + 1_000_000_000  # (a second of slack: the tick is coarse)

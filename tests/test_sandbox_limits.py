@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Roscoe, UserRoscoe, snapshot
+from tests.conftest import Roscoe, UserRoscoe, gone_pid, snapshot
 from cowfs.limits import RUN_PREFIX, _mounts, _own
 
 PY = "/usr/bin/python3"  # the sandbox sees the host's files read-only, so any python works
@@ -267,3 +267,17 @@ def test_a_first_run_with_one_process_allowed_runs(roscoe: Roscoe, root: Path) -
     assert done.returncode == 0, done.stderr
     assert done.stderr.decode().splitlines()[-1].endswith("no changes staged (kernel); review: roscoe tx diff "
                                                          + tx_from(done.stderr))
+
+
+def test_the_sweep_removes_run_cgroups_of_dead_roscoes_even_when_their_pid_was_reused(tmp_path: Path) -> None:
+    # (Plain directories stand in for cgroups: the sweep only lists and rmdirs.)
+    from cowfs.limits import _sweep
+
+    mine = tmp_path / f"{RUN_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
+    reused = tmp_path / f"{RUN_PREFIX}{os.getpid()}-0"  # made by an earlier holder of this pid, at boot
+    dead = tmp_path / f"{RUN_PREFIX}{gone_pid()}-5"
+    other = tmp_path / "someone-else"
+    for d in (mine, reused, dead, other):
+        d.mkdir()
+    _sweep(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
