@@ -178,6 +178,9 @@ class RunCgroup:
                 continue
             version, where = parents
             made = cls(version, {})
+            if version == "cgroup1":  # (a killed run may have left one in a hierarchy this run does not use)
+                for parent in (make({"memory", "pids"}) or (None, {}))[1].values():
+                    _sweep(parent)
             try:
                 for controller, parent in where.items():
                     _sweep(parent)
