@@ -67,7 +67,9 @@ def unshare_left_blobs(home: str) -> None:
     """Blobs a commit that died had hard-linked from live files it never
     replaced get an inode of their own (``journal.commit.images_shared``);
     those of a commit still running (its root lock held) are left to it.
-    The pins a dead rollback left (``journal.rollback.Pins``) are removed."""
+    The pins a dead rollback left (``journal.rollback.Pins``) are removed,
+    and so is a list a commit died writing (``.TX.PID.tmp``: nothing was
+    linked before its list was in place)."""
     import json
     import os
 
@@ -76,8 +78,13 @@ def unshare_left_blobs(home: str) -> None:
         from journal.blobs import BlobStore
 
         BlobStore(os.path.join(home, "blobs")).drop_stale_pins()
-    if not os.path.isdir(os.path.join(home, "blobs", ".shared")):
+    shared = os.path.join(home, "blobs", ".shared")
+    if not os.path.isdir(shared):
         return
+    for name in os.listdir(shared):
+        pid = name.rsplit(".", 2)[-2] if name.startswith(".") and name.endswith(".tmp") else ""
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            os.unlink(os.path.join(shared, name))
     from journal.commit import blob_store, unshare_listed
 
     blobs = blob_store(home)

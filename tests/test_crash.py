@@ -38,7 +38,7 @@ from journal.rollback import rollback
 from journal.store import Journal
 from journal.verify import verify
 from journal.workspace import Workspace
-from tests.conftest import Roscoe, make_tree, snapshot
+from tests.conftest import Roscoe, gone_pid, make_tree, snapshot
 
 # How a faulted process ends, by ROSCOE_FAULT_ACTION.
 STYLES = {"exit": ({}, 70), "kill": ({"ROSCOE_FAULT_ACTION": "kill"}, -signal.SIGKILL)}
@@ -592,3 +592,19 @@ def test_crash_after_images_leaves_no_blob_shared_with_staging(roscoe: Roscoe, r
         ws.close()
     checked = roscoe("verify", "--json")
     assert checked.returncode == 0, checked.stdout
+
+
+def test_recovery_removes_the_share_list_a_killed_commit_was_writing(roscoe: Roscoe, root: Path, home: Path) -> None:
+    """A SIGKILL between the temp file of a commit's share list and its rename
+    (durable.save_new) leaves ``.shared/.TX.PID.tmp``: nothing was linked yet,
+    so recovery removes it; one of a live process is left to it."""
+    tx = roscoe.begin(root)
+    assert roscoe("tx", "run", "--tx", tx, "--", "true", cwd=root).returncode == 0
+    shared = home / "blobs" / ".shared"
+    shared.mkdir(parents=True, exist_ok=True)
+    dead = shared / f".{tx}.{gone_pid()}.tmp"
+    alive = shared / f".{tx}.{os.getpid()}.tmp"
+    for temp in (dead, alive):
+        temp.write_text('{"root": "/nowhere", "digests": []}')
+    assert roscoe("recover").returncode == 0
+    assert sorted(p.name for p in shared.iterdir()) == [alive.name]
