@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from collections import namedtuple
 
-from cowfs import policy
+from journal import policy
 from cowfs.changeset import ChangeSet
-from cowfs.config import Config
+from journal.config import Config
 from cowfs.errors import ExitCode, Refused, RoscoeError, TransactionState, UsageError
 from journal.store import ApprovalRecord, Journal, TxRecord
 
@@ -179,7 +179,7 @@ def enforce(
 ) -> str | None:
     """Refuse (exit 4) a rejected diff, what policy forbids or what needs an
     approval it lacks, journaling the refusal; returns the approver when one
-    was needed (``same_bytes``: see ``cowfs.policy.approval_reasons``)."""
+    was needed (``same_bytes``: see ``journal.policy.approval_reasons``)."""
     refuse_rejected(journal, tx, changes.diff_hash)
     found = policy.refusals(changes, config.policy)
     if found:

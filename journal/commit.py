@@ -43,7 +43,7 @@ from cowfs.converge import converge, remove_temps
 from cowfs.entry import DIR, FILE, Entry
 from cowfs.errors import CommitFailed, Conflict, LiveUnreadable, Refused, RoscoeError
 from cowfs.hashahead import HashedAhead
-from cowfs.home import FULL
+from journal.home import FULL
 from cowfs.stagers import Stager
 from journal.approval import ApprovalNeeded, enforce, requested, tell_committed
 from journal.blobs import BlobCorrupt, BlobStore

@@ -15,13 +15,14 @@ import os
 from collections import namedtuple
 from contextlib import closing
 
-from cowfs import durable, livetree, policy
+from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, Move, classify
 from cowfs.converge import matches, obstacles
 from cowfs.entry import FILE, Entry
 from cowfs.errors import Conflict, Refused, RoscoeError, RootError, TransactionState
 from cowfs.hashcache import HashCache
 from cowfs.hashahead import HashedAhead
+from journal import policy
 from journal.approval import ApprovalNeeded, refuse_rejected, requested, tell_committed, valid_approval
 from journal.blobs import BlobCorrupt, BlobStore
 from journal.commit import Progress, apply_journaled, blob_store, capture_old, images_shared, logged, replaced

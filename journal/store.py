@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 from cowfs.entry import Entry
 from cowfs.errors import RoscoeError, StateDirError
-from cowfs.home import FULL, Home, exhausted
+from journal.home import FULL, Home, exhausted
 from cowfs.paths import plain
 from journal import audit
 from journal.audit import SCHEMA as AUDIT_SCHEMA

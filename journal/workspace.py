@@ -19,7 +19,7 @@ from cowfs.errors import (
     SandboxError, StagingCorrupt, StagingDiscarded, StateDirError, StateDirFull, TransactionBusy,
     TransactionState, UsageError,
 )
-from cowfs.home import FULL, Home
+from journal.home import FULL, Home
 from cowfs.paths import under
 from cowfs.stagers import ORDER, STAGERS, Stager, discard_staging, discarded, stager_for
 from cowfs.upper import UnsupportedUpper
@@ -30,7 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cowfs import sandbox
     from cowfs.hide import Hidden
-    from cowfs.config import Config
+    from journal.config import Config
     from cowfs.bucketreads import BucketReads
     from cowfs.hashcache import HashCache
     from cowfs.patch import FilePatch
@@ -311,7 +311,7 @@ class Workspace:
 
         path = resolve_root(root, self.home)
         sources = in_force(self.home.path)
-        if target is None and any(s.text is not None for s in sources):  # no config: no import of cowfs.config
+        if target is None and any(s.text is not None for s in sources):  # no config: no import of journal.config
             target = strictest(None, sources).root(path).target
         if target:
             from journal.gcs_commit import check_target
@@ -344,7 +344,7 @@ class Workspace:
         given = hiding.resolve(hide, root) if hide else hiding.Hidden(root, (), ())
         sources = in_force(self.home.path) + ((decode(tx.rules) or []) if tx is not None else [])
         configured = ()
-        if any(s.text is not None for s in sources):  # no config: no import of cowfs.config
+        if any(s.text is not None for s in sources):  # no config: no import of journal.config
             configured = (self.rules(tx) if tx is not None else self.config()).run.hide
         merged = given.merge(hiding.resolve(configured, root, option="[run] hide")) if configured else given
         state = os.path.realpath(self.home.path)
@@ -514,7 +514,7 @@ class Workspace:
     def same_bytes(self, tx: TxRecord, stager: Stager | None) -> Callable[[Move], bool] | None:
         """Whether a move's file has the same bytes in the live tree (at its
         old path) and staged (at its new one), read byte for byte: the check
-        that lets an exact move past ``when_deleting`` (cowfs.policy). For a
+        that lets an exact move past ``when_deleting`` (journal.policy). For a
         rollback waiting for approval, the bytes it would put back."""
         if tx.rolls_back:
             from journal.rollback import moved_back

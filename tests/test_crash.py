@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from cowfs.home import Home
+from journal.home import Home
 from cowfs.stagers import remove_tree
 from journal.commit import commit
 from journal.rollback import rollback

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from cowfs.changeset import ChangeSet, Move
-from cowfs.config import ApprovalRules, Policy
+from journal.config import ApprovalRules, Policy
 from cowfs.entry import FILE, SYMLINK
 
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
