@@ -120,7 +120,7 @@ def test_the_fast_paths_take_json_where_typer_does() -> None:
 
 
 def test_every_error_class_has_a_contract_kind() -> None:
-    import cli.state  # noqa: F401 - each module below defines errors of its own
+    import cli.errors  # noqa: F401 - each module below defines errors of its own
     import cowfs.gcs  # noqa: F401
     import cowfs.plan  # noqa: F401
     import journal.approval  # noqa: F401
