@@ -12,14 +12,13 @@ approval and the state-dir map live there.
 
 from __future__ import annotations
 
-from cowfs.errors import ExitCode, RoscoeError
+from cowfs.errors import ExitCode, PlanError, RoscoeError
 
 # Loaded on first use: `tx commit` and `tx rollback` start on every agent
 # call and need neither plans nor the sandbox.
 _LAZY = {
     "Change": "cowfs.changeset", "ChangeSet": "cowfs.changeset", "Unsupported": "cowfs.changeset",
     "compare": "cowfs.changeset", "Entry": "cowfs.entry", "Plan": "cowfs.plan",
-    "PlanError": "cowfs.plan",
 }
 
 

@@ -41,13 +41,14 @@ from cowfs import durable
 from cowfs.changeset import ChangeSet, path_key
 from cowfs.converge import converge, remove_temps
 from cowfs.entry import DIR, FILE, Entry
-from cowfs.errors import CommitFailed, Conflict, LiveUnreadable, Refused, RoscoeError
+from cowfs.errors import LiveUnreadable, RoscoeError
 from cowfs.hashahead import HashedAhead
-from journal.home import FULL
 from cowfs.stagers import Stager
-from journal.approval import ApprovalNeeded, enforce, requested, tell_committed
-from journal.blobs import BlobCorrupt, BlobStore
+from journal.approval import enforce, requested, tell_committed
+from journal.blobs import BlobStore
+from journal.errors import ApprovalNeeded, BlobCorrupt, CommitFailed, Conflict, Refused
 from journal.faults import checkpoint
+from journal.home import FULL
 from journal.rootlock import root_lock
 from journal.store import ChangeRow, Journal, TxRecord
 

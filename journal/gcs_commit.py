@@ -39,12 +39,12 @@ from contextlib import contextmanager
 from cowfs import durable
 from cowfs.changeset import Change, ChangeSet, classify
 from cowfs.entry import DIR, FILE, SYMLINK, Entry
-from cowfs.errors import CommitFailed, Conflict, RoscoeError
+from cowfs.errors import GcsError, RoscoeError
 from cowfs.gcs import (
-    DEFAULT_TYPE, MTIME_KEYS, SYMLINK_KEY, GcsError, GcsTarget, PreconditionFailed, md5_b64, parse_url,
-    rfc3339, same_object,
+    DEFAULT_TYPE, MTIME_KEYS, SYMLINK_KEY, GcsTarget, PreconditionFailed, md5_b64, parse_url, rfc3339, same_object,
 )
 from journal.blobs import BlobStore
+from journal.errors import CommitFailed, Conflict
 from journal.faults import checkpoint
 from journal.store import ChangeRow, Journal, TxRecord
 
@@ -306,7 +306,7 @@ def store_images(
             data = await target.read(key, generation)
         except PreconditionFailed:
             raise Conflict(what="commit refused", tx=tx.id, paths=[path]) from None
-        from journal.blobs import BlobCorrupt
+        from journal.errors import BlobCorrupt
 
         try:
             blobs.put_stream(iter([data]), digest)

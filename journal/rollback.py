@@ -19,12 +19,13 @@ from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, Move, classify
 from cowfs.converge import matches, obstacles
 from cowfs.entry import FILE, Entry
-from cowfs.errors import Conflict, Refused, RoscoeError, RootError, TransactionState
+from cowfs.errors import RoscoeError
 from cowfs.hashcache import HashCache
 from cowfs.hashahead import HashedAhead
 from journal import policy
-from journal.approval import ApprovalNeeded, refuse_rejected, requested, tell_committed, valid_approval
-from journal.blobs import BlobCorrupt, BlobStore
+from journal.approval import refuse_rejected, requested, tell_committed, valid_approval
+from journal.blobs import BlobStore
+from journal.errors import ApprovalNeeded, BlobCorrupt, Conflict, Refused, RootError, TransactionState
 from journal.commit import Progress, apply_journaled, blob_store, capture_old, images_shared, logged, replaced
 from journal.faults import checkpoint
 from journal.rootlock import root_lock

@@ -39,7 +39,7 @@ class Source(namedtuple("_Source", "path sha256 text")):
 
 def in_force(home: str) -> list[Source]:
     """The config files in force now: the state dir's, then the named one."""
-    from cowfs.errors import ConfigError
+    from journal.errors import ConfigError
 
     from journal.home import Home
 

@@ -14,16 +14,16 @@ from collections import namedtuple
 
 from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, Move, compare
-from cowfs.errors import (
-    AbortNotJournaled, AmbiguousTransaction, LiveUnreadable, NoBackend, NoSuchTransaction, RootError,
-    SandboxError, StagingCorrupt, StagingDiscarded, StateDirError, StateDirFull, TransactionBusy,
-    TransactionState, UsageError,
-)
-from journal.home import FULL, Home
+from cowfs.errors import LiveUnreadable, NoBackend, SandboxError, StateDirError, UsageError
 from cowfs.paths import under
 from cowfs.stagers import ORDER, STAGERS, Stager, discard_staging, discarded, stager_for
 from cowfs.upper import UnsupportedUpper
+from journal.errors import (
+    AbortNotJournaled, AmbiguousTransaction, NoSuchTransaction, RootError, StagingCorrupt, StagingDiscarded,
+    StateDirFull, TransactionBusy, TransactionState,
+)
 from journal.faults import checkpoint
+from journal.home import FULL, Home
 from journal.store import ApprovalRecord, Journal, RunRecord, TxRecord, now_ns
 
 TYPE_CHECKING = False

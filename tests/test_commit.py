@@ -759,7 +759,7 @@ def test_a_file_that_appears_where_the_commit_adds_one_is_kept(root: Path, home:
     # the commit links its new file straight into place, which refuses an
     # existing name, so it fails and puts back what it did; the other file stays.
     import journal.commit
-    from cowfs.errors import CommitFailed
+    from journal.errors import CommitFailed
     from journal.workspace import Workspace
 
     ws = Workspace.open(home)

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from journal.home import Home
 from cowfs.stagers import remove_tree
 from journal.commit import commit
+from journal.home import Home
 from journal.rollback import rollback
 from journal.store import Journal
 from journal.verify import verify

@@ -28,7 +28,7 @@ import journal.blobs
 import journal.commit
 import journal.rollback
 from cowfs import hashcache
-from cowfs.errors import Conflict
+from journal.errors import Conflict
 from journal.blobs import BlobStore
 from journal.commit import commit
 from journal.rollback import rollback

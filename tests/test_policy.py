@@ -319,7 +319,8 @@ def test_glob_match(pattern: str, path: str, expected: bool) -> None:
 def config_error(path: Path, text: str | bytes) -> str:
     """The message of journal.config.load on a file holding ``text`` (a usage error, exit 2)."""
     from journal.config import load
-    from cowfs.errors import ConfigError, ExitCode
+    from cowfs.errors import ExitCode
+    from journal.errors import ConfigError
 
     if isinstance(text, str):
         path.write_text(text)

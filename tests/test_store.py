@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cowfs.errors import ExitCode
-from journal.store import SCHEMA_VERSION, Journal, NewerJournal
+from journal.errors import NewerJournal
+from journal.store import SCHEMA_VERSION, Journal
 from journal.workspace import Workspace
 from tests.conftest import Roscoe
 
