@@ -2,8 +2,8 @@
 
 Also here, over the trees of ``cowfs``: the commit protocol, recovery and
 rollback, policy, approval and the config file that sets them, the state-dir
-map (``journal.home``) and the audit trail. journal never imports ``cli``,
-typer or rich.
+map (``journal.home``), the audit trail, and the journal's errors
+(``journal.errors``). journal never imports ``cli``, typer or rich.
 
 Public API (no CLI needed)::
 

@@ -7,7 +7,9 @@ subclass of ``RoscoeError`` (or of one of its classes there, such as
 ``exit_code`` / ``error_kind`` its place in the contract, so the CLI's single
 handler (``cli.errors.fail``) prints and exits with all of them alike. A new
 journal error goes here; the class names, messages and kinds are the CLI's
-contract (tests check them exactly).
+contract (tests check them exactly). (The errors of the commit protocol's
+own modules, commit, gcs_commit, recovery and rollback, still sit beside
+their code until it is written once over the Target interface.)
 """
 
 from __future__ import annotations
