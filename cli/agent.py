@@ -75,7 +75,8 @@ def plan(args: list[str]) -> int | None:
 
 
 def diff_json(ref: str) -> int:
-    from cli.state import open_workspace, write_json
+    from cli.errors import write_json
+    from cli.state import open_workspace
 
     ws = open_workspace()
     try:

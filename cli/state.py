@@ -3,20 +3,7 @@ what recovery did said on stderr."""
 
 from __future__ import annotations
 
-import json
-import sys
-
-from cli.errors import say, warn
-from cowfs.errors import RoscoeError
-
-
-class Declined(RoscoeError):
-    """{detail}"""
-
-
-def write_json(data: object) -> None:
-    """The JSON every --json prints: one document, indented, on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+from cli.errors import Declined, say, warn, write_json
 
 
 def committed_json(ws, record) -> dict[str, object]:  # type: ignore[no-untyped-def]

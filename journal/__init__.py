@@ -1,5 +1,10 @@
 """roscoe's journal: transactions, runs and their staged changes, kept in SQLite.
 
+Also here, over the trees of ``cowfs``: the commit protocol, recovery and
+rollback, policy, approval and the config file that sets them, the state-dir
+map (``journal.home``), the audit trail, and the journal's errors
+(``journal.errors``). journal never imports ``cli``, typer or rich.
+
 Public API (no CLI needed)::
 
     from journal.protocol import open_workspace
@@ -11,6 +16,7 @@ Public API (no CLI needed)::
 
 from __future__ import annotations
 
+from journal.home import Home
 from journal.store import Journal, RunRecord, TxRecord
 from journal.workspace import Workspace, RunResult
 
@@ -30,4 +36,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'journal' has no attribute {name!r}")
 
 
-__all__ = ["Journal", "RunRecord", "RunResult", "TxRecord", "Workspace", *_API]
+__all__ = ["Home", "Journal", "RunRecord", "RunResult", "TxRecord", "Workspace", *_API]

@@ -17,35 +17,16 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from cowfs import policy
 from cowfs.changeset import ChangeSet
-from cowfs.config import Config
-from cowfs.errors import ExitCode, Refused, RoscoeError
+from journal import policy
+from journal.config import Config
+from journal.errors import ApprovalNeeded, PolicyRefused, Rejected
 from journal.store import ApprovalRecord, Journal, TxRecord
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-
-
-class PolicyRefused(Refused):
-    """transaction {tx} cannot be committed: refused by policy: {violations}; nothing was written"""
-
-
-class ApprovalNeeded(Refused):
-    """transaction {tx} needs an approval before it can be committed ({reasons}); nothing was written.
-    A person approves this exact diff with: roscoe tx approve {tx} --hash {diff_hash}{notified}"""
-
-    error_kind = "approval_needed"
-
-    pending: tuple[TxRecord, ChangeSet, list[str], Config]
-
-
-class Rejected(Refused):
-    """transaction {tx} cannot be {action}: its diff {diff_hash} was rejected by {by}{reason}; {outcome}"""
-
-    error_kind = "rejected"
 
 
 def rejected_error(tx: TxRecord, rejection: ApprovalRecord, action: str) -> Rejected:
@@ -60,12 +41,6 @@ def rejected_error(tx: TxRecord, rejection: ApprovalRecord, action: str) -> Reje
     reason = f": {json.dumps(rejection.reason, ensure_ascii=False)}" if rejection.reason else ""
     return Rejected(tx=tx.id, action=action, diff_hash=rejection.diff_hash, by=rejection.approver, reason=reason,
                     outcome=f"{undone}; {lift}")
-
-
-class StaleApproval(RoscoeError):
-    """approval refused: the diff of transaction {tx} now hashes to {current}, not {given}; review it again with `roscoe tx diff {tx}`"""
-
-    exit_code = ExitCode.CONFLICT
 
 
 class Status(namedtuple("_Status", "refusals reasons approved_by pending rejected", defaults=(None,))):
@@ -177,7 +152,7 @@ def enforce(
 ) -> str | None:
     """Refuse (exit 4) a rejected diff, what policy forbids or what needs an
     approval it lacks, journaling the refusal; returns the approver when one
-    was needed (``same_bytes``: see ``cowfs.policy.approval_reasons``)."""
+    was needed (``same_bytes``: see ``journal.policy.approval_reasons``)."""
     refuse_rejected(journal, tx, changes.diff_hash)
     found = policy.refusals(changes, config.policy)
     if found:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
-from cowfs.errors import RoscoeError, TransactionState, UsageError
-from journal.approval import StaleApproval, rejected_error, rejection, valid_approval
+from cowfs.errors import RoscoeError, UsageError
+from journal.approval import rejected_error, rejection, valid_approval
+from journal.errors import StaleApproval, TransactionState
 from journal.store import ApprovalRecord, TxRecord
 from journal.workspace import Workspace
 

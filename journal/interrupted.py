@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from cowfs.changeset import ChangeSet
 from cowfs.errors import RoscoeError
-from cowfs.home import Home
+from journal.home import Home
 from cowfs.upper import UnsupportedUpper
 from journal.store import Journal, TxRecord
 

@@ -46,9 +46,10 @@ from os import PathLike
 
 from cowfs.changeset import ChangeSet
 from cowfs.entry import Entry
-from cowfs.errors import Conflict, LiveUnreadable, RoscoeError
-from journal.approval import ApprovalNeeded, enforce, requested
+from cowfs.errors import LiveUnreadable, RoscoeError
+from journal.approval import enforce, requested
 from journal.decisions import tell_committed
+from journal.errors import ApprovalNeeded, Conflict, RecoveryFailed
 from journal.faults import NONE, Faults
 from journal.images import unshare_left_blobs
 from journal.rollback import held_to_policy, pending_or_new, rollable
@@ -221,9 +222,6 @@ def rollback(ws: Workspace, ref: str, *, force: bool = False, progress: Progress
 
 # -- recovery ------------------------------------------------------------------------
 
-
-class RecoveryFailed(RoscoeError):
-    """the interrupted commit of {tx} could not be undone yet ({reason}); the journal keeps everything needed: run `roscoe recover` again once that is fixed"""
 
 
 class Recovered(namedtuple("_Recovered", "tx root paths state")):

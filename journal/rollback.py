@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from cowfs import policy
 from cowfs.changeset import ChangeSet
-from cowfs.errors import Refused, RoscoeError
-from journal.approval import ApprovalNeeded, refuse_rejected, valid_approval
+from journal import policy
+from journal.approval import refuse_rejected, valid_approval
+from journal.errors import AlreadyRolledBack, ImagesDropped, NotCommitted, RollbackNeedsApproval, RollbackRefused
 from journal.store import TxRecord
 from journal.targets import target_of
 from journal.workspace import Workspace, new_record
@@ -20,25 +20,9 @@ if TYPE_CHECKING:
     from journal.targets.base import SameBytes
 
 
-class ImagesDropped(RoscoeError):
-    """transaction {tx} is too old to roll back: `roscoe gc` dropped its images"""
 
 
-class NotCommitted(RoscoeError):
-    """transaction {tx} is {state}, not committed: only a committed transaction can be rolled back{hint}"""
 
-
-class AlreadyRolledBack(RoscoeError):
-    """transaction {tx} was already rolled back by {by}; roll back {by} to apply {tx} again"""
-
-
-class RollbackRefused(Refused):
-    """the rollback of transaction {tx} is refused by policy: {violations}; nothing was written"""
-
-
-class RollbackNeedsApproval(ApprovalNeeded):
-    """the rollback of transaction {target} is transaction {tx}, which needs an approval before it can be committed ({reasons}); nothing was written.
-    A person approves this exact diff with: roscoe tx approve {tx} --hash {diff_hash}{notified}; then `roscoe tx rollback {target}` (or `roscoe tx commit {tx}`) applies it"""
 
 
 def rollable(ws: Workspace, ref: str) -> TxRecord:

@@ -29,15 +29,8 @@ from contextlib import contextmanager
 import xxhash
 
 from cowfs.durable import DIR_FLAGS
-from cowfs.errors import RoscoeError
+from journal.errors import RootBusy
 from journal.faults import NONE, Faults
-
-
-class RootBusy(RoscoeError):
-    """root {root} is being committed to by {owner}; try again when it is done"""
-
-    error_kind = "busy"
-    path_fields = ("root",)
 
 
 def lock_path(home: str, root: str) -> str:

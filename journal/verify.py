@@ -112,7 +112,7 @@ def _journaled_commits(journal: Journal) -> list[Problem]:
     transactions whose recorded config is not the one their begin event names."""
     from cowfs.changeset import Change, ChangeSet
     from journal.rules import decode
-    from journal.store import JournalCorrupt
+    from journal.errors import JournalCorrupt
 
     problems: list[Problem] = []
     recorded = journal.commit_hashes()

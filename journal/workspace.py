@@ -14,16 +14,16 @@ from collections import namedtuple
 
 from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, Move, compare
-from cowfs.errors import (
-    AbortNotJournaled, AmbiguousTransaction, LiveUnreadable, NoBackend, NoSuchTransaction, RootError,
-    SandboxError, StagingCorrupt, StagingDiscarded, StateDirError, StateDirFull, TransactionBusy,
-    TransactionState, UsageError,
-)
-from cowfs.home import FULL, Home
+from cowfs.errors import LiveUnreadable, NoBackend, SandboxError, StateDirError, UsageError
 from cowfs.paths import under
 from cowfs.stagers import ORDER, STAGERS, Stager, discard_staging, discarded, stager_for
 from cowfs.upper import UnsupportedUpper
+from journal.errors import (
+    AbortNotJournaled, AmbiguousTransaction, NoSuchTransaction, RootError, StagingCorrupt, StagingDiscarded,
+    StateDirFull, TransactionBusy, TransactionState,
+)
 from journal.faults import NONE, Faults
+from journal.home import FULL, Home
 from journal.targets.base import BucketSettings, Context
 from journal.store import ApprovalRecord, Journal, RunRecord, TxRecord, now_ns
 
@@ -31,7 +31,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cowfs import sandbox
     from cowfs.hide import Hidden
-    from cowfs.config import Config
+    from journal.config import Config
     from cowfs.bucketreads import BucketReads
     from cowfs.hashcache import HashCache
     from cowfs.patch import FilePatch
@@ -319,7 +319,7 @@ class Workspace:
 
         path = resolve_root(root, self.home)
         sources = in_force(self.home.path)
-        if target is None and any(s.text is not None for s in sources):  # no config: no import of cowfs.config
+        if target is None and any(s.text is not None for s in sources):  # no config: no import of journal.config
             target = strictest(None, sources).root(path).target
         if target:
             from journal.targets import checked_url
@@ -352,7 +352,7 @@ class Workspace:
         given = hiding.resolve(hide, root) if hide else hiding.Hidden(root, (), ())
         sources = in_force(self.home.path) + ((decode(tx.rules) or []) if tx is not None else [])
         configured = ()
-        if any(s.text is not None for s in sources):  # no config: no import of cowfs.config
+        if any(s.text is not None for s in sources):  # no config: no import of journal.config
             configured = (self.rules(tx) if tx is not None else self.config()).run.hide
         merged = given.merge(hiding.resolve(configured, root, option="[run] hide")) if configured else given
         state = os.path.realpath(self.home.path)
@@ -522,7 +522,7 @@ class Workspace:
     def same_bytes(self, tx: TxRecord, stager: Stager | None) -> Callable[[Move], bool] | None:
         """Whether a move's file has the same bytes in the live tree (at its
         old path) and staged (at its new one), read byte for byte: the check
-        that lets an exact move past ``when_deleting`` (cowfs.policy). For a
+        that lets an exact move past ``when_deleting`` (journal.policy). For a
         rollback waiting for approval, the bytes it would put back."""
         if tx.rolls_back:
             from journal.targets import target_of

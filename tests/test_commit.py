@@ -758,7 +758,7 @@ def test_a_file_that_appears_where_the_commit_adds_one_is_kept(root: Path, home:
     # Created by someone else after the conflict check, just before the apply:
     # the commit links its new file straight into place, which refuses an
     # existing name, so it fails and puts back what it did; the other file stays.
-    from cowfs.errors import CommitFailed
+    from journal.errors import CommitFailed
     from journal.faults import Faults
     from journal.protocol import commit, open_workspace
 

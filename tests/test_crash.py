@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from cowfs.home import Home
 from cowfs.stagers import remove_tree
+from journal.home import Home
 from journal.protocol import commit, open_workspace, rollback
 from journal.store import Journal
 from journal.verify import verify

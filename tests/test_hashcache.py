@@ -26,7 +26,7 @@ import cowfs.hashahead
 import cowfs.livetree
 import journal.blobs
 from cowfs import hashcache
-from cowfs.errors import Conflict
+from journal.errors import Conflict
 from journal.blobs import BlobStore
 from journal.faults import Faults
 from journal.protocol import commit, open_workspace, rollback

@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from cowfs.errors import CommitFailed, Conflict
+from journal.errors import CommitFailed, Conflict
 from cowfs.stagers import remove_tree
 from journal.protocol import commit, open_workspace, rollback
 from journal.rollback import AlreadyRolledBack

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from cowfs.errors import ExitCode
-from journal.store import SCHEMA_VERSION, Journal, NewerJournal
+from journal.errors import NewerJournal
 from journal.protocol import open_workspace
+from journal.store import SCHEMA_VERSION, Journal
 from tests.conftest import Roscoe
 
 

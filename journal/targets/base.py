@@ -26,7 +26,8 @@ from contextlib import AbstractContextManager, contextmanager
 
 from cowfs.changeset import ChangeSet
 from cowfs.entry import Entry
-from cowfs.errors import Conflict, RoscoeError
+from cowfs.errors import RoscoeError
+from journal.errors import Conflict
 from journal.faults import Faults
 from journal.store import ChangeRow, Journal, TxRecord
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from cowfs.hashcache import HashCache
-    from cowfs.home import Home
+    from journal.home import Home
     from cowfs.stagers import Stager
     from journal.blobs import BlobStore
 

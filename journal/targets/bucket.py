@@ -38,12 +38,13 @@ from contextlib import contextmanager
 from cowfs import durable
 from cowfs.changeset import Change, ChangeSet, classify
 from cowfs.entry import DIR, FILE, SYMLINK, Entry
-from cowfs.errors import CommitFailed, Conflict, RoscoeError
+from cowfs.errors import RoscoeError
 from cowfs.gcs import (
     DEFAULT_TYPE, MTIME_KEYS, SYMLINK_KEY, GcsError, GcsTarget, PreconditionFailed, md5_b64, parse_url,
     rfc3339, same_object,
 )
-from journal.blobs import BlobCorrupt, BlobStore
+from journal.blobs import BlobStore
+from journal.errors import BlobCorrupt, CommitFailed, Conflict, LeaseBusy, LeaseLost
 from journal.images import images_linked, store_new
 from journal.store import ChangeRow, Journal, TxRecord
 from journal.targets.base import BucketSettings, Context, Holding, Progress, Seen, Target
@@ -58,14 +59,6 @@ if TYPE_CHECKING:
 EMPTY_MD5 = md5_b64(b"")
 
 
-class LeaseBusy(RoscoeError):
-    """{url} is being committed to by {owner} (lease held until {until}); try again when it is done"""
-
-    error_kind = "busy"
-
-
-class LeaseLost(RoscoeError):
-    """{url}: the commit lease was taken over by {owner}; the commit was undone"""
 
 
 def check_target(url: str) -> str:

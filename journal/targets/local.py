@@ -23,11 +23,12 @@ from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, Move, classify, path_key
 from cowfs.converge import converge, matches, obstacles, remove_temps
 from cowfs.entry import DIR, FILE, Entry
-from cowfs.errors import CommitFailed, Conflict, Refused, RoscoeError, RootError
+from cowfs.errors import RoscoeError
 from cowfs.hashahead import HashedAhead
 from cowfs.hashcache import HashCache
-from cowfs.home import FULL
-from journal.blobs import BlobCorrupt, BlobStore
+from journal.blobs import BlobStore
+from journal.errors import BlobCorrupt, CommitFailed, Conflict, OwnerNeedsRoot, RootError
+from journal.home import FULL
 from journal.images import capture_old, images_shared, release_links, replaced
 from journal.store import ChangeRow, TxRecord
 from journal.targets.base import Holding, Progress, SameBytes, Seen, Target
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
 
     from cowfs.stagers import Stager
 
-
-class OwnerNeedsRoot(Refused):
-    """{what}: {paths} would get an owner other than roscoe's own user and groups, which only root can give; nothing was written"""
 
 
 def owners_kept() -> bool:
