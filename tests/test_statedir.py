@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Roscoe, snapshot
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import staged
+from tests.support.trees import snapshot
 
 NOT_JOURNALED = ("roscoe: error: transaction {tx}: its staged changes are discarded, but the abort could not be"
                  " journaled: state dir {home}: its filesystem is out of space (tmpfs at {mnt}: 0 bytes of"
@@ -64,13 +66,6 @@ def fill_inodes(directory: Path) -> None:
     except OSError:
         pass
     assert os.statvfs(directory).f_favail == 0
-
-
-def staged(roscoe: Roscoe, root: Path, script: str) -> str:
-    done = roscoe("tx", "run", "--root", root, "--", "sh", "-c", script, cwd=root)
-    match = re.match(r"roscoe: tx ([0-9a-f]{12})\n", done.stderr.decode())
-    assert match, done.stderr
-    return match.group(1)
 
 
 def verified(roscoe: Roscoe) -> None:

@@ -48,7 +48,7 @@ from journal.commit import commit
 from journal.rollback import AlreadyRolledBack, rollback
 from journal.verify import verify
 from journal.workspace import Workspace
-from tests.conftest import Roscoe
+from tests.support.roscoe import Roscoe
 
 # The same code applies an op batch inside a run (``python -c``) and to the
 # live tree directly (exec'd here).

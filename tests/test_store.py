@@ -14,7 +14,7 @@ import pytest
 from cowfs.errors import ExitCode
 from journal.store import SCHEMA_VERSION, Journal, NewerJournal
 from journal.workspace import Workspace
-from tests.conftest import Roscoe
+from tests.support.roscoe import Roscoe
 
 
 def test_fresh_journal_is_wal_full_and_versioned(tmp_path: Path) -> None:
