@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.roscoe import Roscoe
-from tests.support.transactions import staged
+from tests.support.transactions import run_tx, staged
 from tests.support.trees import snapshot
 
 NOT_JOURNALED = ("roscoe: error: transaction {tx}: its staged changes are discarded, but the abort could not be"
@@ -85,7 +85,7 @@ def state(roscoe: Roscoe, tx: str) -> str:
 def test_abort_gives_back_the_space_a_run_filled(small: Path, root: Path) -> None:
     roscoe = Roscoe(small / "home")
     before = snapshot(root)
-    tx = staged(roscoe, root, "head -c 64M /dev/zero > big.bin; echo small > small.txt")
+    tx, _ = run_tx(roscoe, root, "head -c 64M /dev/zero > big.bin; echo small > small.txt")  # the run fills the disk
     assert os.statvfs(small).f_bavail == 0
     done = roscoe("tx", "abort", tx)
     assert (done.returncode, done.stderr) == (
