@@ -242,7 +242,7 @@ def tx_approve(
 ) -> int:
     """Approve the transaction's exact diff: a commit goes through only while
     the diff still hashes to DIFF_HASH and no run has happened since."""
-    from journal.approval import approve
+    from journal.decisions import approve
 
     ws = workspace()
     try:
@@ -268,7 +268,7 @@ def tx_reject(
     approval of it is refused, until a later run changes the diff."""
     import json
 
-    from journal.approval import reject
+    from journal.decisions import reject
 
     ws = workspace()
     try:

@@ -32,17 +32,27 @@ def open_workspace(root: str | None = None, *, aborting: str | None = None):  # 
     ``tx abort`` (``aborting``), a full state dir is given room first."""
     import os
 
+    from journal.faults import Faults
+    from journal.protocol import recover
+    from journal.targets import BucketSettings
     from journal.workspace import Workspace
 
     roots = tuple(r for r in (root, os.environ.get("ROSCOE_ROOT")) if r)
-    ws = Workspace.open(roots=roots) if aborting is None else Workspace.open_to_abort(aborting, roots=roots)
+    hooks = {"faults": Faults.from_env(os.environ), "bucket": BucketSettings.from_env(os.environ)}
+    ws = (Workspace.open(roots=roots, **hooks) if aborting is None
+          else Workspace.open_to_abort(aborting, roots=roots, **hooks))
+    try:
+        ws.recovered = recover(ws)
+    except BaseException:
+        ws.close()
+        raise
     for r in ws.recovered:
         say(recovered_line(r))
     return ws
 
 
 def recovered_line(r) -> str:  # type: ignore[no-untyped-def]
-    """What recovery did to one interrupted commit (a journal.recovery.Recovered)."""
+    """What recovery did to one interrupted commit (a journal.protocol.Recovered)."""
     return (f"recovered the interrupted commit of tx {r.tx}: its {r.paths} paths under {r.root}"
             f" are as they were before it; the transaction is {r.state}")
 
@@ -54,7 +64,7 @@ def commit_with_prompt(ws, tx_id: str, *, yes: bool, json_: bool = False):  # ty
     raises ``Declined`` when the person declined (it stays open)."""
     import sys
 
-    from journal.commit import commit
+    from journal.protocol import commit
 
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     if interactive and not yes:
@@ -91,7 +101,7 @@ def rollback_with_prompt(ws, ref: str, *, yes: bool, force: bool, json_: bool = 
     rollback's id on stdout (with ``json_``, the rollback transaction)."""
     import sys
 
-    from journal.rollback import rollback
+    from journal.protocol import rollback
 
     record = ws.get(ref)
     if sys.stdin.isatty() and sys.stderr.isatty() and not yes:

@@ -2,8 +2,8 @@
 
 Public API (no CLI needed)::
 
-    from journal import Workspace
-    ws = Workspace.open()                  # $ROSCOE_HOME, or Workspace.open(home=...)
+    from journal.protocol import open_workspace
+    ws = open_workspace()                  # $ROSCOE_HOME (recovery first), or open_workspace(home=...)
     tx = ws.begin("/mnt/workspace/projects", message="reorganize")
     result = ws.run(tx.id, ["python3", "reorganize.py"])
     changes = ws.diff(tx.id)               # cowfs.ChangeSet

@@ -62,7 +62,9 @@ class LogEntry(namedtuple("_LogEntry", "record changes rolled_back_by")):
 
 @contextmanager
 def _workspace(home: HomeDir, root: str | os.PathLike[str] | None = None) -> Iterator[Workspace]:
-    ws = Workspace.open(home, roots=() if root is None else (root,))
+    from journal.protocol import open_workspace
+
+    ws = open_workspace(home, roots=() if root is None else (root,))
     try:
         yield ws
     finally:
@@ -161,7 +163,7 @@ def show(tx: str, *, home: HomeDir = None) -> TxView:
 def commit(tx: str, *, home: HomeDir = None) -> TxRecord:
     """Commit the transaction atomically; its record, now committed. Raises
     ``Conflict`` (exit_code 3) or ``Refused`` (4) and writes nothing then."""
-    from journal.commit import commit as commit_tx
+    from journal.protocol import commit as commit_tx
 
     with _workspace(home) as ws:
         return commit_tx(ws, tx)
@@ -172,7 +174,7 @@ def approve(tx: str, diff_hash: str, *, by: str | None = None, home: HomeDir = N
     diff, which must hash to ``diff_hash`` now (else ``StaleApproval``, exit_code 3).
     A commit that needs an approval goes through while the diff still hashes
     to it and no run happened since."""
-    from journal.approval import approve as approve_tx
+    from journal.decisions import approve as approve_tx
 
     with _workspace(home) as ws:
         return approve_tx(ws, tx, diff_hash, by)
@@ -182,7 +184,7 @@ def reject(tx: str, by: str, reason: str | None = None, *, home: HomeDir = None)
     """Record that ``by`` rejects the transaction's diff as it hashes now, for
     good: a commit of it raises ``Rejected`` (exit_code 4) and approvals of it
     are void, until a run changes the diff."""
-    from journal.approval import reject as reject_tx
+    from journal.decisions import reject as reject_tx
 
     with _workspace(home) as ws:
         return reject_tx(ws, tx, by, reason)
@@ -220,7 +222,7 @@ def rollback(tx: str, *, force: bool = False, home: HomeDir = None) -> TxRecord:
     (``force`` overrides that, never policy), ``Refused`` (4) when policy
     refuses it or it needs an approval (the error names the open rollback
     transaction to approve; call ``rollback`` again once it is approved)."""
-    from journal.rollback import rollback as roll_back
+    from journal.protocol import rollback as roll_back
 
     with _workspace(home) as ws:
         return roll_back(ws, tx, force=force)

@@ -33,8 +33,7 @@ import pytest
 
 from cowfs.home import Home
 from cowfs.stagers import remove_tree
-from journal.commit import commit
-from journal.rollback import rollback
+from journal.protocol import commit, open_workspace, rollback
 from journal.store import Journal
 from journal.verify import verify
 from journal.workspace import Workspace
@@ -88,7 +87,7 @@ Measured = namedtuple("Measured", "new apply_steps undo_steps")
 def stage(home: Path | str, root: Path | str, script: str = CHANGE) -> str:
     """Begin a transaction over ``root`` and run ``script`` in it (in-process,
     for speed: the crashes below all happen in `roscoe` subprocesses)."""
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     try:
         tx = ws.begin(root)
         done = ws.run(tx.id, [sys.executable, "-c", script], cwd=os.fspath(root))
@@ -109,7 +108,7 @@ def measured() -> Measured:
     try:
         root = make_tree(Path(base) / "live")
         old = snapshot(root)
-        ws = Workspace.open(os.path.join(base, "home"))
+        ws = open_workspace(os.path.join(base, "home"))
         try:
             tx = ws.begin(root)
             assert ws.run(tx.id, [sys.executable, "-c", CHANGE], cwd=os.fspath(root)).exit_code == 0
@@ -348,7 +347,7 @@ def test_crash_at_every_rollback_step_recovers(
     old = snapshot(root)
     new = measured().new
     tx = stage(home, root)
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     try:
         commit(ws, tx)
     finally:
@@ -400,7 +399,7 @@ def test_crash_during_recovery_of_an_interrupted_rollback(
 ) -> None:
     new = measured().new
     tx = stage(home, root)
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     try:
         commit(ws, tx)
     finally:
@@ -481,7 +480,7 @@ def test_sigkill_at_random_moments_of_a_big_commit_or_rollback(tmp_path: Path, v
             shutil.copytree(template, live, symlinks=True)
             tx = stage(home, live, BIG_CHANGE)
             if verb == "rollback":
-                ws = Workspace.open(home)
+                ws = open_workspace(home)
                 try:
                     commit(ws, tx)
                 finally:
@@ -586,7 +585,7 @@ def test_crash_after_images_leaves_no_blob_shared_with_staging(roscoe: Roscoe, r
     done = roscoe("tx", "commit", second, "--yes")
     assert done.returncode == 0, done.stderr
 
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     try:
         ran = ws.run(first, ["sh", "-c", "echo more >> case1/shared.txt"], cwd=os.fspath(root))
         assert ran.exit_code == 0

@@ -115,10 +115,11 @@ def test_every_error_class_has_a_contract_kind() -> None:
     import cowfs.plan  # noqa: F401
     import journal.approval  # noqa: F401
     import journal.blobs  # noqa: F401
-    import journal.gcs_commit  # noqa: F401
     import journal.planning  # noqa: F401
-    import journal.recovery  # noqa: F401
+    import journal.protocol  # noqa: F401
     import journal.rollback  # noqa: F401
+    import journal.targets.bucket  # noqa: F401
+    import journal.targets.local  # noqa: F401
     import journal.rootlock  # noqa: F401
     import journal.store  # noqa: F401
     from cowfs import errors

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from cowfs.stagers import remove_tree
 from journal.workspace import Workspace
+from journal.protocol import open_workspace
 
 BACKENDS = ("kernel", "kernel-bindfs", "fuse", "copy")
 # fuse-overlayfs 1.10 (Debian 12) loses deletions and symlink mtimes around
@@ -407,7 +408,7 @@ def run_scenario(
         apply_ops(scenario["ops"], copy)
         expected = reference_changes(before, snapshot(copy))
 
-        ws = Workspace.open(home)
+        ws = open_workspace(home)
         try:
             tx = ws.begin(root, "property")
             ops_json = json.dumps(scenario["ops"], ensure_ascii=True)
