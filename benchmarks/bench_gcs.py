@@ -48,7 +48,7 @@ def main() -> int:
 
     from pathlib import Path
 
-    from tests.gcs_server import fake_gcs, rclone_mount
+    from tests.support.gcs import fake_gcs, rclone_mount
 
     work = tempfile.mkdtemp(prefix="roscoe-bench-gcs-")
     src = os.path.join(work, "src")

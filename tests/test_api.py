@@ -13,8 +13,8 @@ import pytest
 from cowfs.changeset import Change, ChangeSet
 from journal.errors import Conflict, Refused
 from journal import api
-from tests.conftest import snapshot
-from tests.test_policy import write_config
+from tests.support.transactions import write_config
+from tests.support.trees import snapshot
 
 
 def test_the_agent_loop_through_the_api(home: Path, root: Path) -> None:

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Roscoe, snapshot
-from tests.test_policy import (
-    Done,
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import (
+    CLERK,
+    approval_column,
+    approve,
+    audit_events,
     committed,
     diff_hash,
     error_line,
@@ -31,13 +34,7 @@ from tests.test_policy import (
     tx_json,
     write_config,
 )
-
-USER = "clerk"  # the login user ($LOGNAME) of every call here
-
-
-@pytest.fixture
-def clerk(home: Path) -> Roscoe:
-    return Roscoe(home, {"LOGNAME": USER, "USER": "not-this-one"})
+from tests.support.trees import snapshot
 
 
 def needs_approval(tx: str, reasons: str, diff_hash: str, notified: str = "") -> str:
@@ -49,24 +46,6 @@ def hash_in(message: str) -> str:
     found = re.search(r"--hash ([0-9a-f]{32})", message)
     assert found, message
     return found.group(1)
-
-
-def approve(roscoe: Roscoe, tx: str, diff_hash: str, *options: str, code: int = 0) -> Done:
-    done = roscoe("tx", "approve", tx, "--hash", diff_hash, *options)
-    assert done.returncode == code, done.stderr
-    return done
-
-
-def approval_column(roscoe: Roscoe, tx: str) -> str | None:
-    done = roscoe("tx", "list", "--json")
-    assert done.returncode == 0, done.stderr
-    return {t["tx"]: t["approval"] for t in json.loads(done.stdout)}[tx]
-
-
-def audit_events(roscoe: Roscoe, tx: str, kind: str) -> list[dict]:
-    done = roscoe("audit", "--tx", tx, "--json")
-    assert done.returncode == 0, done.stderr
-    return [e for e in json.loads(done.stdout)["events"] if e["kind"] == kind]
 
 
 # -- each rule ---------------------------------------------------------------------------
@@ -133,14 +112,14 @@ def test_the_whole_approval_as_tx_show_and_tx_list_see_it(clerk: Roscoe, root: P
 
     done = approve(clerk, tx, h)
     assert done.stdout == b""
-    assert done.stderr.decode() == f"roscoe: tx {tx} approved by {USER} for diff {h}; any later run voids it\n"
+    assert done.stderr.decode() == f"roscoe: tx {tx} approved by {CLERK} for diff {h}; any later run voids it\n"
     shown = tx_json(clerk, "show", tx)
     [approval] = shown["approvals"]
     assert isinstance(approval.pop("time_ns"), int)
-    assert approval == {"kind": "approved", "diff_hash": h, "by": USER, "after_run": 1, "notified": None}
+    assert approval == {"kind": "approved", "diff_hash": h, "by": CLERK, "after_run": 1, "notified": None}
     assert shown["policy"] == {
         "refusals": [], "needed": True, "reasons": ["deletes 1 path: case1/old.tmp (when_deleting)"],
-        "approved_by": USER, "pending": False, "rejected": None,
+        "approved_by": CLERK, "pending": False, "rejected": None,
     }
     assert approval_column(clerk, tx) == "approved"
 
@@ -148,7 +127,7 @@ def test_the_whole_approval_as_tx_show_and_tx_list_see_it(clerk: Roscoe, root: P
     assert not (root / "case1" / "old.tmp").exists()
     assert approval_column(clerk, tx) is None
     [event] = audit_events(clerk, tx, "commit")
-    assert event["detail"]["approved_by"] == USER and event["user"] == USER
+    assert event["detail"]["approved_by"] == CLERK and event["user"] == CLERK
 
 
 def test_any_later_run_voids_the_approval(clerk: Roscoe, root: Path, home: Path) -> None:
@@ -247,8 +226,8 @@ def test_notify_gets_the_request_once_per_diff_hash(clerk: Roscoe, root: Path, h
     assert received(inbox) == [{
         "kind": "roscoe.event", "version": 1, "event": "approval-requested",
         "tx": tx, "root": str(root), "message": "tidy up",
-        "user": USER, "host": os.uname().nodename, "diff_hash": h,
-        "by": USER, "uid": os.getuid(), "os_user": pwd.getpwuid(os.getuid()).pw_name,
+        "user": CLERK, "host": os.uname().nodename, "diff_hash": h,
+        "by": CLERK, "uid": os.getuid(), "os_user": pwd.getpwuid(os.getuid()).pw_name,
         "summary": {"added": 0, "modified": 0, "deleted": 1, "type_changed": 0, "meta_changed": 0, "moved": 0,
                     "bytes_written": 0}, "changes": 1,
         "reasons": reasons, "commands": [{"argv": argv, "cwd": str(root), "exit_code": 0}],
@@ -346,7 +325,7 @@ def test_the_python_api_approves_and_reads_the_audit_trail(
 
     write_config(home, "[approval]\nwhen_deleting = true\n")
     monkeypatch.setenv("ROSCOE_CONFIG", str(home / "config.toml"))
-    monkeypatch.setenv("LOGNAME", USER)
+    monkeypatch.setenv("LOGNAME", CLERK)
     tx = api.begin(root, home=home)
     api.run(tx, ["rm", "case1/old.tmp"], cwd=str(root), home=home)
     digest = api.diff(tx, home=home).diff_hash
@@ -364,4 +343,4 @@ def test_the_python_api_approves_and_reads_the_audit_trail(
         "begin", "run-start", "run", "diff", "refuse", "approval-requested", "refuse", "approve",
         "commit-start", "commit"]
     assert json.loads(events[-1].detail)["approved_by"] == "Jane Partner"
-    assert {e.user for e in events} == {USER}
+    assert {e.user for e in events} == {CLERK}

@@ -21,17 +21,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Roscoe, snapshot
-from tests.test_policy import committed, diff_hash, error_line, refused, run, staged, tx_json, write_config
-from tests.test_approval import approval_column, audit_events
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import (
+    CLERK,
+    approval_column,
+    audit_events,
+    committed,
+    diff_hash,
+    error_line,
+    refused,
+    run,
+    staged,
+    tx_json,
+    write_config,
+)
+from tests.support.trees import snapshot
 
-USER = "clerk"  # the login user ($LOGNAME) of every call here
 OS_USER = pwd.getpwuid(os.getuid()).pw_name
-
-
-@pytest.fixture
-def clerk(home: Path) -> Roscoe:
-    return Roscoe(home, {"LOGNAME": USER, "USER": "not-this-one"})
 
 
 def rejected_message(tx: str, digest: str, by: str, reason: str = "", action: str = "committed") -> str:
@@ -80,7 +86,7 @@ def test_a_rejected_diff_is_refused_until_a_run_changes_it(clerk: Roscoe, root: 
     [event] = audit_events(clerk, tx, "reject")
     assert event["detail"] == {"diff_hash": h, "by": "Sam Senior", "reason": 'keep "old.tmp"\nfor now',
                                "after_run": 1, "uid": os.getuid(), "os_user": OS_USER}
-    assert (event["user"], event["uid"]) == (USER, os.getuid())
+    assert (event["user"], event["uid"]) == (CLERK, os.getuid())
 
     # An approval of the rejected diff is refused too.
     assert error_line(clerk("tx", "approve", tx, "--hash", h), 4) == rejected_message(
@@ -246,7 +252,7 @@ def received(inbox: Path) -> list[dict]:
 
 def common(event: str, tx: str, root: Path, digest: str, by: str, changes: int, message: str | None = None) -> dict:
     return {"kind": "roscoe.event", "version": 1, "event": event, "tx": tx, "root": str(root), "message": message,
-            "user": USER, "host": os.uname().nodename, "diff_hash": digest, "by": by, "uid": os.getuid(),
+            "user": CLERK, "host": os.uname().nodename, "diff_hash": digest, "by": by, "uid": os.getuid(),
             "os_user": OS_USER, "changes": changes}
 
 
@@ -260,7 +266,7 @@ def test_notify_gets_every_event_in_one_shape(clerk: Roscoe, root: Path, home: P
     deleted = {"added": 0, "modified": 0, "deleted": 1, "type_changed": 0, "meta_changed": 0, "moved": 0,
                "bytes_written": 0}
     assert received(inbox) == [dict(
-        common("approval-requested", tx, root, h, USER, 1, "tidy up"), summary=deleted,
+        common("approval-requested", tx, root, h, CLERK, 1, "tidy up"), summary=deleted,
         reasons=["deletes 1 path: case1/old.tmp (when_deleting)"],
         commands=[{"argv": ["sh", "-c", "rm case1/old.tmp"], "cwd": str(root), "exit_code": 0}],
         paths=["case1/old.tmp"], moves=[], approve=f"roscoe tx approve {tx} --hash {h}")]
@@ -277,7 +283,7 @@ def test_notify_gets_every_event_in_one_shape(clerk: Roscoe, root: Path, home: P
                                      "moved": 0, "bytes_written": 5})
     committed(clerk, tx)
     [done] = received(inbox)[3:]
-    assert done == dict(common("committed", tx, root, new, USER, 2, "tidy up"),
+    assert done == dict(common("committed", tx, root, new, CLERK, 2, "tidy up"),
                         approved_by="Jane Partner", rolls_back=None)
 
     rollback = clerk("tx", "rollback", tx, "--yes")  # deletes note.txt: needs an approval too
@@ -290,7 +296,7 @@ def test_notify_gets_every_event_in_one_shape(clerk: Roscoe, root: Path, home: P
     assert clerk("tx", "rollback", tx, "--yes").returncode == 0
     [approved, rolled] = received(inbox)[5:]
     assert approved["event"] == "approved"
-    assert rolled == dict(common("rolled-back", rb, root, rh, USER, 2, f"rollback of {tx}"),
+    assert rolled == dict(common("rolled-back", rb, root, rh, CLERK, 2, f"rollback of {tx}"),
                           approved_by="Jane Partner", rolls_back=tx)
     assert (root / "case1" / "old.tmp").exists() and not (root / "case1" / "note.txt").exists()
     # Each event sent is in the audit trail with how it went.

@@ -19,9 +19,10 @@ import pytest
 
 from journal.audit import GENESIS, chain_hash, iso_time
 from journal.store import SCHEMA, SCHEMA_VERSION
-from tests.conftest import Roscoe, snapshot
-from tests.test_approval import USER, approve, clerk  # noqa: F401 (clerk is a fixture)
-from tests.test_policy import (
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import (
+    CLERK,
+    approve,
     committed,
     diff_hash,
     error_line,
@@ -31,6 +32,7 @@ from tests.test_policy import (
     tx_json,
     write_config,
 )
+from tests.support.trees import snapshot
 
 HOST = os.uname().nodename
 
@@ -87,7 +89,7 @@ def test_every_step_is_recorded_with_who_where_and_when(clerk: Roscoe, root: Pat
     ]
     for seq, e in enumerate(events, start=1):
         assert e["seq"] == seq
-        assert (e["user"], e["uid"], e["host"]) == (USER, os.getuid(), HOST)
+        assert (e["user"], e["uid"], e["host"]) == (CLERK, os.getuid(), HOST)
         assert isinstance(e["pid"], int) and e["pid"] > 0 and e["pid"] != os.getpid()
         assert started <= e["time_ns"] <= time.time_ns()
         assert e["time"] == iso_time(e["time_ns"])
@@ -102,7 +104,7 @@ def test_every_step_is_recorded_with_who_where_and_when(clerk: Roscoe, root: Pat
     by_kind = {(e["tx"], e["kind"]): e["detail"] for e in events}
     config = home / "config.toml"
     assert by_kind[(tx, "begin")] == {"root": str(root), "message": "tidy", "rolls_back": None,
-                                      "tx_user": USER, "tx_host": HOST, "config": [
+                                      "tx_user": CLERK, "tx_host": HOST, "config": [
                                           {"path": str(config), "sha256": hashlib.sha256(config.read_bytes()).hexdigest()}]}
     argv = ["sh", "-c", "rm case1/old.tmp; exit 3"]
     assert by_kind[(tx, "run-start")] == {"run": 1, "argv": argv, "cwd": str(root), "backend": backend, "hide": []}

@@ -15,15 +15,9 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.conftest import (
-    Roscoe,
-    UserRoscoe,
-    chown_tree,
-    lookup_test_user,
-    make_tree,
-    rclone_mounted,
-    snapshot,
-)
+from tests.support.roscoe import Roscoe, UserRoscoe
+from tests.support.system import lookup_test_user, rclone_mounted
+from tests.support.trees import chown_tree, make_tree, snapshot
 
 SCENARIO = " && ".join([
     "printf 'added\\n' > case1/added.txt",                    # added file

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Roscoe, snapshot
+from tests.support.roscoe import Roscoe
+from tests.support.trees import snapshot
 
 
 def refused(roscoe: Roscoe, root: Path, report: str | Path, *where: str) -> str:

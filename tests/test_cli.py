@@ -12,7 +12,9 @@ from pathlib import Path
 
 import xxhash
 
-from tests.conftest import Roscoe, snapshot
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import tx_from
+from tests.support.trees import snapshot
 
 T0 = 1_700_000_000_000_000_000  # the mtime make_tree gives every file
 T1 = 1_800_000_000  # seconds: the mtime runs below give what they write
@@ -20,13 +22,6 @@ T1 = 1_800_000_000  # seconds: the mtime runs below give what they write
 
 def h(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
-
-
-def tx_from(stderr: bytes) -> str:
-    first = stderr.decode().splitlines()[0]
-    match = re.fullmatch(r"roscoe: tx ([0-9a-f]{12})", first)
-    assert match, stderr
-    return match.group(1)
 
 
 def entry(type_: str, size: int, mode: str, mtime_ns: int, hash_: str | None, target: str | None = None,

@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.conftest import REPO, Roscoe, snapshot
+from tests.support import transactions
+from tests.support.roscoe import Roscoe
+from tests.support.system import REPO
+from tests.support.trees import snapshot
 
 T0 = 1_700_000_000_000_000_000  # the mtime make_tree gives every file
 STAMP = "touch -h -d @1800000000"  # what every run stamps on what it writes
@@ -29,9 +32,14 @@ P = "case1/P x"  # the path of the table: nested, with a space
 # --- helpers -----------------------------------------------------------------
 
 
+def with_p(script: str) -> str:
+    """``script`` after ``set -e`` and with ``$P`` set: what every script here runs."""
+    return f"set -e; P={shquote(P)}; {script}"
+
+
 def script_argv(script: str, where: Path) -> list[str]:
-    """``sh -c SCRIPT`` that first goes to ``where`` (the root, or a plain copy of it)."""
-    return ["sh", "-c", f'set -e; cd "$1"; P={shquote(P)}; {script}', "sh", str(where)]
+    """``sh -c SCRIPT`` in a plain copy of the root at ``where``."""
+    return ["sh", "-c", f'set -e; cd "$1"; {with_p(script)}', "sh", str(where)]
 
 
 def shquote(s: str) -> str:
@@ -39,24 +47,13 @@ def shquote(s: str) -> str:
 
 
 def run_tx(roscoe: Roscoe, root: Path, script: str, *extra: str, tx: str | None = None) -> tuple[str, subprocess.CompletedProcess[bytes]]:
-    """Run ``script`` in a transaction over ``root`` (a new one unless ``tx``); returns (id, process)."""
-    where = ("--tx", tx) if tx else ("--root", str(root))
-    done = roscoe("tx", "run", *where, *extra, "--", *script_argv(script, root), cwd=root)
-    return tx_from(done.stderr), done
+    """transactions.run_tx of ``script`` with ``set -e`` and ``$P``."""
+    return transactions.run_tx(roscoe, root, with_p(script), *extra, tx=tx)
 
 
 def staged(roscoe: Roscoe, root: Path, script: str, tx: str | None = None) -> str:
-    """Run ``script`` in a transaction; it must exit 0. Returns the id."""
-    tx, done = run_tx(roscoe, root, script, tx=tx)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return tx
-
-
-def tx_from(stderr: bytes) -> str:
-    first = stderr.decode(errors="replace").splitlines()[0]
-    match = re.fullmatch(r"roscoe: tx ([0-9a-f]{12})", first)
-    assert match, stderr
-    return match.group(1)
+    """transactions.staged of ``script`` with ``set -e`` and ``$P``."""
+    return transactions.staged(roscoe, root, with_p(script), tx=tx)
 
 
 def applied(root: Path, dest: Path, *scripts: str) -> dict[str, tuple[object, ...]]:

@@ -26,17 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Roscoe, snapshot
-from tests.gcs_server import FakeGcs
-from tests.test_gcs_commit import MTIME_NS, SEED, Bucket, seeded_bucket, server  # noqa: F401 (server: a fixture)
+from tests.support.gcs import MTIME_NS, SCRIPT, SEED, Bucket, FakeGcs, seeded_bucket
+from tests.support.roscoe import Roscoe
+from tests.support.trees import snapshot
 
-SCRIPT = " && ".join([
-    "printf 'more\\n' >> case1/notes.md",
-    "rm case2/intake.txt",
-    "mkdir -p case3/deep && printf 'new\\n' > case3/deep/new.txt",
-    "touch -d @1700000000.25 case3/deep/new.txt",
-    "ln -s ../case1/notes.md case3/link",
-])
 AFTER = {  # the files SCRIPT leaves, by path
     "case1/notes.md": b"# notes\nmore\n",
     "case1/Pleadings/complaint.txt": b"COMPLAINT\n",

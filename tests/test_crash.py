@@ -37,7 +37,9 @@ from journal.protocol import commit, open_workspace, rollback
 from journal.store import Journal
 from journal.verify import verify
 from journal.workspace import Workspace
-from tests.conftest import Roscoe, gone_pid, make_tree, snapshot
+from tests.support.roscoe import Roscoe
+from tests.support.system import gone_pid
+from tests.support.trees import make_tree, snapshot
 
 # How a faulted process ends, by ROSCOE_FAULT_ACTION.
 STYLES = {"exit": ({}, 70), "kill": ({"ROSCOE_FAULT_ACTION": "kill"}, -signal.SIGKILL)}

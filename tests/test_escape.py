@@ -26,7 +26,9 @@ import pytest
 
 from cowfs.sandbox import MASKED_PATHS
 from cowfs.stagers import remove_tree
-from tests.conftest import TEST_VENV, Roscoe, chown_tree, lookup_test_user, make_tree, snapshot
+from tests.support.roscoe import Roscoe
+from tests.support.system import TEST_VENV, lookup_test_user
+from tests.support.trees import chown_tree, make_tree, snapshot
 
 PY = "/usr/bin/python3"  # the sandbox sees the host's files read-only, so any python works
 

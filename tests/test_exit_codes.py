@@ -10,8 +10,9 @@ import json
 import re
 from pathlib import Path
 
-from tests.conftest import Roscoe, snapshot
-from tests.test_policy import error_line, policy_refusal, refused, staged
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import error_line, policy_refusal, refused, staged
+from tests.support.trees import snapshot
 
 
 def fails(roscoe: Roscoe, code: int, *args: str | Path, root: Path | None = None) -> str:

@@ -11,7 +11,9 @@ from pathlib import Path
 from journal.gc import gc
 from journal.store import SCHEMA_VERSION
 from journal.protocol import open_workspace
-from tests.conftest import Roscoe, gone_pid, snapshot
+from tests.support.roscoe import Roscoe
+from tests.support.system import gone_pid
+from tests.support.trees import snapshot
 
 
 def committed(roscoe: Roscoe, root: Path, script: str) -> str:

@@ -8,124 +8,17 @@ import json
 import os
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Roscoe
-from tests.gcs_server import FakeGcs, fake_gcs, rclone_mount
-
-MTIME = "2023-11-14T22:13:20.5Z"
-MTIME_NS = 1_700_000_000_500_000_000
-SEED = {
-    "projects/case1/notes.md": b"# notes\n",
-    "projects/case1/Pleadings/complaint.txt": b"COMPLAINT\n",
-    "projects/case2/intake.txt": b"intake\n",
-    "projects/case2/empty/": b"",
-}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeGcs]:
-    with fake_gcs() as s:
-        yield s
-
-
-class Bucket:
-    """One test's bucket, seeded, mounted with rclone at ``mnt``; ``root`` is
-    the mount of ``gs://NAME/projects``."""
-
-    def __init__(self, server: FakeGcs, name: str, mnt: Path) -> None:
-        self.server, self.name, self.mnt = server, name, mnt
-        self.root = mnt / "projects"
-        self.url = f"gs://{name}/projects"
-
-    def contents(self) -> dict[str, tuple[bytes, dict[str, str]]]:
-        return {k: v for k, v in self.server.contents(self.name).items() if not k.startswith(".roscoe/")}
-
-    def generations(self) -> dict[str, int]:
-        return {k: int(v["generation"]) for k, v in self.server.objects(self.name).items()  # type: ignore[call-overload]
-                if not k.startswith(".roscoe/")}
-
-    def put(self, key: str, data: bytes) -> None:
-        self.server.put(self.name, key, data, {"gcsfuse_mtime": MTIME, "mtime": MTIME}, "text/plain")
-
-    def settle(self, path: str, data: bytes | None) -> None:
-        """Wait until the mount shows ``path`` with ``data`` (None: absent)."""
-        deadline = time.monotonic() + 10
-        p = self.root / path
-        while True:
-            try:
-                now: bytes | None = p.read_bytes()
-            except FileNotFoundError:
-                now = None
-            except OSError:  # EIO: rclone still holds the object's old size
-                now = b"(unreadable)"
-            if now == data:
-                return
-            assert time.monotonic() < deadline, f"the mount never showed {path} as {data!r}"
-            time.sleep(0.1)
-
-
-@contextmanager
-def seeded_bucket(server: FakeGcs, tmp_path: Path, dir_cache: str = "200ms") -> Iterator[Bucket]:
-    name = f"roscoe-{uuid.uuid4().hex[:12]}"
-    server.make_bucket(name)
-    for key, data in SEED.items():
-        server.put(name, key, data, {} if key.endswith("/") else {"gcsfuse_mtime": MTIME, "mtime": MTIME},
-                   "text/plain")
-    with rclone_mount(server, name, tmp_path / "mnt", dir_cache) as mnt:
-        b = Bucket(server, name, mnt)
-        b.settle("case1/notes.md", b"# notes\n")
-        yield b
-
-
-@pytest.fixture
-def bucket(server: FakeGcs, tmp_path: Path) -> Iterator[Bucket]:
-    with seeded_bucket(server, tmp_path) as b:
-        yield b
-
-
-@pytest.fixture
-def stale_bucket(server: FakeGcs, tmp_path: Path) -> Iterator[Bucket]:
-    """A bucket whose mount keeps what it listed for an hour: an object
-    replaced behind it cannot be read through it for the whole test."""
-    with seeded_bucket(server, tmp_path, "1h") as b:
-        yield b
-
-
-@pytest.fixture
-def gcs_env(server: FakeGcs) -> dict[str, str]:
-    return {"STORAGE_EMULATOR_HOST": server.url, "ROSCOE_GCS_RETRIES": "2", "ROSCOE_GCS_LEASE_WAIT": "20"}
-
-
-@pytest.fixture
-def groscoe(home: Path, gcs_env: dict[str, str]) -> Roscoe:
-    return Roscoe(home, gcs_env)
+from tests.support.gcs import MTIME, MTIME_NS, SCRIPT, Bucket, begin_and_run
+from tests.support.roscoe import Roscoe
+from tests.support.system import REPO
 
 
 def tx_of(done: subprocess.CompletedProcess[bytes]) -> str:
     return done.stderr.decode().splitlines()[0].split()[-1]
-
-
-def begin_and_run(roscoe: Roscoe, bucket: Bucket, script: str) -> str:
-    tx = roscoe.begin(bucket.root, "--target", bucket.url)
-    done = roscoe("tx", "run", "--tx", tx, "--", "sh", "-c", script, cwd=bucket.root)
-    assert done.returncode == 0, done.stderr
-    return tx
-
-
-SCRIPT = " && ".join([
-    "printf 'more\\n' >> case1/notes.md",
-    "rm case2/intake.txt",
-    "mkdir -p case3/deep && printf 'new\\n' > case3/deep/new.txt",
-    "touch -d @1700000000.25 case3/deep/new.txt",
-    "ln -s ../case1/notes.md case3/link",
-])
 
 
 def test_commit_writes_objects_as_gcsfuse_lays_them_out(groscoe: Roscoe, bucket: Bucket) -> None:

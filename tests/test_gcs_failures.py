@@ -20,11 +20,8 @@ import pytest
 
 from cowfs.entry import Entry
 from cowfs.hashing import hash_bytes
-from tests.conftest import REPO, Roscoe
-from tests.gcs_server import FakeGcs, free_port
-from tests.test_gcs_commit import (  # noqa: F401
-    MTIME_NS, SCRIPT, Bucket, begin_and_run, bucket, gcs_env, groscoe, server, stale_bucket,
-)
+from tests.support.gcs import MTIME_NS, SCRIPT, Bucket, FakeGcs, begin_and_run, free_port
+from tests.support.roscoe import Roscoe
 
 
 def contents_with_types(bucket: Bucket) -> dict[str, tuple[bytes, dict[str, str], str]]:

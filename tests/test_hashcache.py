@@ -31,7 +31,9 @@ from journal.blobs import BlobStore
 from journal.faults import Faults
 from journal.protocol import commit, open_workspace, rollback
 from journal.workspace import Workspace
-from tests.conftest import REPO, Roscoe, gone_pid, missing, snapshot
+from tests.support.roscoe import Roscoe
+from tests.support.system import REPO, gone_pid, missing
+from tests.support.trees import snapshot
 
 T0 = 1_700_000_000_000_000_000
 

@@ -25,7 +25,9 @@ from pathlib import Path
 import pytest
 
 from cowfs.stagers import remove_tree
-from tests.conftest import Roscoe, chown_tree, gone_pid, lookup_test_user, make_tree, snapshot
+from tests.support.roscoe import Roscoe
+from tests.support.system import gone_pid, lookup_test_user
+from tests.support.trees import chown_tree, make_tree, snapshot
 
 PY = "/usr/bin/python3"  # the sandbox sees the host's files read-only, so any python works
 ENOENT, EBUSY, EROFS = 2, 16, 30

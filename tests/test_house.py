@@ -14,9 +14,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
-import pytest
-
-from tests.conftest import REPO
+from tests.support.system import REPO
 
 PACKAGES = ("cowfs", "journal", "cli")
 

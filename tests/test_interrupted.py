@@ -26,7 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Roscoe, snapshot
+from tests.support.roscoe import Roscoe
+from tests.support.trees import snapshot
 
 
 def marker_pids(marker: str) -> list[int]:
@@ -366,7 +367,8 @@ def test_a_killed_run_on_the_fallback_backend(roscoe: Roscoe, tmp_path: Path) ->
     to kernel-bindfs: killed there, its layer is still found (the run's row
     names the backend it moved to), and the bindfs mount it left is taken
     down."""
-    from tests.conftest import make_tree, rclone_mounted
+    from tests.support.system import rclone_mounted
+    from tests.support.trees import make_tree
 
     src = make_tree(tmp_path / "bucket")
     with rclone_mounted(str(src), tmp_path / "mnt") as mnt:
@@ -394,7 +396,8 @@ def test_a_killed_run_on_the_fallback_backend(roscoe: Roscoe, tmp_path: Path) ->
 def test_a_killed_run_as_an_ordinary_user(unprivileged, user_dir: Path) -> None:  # type: ignore[no-untyped-def]
     """As an ordinary user the sandbox is in a user namespace of its own; a
     killed run is settled the same way."""
-    from tests.conftest import TEST_VENV, chown_tree, lookup_test_user, make_tree
+    from tests.support.system import TEST_VENV, lookup_test_user
+    from tests.support.trees import chown_tree, make_tree
 
     user = lookup_test_user()
     root = make_tree(user_dir / "live")

@@ -18,8 +18,9 @@ import pytest
 
 from cowfs.converge import converge
 from cowfs.errors import UnsafePath
-from tests.conftest import Roscoe, snapshot
-from tests.test_policy import committed, error_line, staged, write_config
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import committed, error_line, staged, write_config
+from tests.support.trees import snapshot
 
 
 def journal(home: Path) -> sqlite3.Connection:

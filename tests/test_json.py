@@ -22,7 +22,9 @@ import typer
 import cli.app
 from cli.agent import FLAGS, PLAN_FLAGS, PLAN_VALUES
 from cli.errors import NO_JSON
-from tests.conftest import Roscoe, snapshot
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import staged, write_config
+from tests.support.trees import snapshot
 
 Done = subprocess.CompletedProcess
 
@@ -48,18 +50,6 @@ def failed(done: Done, code: int, kind: str, message: str, paths: list[str] | No
     lines = done.stderr.decode().splitlines()
     errors = [line for line in lines if line.startswith("roscoe: error: ")]
     assert errors == [f"roscoe: error: {message}"] and lines[-1] == errors[0], lines
-
-
-def write_config(home: Path, text: str) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(text)
-
-
-def staged(roscoe: Roscoe, root: Path, script: str) -> str:
-    """A new transaction with ``sh -c script`` run in it, from the root."""
-    done = roscoe("tx", "run", "--root", root, "--", "sh", "-c", script, cwd=root)
-    assert done.returncode == 0, done.stderr
-    return done.stderr.decode().splitlines()[0].removeprefix("roscoe: tx ")
 
 
 def listed(roscoe: Roscoe, tx: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.support.system import REPO
 
 HEAVY = ("typer", "rich", "click", "gcsfs", "sqlite_utils", "dataclasses", "typing", "pathlib", "subprocess")
 

@@ -22,8 +22,18 @@ import xxhash
 
 from cowfs.changeset import ADDED, DELETED, Change, pair_moves
 from cowfs.entry import Entry
-from tests.conftest import Roscoe, snapshot
-from tests.test_policy import committed, diff_hash, error_line, policy_refusal, refused, staged, tx_json, write_config
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import (
+    committed,
+    diff_hash,
+    error_line,
+    policy_refusal,
+    refused,
+    staged,
+    tx_json,
+    write_config,
+)
+from tests.support.trees import snapshot
 
 T0 = 1_700_000_000 * 10**9  # the mtime of every file the tests make
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import xxhash
 
-from tests.conftest import Roscoe, UserRoscoe, chown_tree, lookup_test_user, make_tree, snapshot
-from tests.test_policy import committed, diff_hash, error_line, run, staged, tx_json, write_config
+from tests.support.roscoe import Roscoe, UserRoscoe
+from tests.support.system import lookup_test_user
+from tests.support.transactions import committed, diff_hash, error_line, run, staged, tx_json, write_config
+from tests.support.trees import chown_tree, make_tree, snapshot
 
 
 def test_owners_survive_commit_and_rollback(roscoe: Roscoe, root: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ import xxhash
 import cli.main
 from cowfs import plan as planmod
 from cowfs.errors import ExitCode
-from tests.conftest import Roscoe, make_tree, snapshot
+from tests.support.plans import reference_apply, without_mtimes
+from tests.support.roscoe import Roscoe
+from tests.support.trees import make_tree, snapshot
 
 T0 = 1_700_000_000_000_000_000  # make_tree's mtime of every file
 NOTHING = "; nothing of the plan was staged"
@@ -48,67 +49,6 @@ def write_plan(tmp_path: Path, obj: object, name: str = "plan.json") -> Path:
 
 def h(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
-
-
-# -- the reference semantics, applied to a plain directory (no sandbox) ---------
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
-
-def reference_apply(ops: list[dict[str, Any]], root: str) -> set[str]:
-    """Apply ``ops`` as roscoe-plan(5) says, with plain shutil calls; returns
-    the paths whose mtime is "now" (written files, and copies of them)."""
-    fresh: set[str] = set()
-
-    def p(rel: str) -> str:
-        return os.path.join(root, rel)
-
-    for op in ops:
-        kind = op["op"]
-        if kind == "mkdir":
-            parts = op["path"].split("/")
-            for i in range(1, len(parts) + 1):
-                if not os.path.isdir(p("/".join(parts[:i]))):
-                    os.mkdir(p("/".join(parts[:i])))
-                    os.chmod(p("/".join(parts[:i])), 0o755)
-        elif kind == "write":
-            dst = p(op["path"])
-            mode = 0o644
-            if os.path.lexists(dst):
-                st = os.lstat(dst)
-                mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o644
-                _remove(dst)
-            Path(dst).write_text(op["content"])
-            os.chmod(dst, int(op["mode"], 8) if "mode" in op else mode)
-            fresh.add(op["path"])
-        elif kind == "delete":
-            _remove(p(op["path"]))
-        else:
-            src, dst = p(op["from"]), p(op["to"])
-            if os.path.lexists(dst):
-                _remove(dst)
-            moved = {f for f in fresh if f == op["from"] or f.startswith(op["from"] + "/")}
-            renamed = {op["to"] + f[len(op["from"]):] for f in moved}
-            fresh -= {f for f in fresh if f == op["to"] or f.startswith(op["to"] + "/")}
-            if kind == "copy":
-                if os.path.isdir(src) and not os.path.islink(src):
-                    shutil.copytree(src, dst, symlinks=True)
-                else:
-                    shutil.copy2(src, dst, follow_symlinks=False)
-            else:
-                os.rename(src, dst)
-                fresh -= moved
-            fresh |= renamed
-    return fresh
-
-
-def without_mtimes(snap: dict[str, tuple[object, ...]], paths: set[str]) -> dict[str, tuple[object, ...]]:
-    """``snap`` with the mtime of ``paths`` (written just now) left out."""
-    return {rel: (v[:2] + (None,) + v[3:]) if rel in paths else v for rel, v in snap.items()}
 
 
 # -- every op, through the CLI, then committed ----------------------------------
@@ -564,7 +504,8 @@ def test_a_failed_plan_is_undone_and_a_good_one_staged_on_each_backend(
 
 
 def test_plans_as_an_ordinary_user(unprivileged: Any, user_dir: Path) -> None:
-    from tests.conftest import chown_tree, lookup_test_user
+    from tests.support.system import lookup_test_user
+    from tests.support.trees import chown_tree
 
     user = lookup_test_user()
     root = make_tree(user_dir / "live")

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from cowfs.stagers import remove_tree
 from journal import api
-from tests.conftest import make_tree, snapshot
-from tests.test_plan import reference_apply, without_mtimes
+from tests.support.plans import reference_apply, without_mtimes
+from tests.support.trees import make_tree, snapshot
 
 NAMES = ("a", "b", "c d", "é")
 

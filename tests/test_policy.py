@@ -6,98 +6,30 @@ offending path and rule in one ``roscoe: error:`` line, writes nothing, and
 leaves the transaction open to be fixed by another run and committed. Then
 the glob semantics as a unit, and the config file's strict checking (exit 2
 naming the file, the line and the key).
-
-The helpers here are shared by test_approval.py, test_audit.py and
-test_exit_codes.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from journal.policy import glob_match
-from tests.conftest import Roscoe, snapshot
-
-Done = subprocess.CompletedProcess  # of bytes
-
-
-# -- helpers shared with the other issue-4 test files ---------------------------------
-
-def write_config(home: Path, text: str) -> Path:
-    """The default config file, ``$ROSCOE_HOME/config.toml``."""
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / "config.toml"
-    path.write_text(text)
-    return path
-
-
-def run(roscoe: Roscoe, tx: str, root: Path, script: str, code: int = 0) -> Done:
-    """``sh -c SCRIPT`` in the transaction, from the root (its cwd)."""
-    done = roscoe("tx", "run", "--tx", tx, "--", "sh", "-c", script, cwd=root)
-    assert done.returncode == code, done.stderr
-    return done
-
-
-def staged(roscoe: Roscoe, root: Path, script: str, *options: str) -> str:
-    """A new transaction (``tx run --root``) with ``script`` run in it."""
-    done = roscoe("tx", "run", "--root", root, *options, "--", "sh", "-c", script, cwd=root)
-    assert done.returncode == 0, done.stderr
-    first = done.stderr.decode().splitlines()[0]
-    assert re.fullmatch(r"roscoe: tx [0-9a-f]{12}", first), done.stderr
-    return first.removeprefix("roscoe: tx ")
-
-
-def tx_json(roscoe: Roscoe, command: str, tx: str) -> dict:
-    done = roscoe("tx", command, tx, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def diff_hash(roscoe: Roscoe, tx: str) -> str:
-    return str(tx_json(roscoe, "diff", tx)["diff_hash"])
-
-
-def state(roscoe: Roscoe, tx: str) -> str:
-    return str(tx_json(roscoe, "show", tx)["state"])
-
-
-def error_line(done: Done, code: int) -> str:
-    """The exit code is ``code`` and stderr ends in exactly one ``roscoe: error:``
-    line, which is returned without its prefix."""
-    assert done.returncode == code, done.stderr
-    lines = done.stderr.decode().splitlines()
-    errors = [line for line in lines if line.startswith("roscoe: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], lines
-    return errors[0].removeprefix("roscoe: error: ")
-
-
-def refused(roscoe: Roscoe, tx: str, root: Path, code: int = 4) -> str:
-    """Commit ``tx``: it fails with ``code`` and the live tree is byte-for-byte
-    as before; returns the error line. (Callers show that the transaction
-    stayed open by fixing and committing it.)"""
-    before = snapshot(root)
-    message = error_line(roscoe("tx", "commit", tx), code)
-    assert snapshot(root) == before
-    return message
-
-
-def committed(roscoe: Roscoe, tx: str) -> Done:
-    done = roscoe("tx", "commit", tx)
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.decode().startswith(f"roscoe: tx {tx} committed: "), done.stderr
-    return done
-
-
-def policy_refusal(tx: str, *violations: str) -> str:
-    return (f"transaction {tx} cannot be committed: refused by policy: "
-            + "; ".join(violations) + "; nothing was written")
-
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import (
+    committed,
+    error_line,
+    policy_refusal,
+    refused,
+    run,
+    staged,
+    state,
+    tx_json,
+    write_config,
+)
+from tests.support.trees import snapshot
 
 # -- each rule through the CLI ---------------------------------------------------------
 

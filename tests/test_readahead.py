@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cowfs import durable
-from tests.conftest import missing
+from tests.support.system import missing
 
 MiB = 1 << 20
 

@@ -13,8 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, Roscoe, missing, snapshot
-from tests.test_policy import write_config
+from tests.support.roscoe import Roscoe
+from tests.support.system import REPO, missing
+from tests.support.transactions import write_config
+from tests.support.trees import snapshot
 
 
 def readme_block() -> str:

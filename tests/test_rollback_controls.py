@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import Roscoe, snapshot
-from tests.test_policy import committed, error_line, staged
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import committed, error_line, staged
+from tests.support.trees import snapshot
 
 
 def test_a_dry_run_prints_the_diff_the_rollback_would_apply(roscoe: Roscoe, root: Path) -> None:

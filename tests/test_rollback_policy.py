@@ -8,8 +8,9 @@ import json
 import re
 from pathlib import Path
 
-from tests.conftest import Roscoe, snapshot
-from tests.test_policy import committed, error_line, staged, write_config
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import committed, error_line, staged, write_config
+from tests.support.trees import snapshot
 
 
 def needs_approval(roscoe: Roscoe, tx: str, *options: str) -> tuple[str, str, str]:

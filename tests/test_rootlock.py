@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -26,27 +25,18 @@ import pytest
 from cowfs.stagers import remove_tree
 from journal.errors import RootBusy
 from journal.rootlock import held_by_someone, root_lock
-from tests.conftest import (
-    REPO, TEST_VENV, Roscoe, chown_tree, lookup_test_user, make_tree, missing, rclone_mounted,
-    snapshot,
-)
+from tests.support.roscoe import Roscoe, UserRoscoe
+from tests.support.system import REPO, TEST_VENV, lookup_test_user, missing, rclone_mounted
+from tests.support.transactions import staged
+from tests.support.trees import chown_tree, make_tree, snapshot
 
 TARGET = "case1/notes.md"
 
 
-def staged(r: Roscoe, root: Path, script: str) -> str:
-    done = r("tx", "run", "--root", root, "--", "sh", "-c", f'set -e; cd "$1"; {script}', "sh", str(root), cwd=root)
-    assert done.returncode == 0, done.stderr
-    match = re.fullmatch(r"roscoe: tx ([0-9a-f]{12})", done.stderr.decode().splitlines()[0])
-    assert match, done.stderr
-    return match.group(1)
-
-
 def started(r: Roscoe, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """``roscoe ARGS`` as ``r`` runs it, in the background. (pytest loads
-    conftest as a module of its own: UserRoscoe is known by its ``user``.)"""
-    user = getattr(r, "user", None)
-    if user is not None:
+    """``roscoe ARGS`` as ``r`` runs it, in the background."""
+    if isinstance(r, UserRoscoe):
+        user = r.user
         return subprocess.Popen(
             [str(TEST_VENV / "bin" / "python"), "-m", "cli.main", *args], env=dict(r.env, **env), cwd="/",
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from cowfs.stagers import remove_tree
-from tests.conftest import Roscoe, snapshot
-from tests.test_sandbox_limits import tx_from
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import tx_from
+from tests.support.trees import snapshot
 
 
 @pytest.fixture

@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Roscoe, UserRoscoe, gone_pid, snapshot
 from cowfs.limits import RUN_PREFIX, _mounts, _own
+from tests.support.roscoe import Roscoe, UserRoscoe
+from tests.support.system import gone_pid
+from tests.support.transactions import tx_from
+from tests.support.trees import snapshot
 
 PY = "/usr/bin/python3"  # the sandbox sees the host's files read-only, so any python works
-
-
-def tx_from(stderr: bytes) -> str:
-    m = re.match(rb"roscoe: tx ([0-9a-f]{12})\n", stderr)
-    assert m, stderr
-    return m.group(1).decode()
 
 
 def alive(marker: str) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Roscoe
+from tests.support.roscoe import Roscoe
 
 if os.environ.get("CI") == "true":
     import pexpect

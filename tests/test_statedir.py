@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Roscoe, snapshot
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import run_tx, staged
+from tests.support.trees import snapshot
 
 NOT_JOURNALED = ("roscoe: error: transaction {tx}: its staged changes are discarded, but the abort could not be"
                  " journaled: state dir {home}: its filesystem is out of space (tmpfs at {mnt}: 0 bytes of"
@@ -66,13 +68,6 @@ def fill_inodes(directory: Path) -> None:
     assert os.statvfs(directory).f_favail == 0
 
 
-def staged(roscoe: Roscoe, root: Path, script: str) -> str:
-    done = roscoe("tx", "run", "--root", root, "--", "sh", "-c", script, cwd=root)
-    match = re.match(r"roscoe: tx ([0-9a-f]{12})\n", done.stderr.decode())
-    assert match, done.stderr
-    return match.group(1)
-
-
 def verified(roscoe: Roscoe) -> None:
     done = roscoe("verify", "--json")
     assert done.returncode == 0, done.stdout
@@ -90,7 +85,7 @@ def state(roscoe: Roscoe, tx: str) -> str:
 def test_abort_gives_back_the_space_a_run_filled(small: Path, root: Path) -> None:
     roscoe = Roscoe(small / "home")
     before = snapshot(root)
-    tx = staged(roscoe, root, "head -c 64M /dev/zero > big.bin; echo small > small.txt")
+    tx, _ = run_tx(roscoe, root, "head -c 64M /dev/zero > big.bin; echo small > small.txt")  # the run fills the disk
     assert os.statvfs(small).f_bavail == 0
     done = roscoe("tx", "abort", tx)
     assert (done.returncode, done.stderr) == (

@@ -47,7 +47,7 @@ from cowfs.stagers import remove_tree
 from journal.protocol import commit, open_workspace, rollback
 from journal.rollback import AlreadyRolledBack
 from journal.verify import verify
-from tests.conftest import Roscoe
+from tests.support.roscoe import Roscoe
 
 # The same code applies an op batch inside a run (``python -c``) and to the
 # live tree directly (exec'd here).

@@ -15,7 +15,7 @@ from cowfs.errors import ExitCode
 from journal.errors import NewerJournal
 from journal.protocol import open_workspace
 from journal.store import SCHEMA_VERSION, Journal
-from tests.conftest import Roscoe
+from tests.support.roscoe import Roscoe
 
 
 def test_fresh_journal_is_wal_full_and_versioned(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import Roscoe
-from tests.test_policy import committed, staged
+from tests.support.roscoe import Roscoe
+from tests.support.transactions import committed, staged
 
 
 def verify(roscoe: Roscoe, *options: str) -> tuple[int, dict]:

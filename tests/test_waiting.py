@@ -15,15 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Roscoe
-from tests.test_policy import diff_hash, error_line, staged, write_config
-
-USER = "clerk"
-
-
-@pytest.fixture
-def clerk(home: Path) -> Roscoe:
-    return Roscoe(home, {"LOGNAME": USER})
+from tests.support.roscoe import Roscoe
+from tests.support.system import REPO
+from tests.support.transactions import CLERK, diff_hash, error_line, staged, write_config
 
 
 class Waiting:
@@ -143,7 +137,7 @@ def test_the_python_api_rejects_and_waits(root: Path, home: Path, monkeypatch: p
     from journal.errors import Rejected
     from journal.waiting import WaitResult
 
-    monkeypatch.setenv("LOGNAME", USER)
+    monkeypatch.setenv("LOGNAME", CLERK)
     monkeypatch.delenv("ROSCOE_CONFIG", raising=False)
     tx = api.begin(root, home=home)
     api.run(tx, ["sh", "-c", "echo new > case1/new.txt"], cwd=str(root), home=home)

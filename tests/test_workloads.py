@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.conftest import Roscoe, missing, snapshot
-from tests.test_sandbox_limits import tx_from
-from tests.test_setup_scripts import CASES, EXPECTED, REORGANIZE, tree
+from tests.support.examples import CASES, EXPECTED, REORGANIZE, tree
+from tests.support.roscoe import Roscoe
+from tests.support.system import missing
+from tests.support.transactions import tx_from
+from tests.support.trees import snapshot
 
 CHROMIUM = "/usr/bin/chromium"
 

