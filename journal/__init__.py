@@ -3,7 +3,7 @@
 Public API (no CLI needed)::
 
     from journal import Workspace
-    ws = Workspace.open()                  # $ROSCOE_HOME, or Workspace.open(home=...)
+    ws = Workspace.open(home)              # or settings=journal.settings.Settings.from_env(os.environ)
     tx = ws.begin("/mnt/workspace/projects", message="reorganize")
     result = ws.run(tx.id, ["python3", "reorganize.py"])
     changes = ws.diff(tx.id)               # cowfs.ChangeSet
