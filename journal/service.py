@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from cowfs.errors import UsageError
 from journal.settings import Settings
@@ -170,7 +170,7 @@ class Service:
         return ws.begin(self.default_root(root), message, target)
 
     def check_run(
-        self, tx: str | None, root: str | None, argv: list[str], *, env: Mapping[str, str] | None = None,
+        self, tx: str | None, root: str | None, argv: list[str], *,
         writable: tuple[str, ...] | list[str] = (), hide: tuple[str, ...] | list[str] = (),
     ) -> tuple[TxRecord | None, str]:
         """Before a run (``tx run``): the open transaction ``tx`` (whose root
@@ -189,7 +189,7 @@ class Service:
             ws.require_open(record, "run")
             writable_binds(writable, record.root, ws.home.path)
             return record, record.root
-        path = ws.check_invocable(self.default_root(root), argv, env)
+        path = ws.check_invocable(self.default_root(root), argv)
         writable_binds(writable, path, ws.home.path)
         check_writable(ws.hidden(path, hide)[0], writable)
         return None, path
