@@ -140,8 +140,8 @@ def rollback(ws: Workspace, ref: str, *, force: bool = False, progress: Progress
     target = rollable(ws, ref)
     pending = ws.journal.open_rollback(target.id)
     tx = pending or new_record(
-        target.root, f"rollback of {target.id}", rolls_back=target.id,
-    )._replace(state="committing", target=target.target, rules=encode(in_force(ws.home.path)))
+        target.root, f"rollback of {target.id}", rolls_back=target.id, user=ws.journal.actor.user,
+    )._replace(state="committing", target=target.target, rules=encode(in_force(ws.home.path, ws.settings.configs)))
 
     def gate(changes: ChangeSet) -> None:
         held_to_policy(ws, target, tx, changes, pending is not None, moved_back(ws, target))
