@@ -38,7 +38,8 @@ def fast_path(argv: list[str], settings) -> int | None:  # type: ignore[no-untyp
     flags = set(options)
     if len(flags) != len(options) or not needs <= flags <= takes:
         return None
-    from cli.state import commit_command, rollback_with_prompt, service, write_json
+    from cli.errors import write_json
+    from cli.state import commit_command, rollback_with_prompt, service
 
     with service(settings) as roscoe:
         if command == "diff":

@@ -56,6 +56,11 @@ def warn(notices: list[str]) -> None:
         say(f"warning: {notice}")
 
 
+def write_json(data: object) -> None:
+    """The JSON every --json prints: one document, indented, on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
 def fail(err: BaseException, *, in_run: bool = False, debug: bool = False) -> int:
     """Print ``roscoe: error: ...`` for ``err`` (and with ``--json`` the error
     object on stdout) and return the exit code to use.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from cli.errors import say
-from cli.state import write_json
+from cli.errors import write_json
 from cowfs.errors import UsageError
 
 

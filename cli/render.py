@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from cli.state import write_json
+from cli.errors import write_json
 from cowfs.changeset import Change, ChangeSet, Move
 from cowfs.entry import Entry
 from cowfs.patch import FilePatch

@@ -3,20 +3,14 @@ said on stderr, and the prompts of commit and rollback around it."""
 
 from __future__ import annotations
 
-import json
 import sys
 
-from cli.errors import say, warn
+from cli.errors import say, warn, write_json
 from cowfs.errors import RoscoeError
 
 
 class Declined(RoscoeError):
     """{detail}"""
-
-
-def write_json(data: object) -> None:
-    """The JSON every --json prints: one document, indented, on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 def committed_json(roscoe, record) -> dict[str, object]:  # type: ignore[no-untyped-def]
