@@ -559,10 +559,10 @@ KINDS = (
 )
 PY_KINDS = {("cowfs/durable.py", "sync_filesystem"): "fsync/syncfs"}
 FUNCTIONS = (
-    ("journal/commit.py", "commit"), ("journal/rollback.py", "rollback"),
-    ("journal/workspace.py", "_compare"), ("journal/commit.py", "check_bases"),
-    ("journal/commit.py", "capture_old"), ("journal/blobs.py", "put_link"),
-    ("journal/blobs.py", "put_stream"), ("journal/commit.py", "apply_journaled"),
+    ("journal/protocol.py", "commit"), ("journal/protocol.py", "rollback"),
+    ("journal/workspace.py", "compare"), ("journal/protocol.py", "check_bases"),
+    ("journal/images.py", "capture_old"), ("journal/blobs.py", "put_link"),
+    ("journal/blobs.py", "put_stream"), ("journal/protocol.py", "land"),
     ("journal/blobs.py", "sync"), ("journal/store.py", "record_intent"), ("cowfs/converge.py", "converge"),
     ("journal/store.py", "mark_committed"), ("cowfs/stagers.py", "discard"),
     ("journal/workspace.py", "remove_tx_dir"),

@@ -65,13 +65,13 @@ def main() -> int:
         server.put(bucket, "r/", b"")
         import gcsfs
 
-        from journal.commit import commit
-        from journal.workspace import Workspace
+        from journal.protocol import commit
+        from journal.protocol import open_workspace
 
         fs = gcsfs.GCSFileSystem(token="anon")
         home = os.path.join(work, "home")
         with rclone_mount(server, bucket, Path(work) / "mnt") as mnt:
-            ws = Workspace.open(home)
+            ws = open_workspace(home)
             for n in range(args.runs):
                 prefix = f"r/run{n}"
                 root = os.path.join(mnt, prefix)

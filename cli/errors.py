@@ -1,5 +1,9 @@
 """The one place errors become messages and exit codes (and, with ``--json``,
-the contract's error object on stdout)."""
+the contract's error object on stdout), with the two ways every command
+speaks: ``say`` (a roscoe line on stderr) and ``write_json`` (stdout).
+
+cli's own error (``Declined``) is here; the library's are in
+``cowfs.errors`` (the root of the hierarchy) and ``journal.errors``."""
 
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ RUN_OWN_CODES = (ExitCode.CANNOT_INVOKE, ExitCode.NOT_FOUND)
 # The commands whose stdout is CMD's own: they take no --json (their JSON is
 # ``tx run --report FILE``). Every other command takes it.
 NO_JSON = (("tx", "run"), ("tx", "shell"))
+
+
+class Declined(RoscoeError):
+    """{detail}"""
 
 
 class _Output:
@@ -43,10 +51,15 @@ def say(line: str) -> None:
     sys.stderr.flush()
 
 
+def write_json(data: object) -> None:
+    """The JSON every --json prints: one document, indented, on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
 def print_error_json(error: dict[str, object]) -> None:
     """The error object on stdout, when the command line asked for JSON."""
     if OUTPUT.json:
-        sys.stdout.write(json.dumps(error, indent=2) + "\n")
+        write_json(error)
         sys.stdout.flush()
 
 
@@ -54,11 +67,6 @@ def warn(notices: list[str]) -> None:
     """What the library could not do but did not fail for (a notify command that failed)."""
     for notice in notices:
         say(f"warning: {notice}")
-
-
-def write_json(data: object) -> None:
-    """The JSON every --json prints: one document, indented, on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 def fail(err: BaseException, *, in_run: bool = False, debug: bool = False) -> int:

@@ -207,8 +207,8 @@ def commit_outcome(outcome: str, error: dict[str, object] | None = None,
 def commit_after_run(roscoe, tx_id: str, *, yes: bool) -> tuple[int | None, dict[str, object]]:  # type: ignore[no-untyped-def]
     """``tx run --commit``: commit ``tx_id``; the exit code that then wins
     over CMD's (None: CMD's stays) and the report's "commit" object."""
-    from cli.errors import describe, fail, say
-    from cli.state import Declined, commit_with_prompt, committed_json
+    from cli.errors import Declined, describe, fail, say
+    from cli.state import commit_with_prompt, committed_json
 
     try:
         record = commit_with_prompt(roscoe, tx_id, yes=yes)

@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from cli.errors import say, warn, write_json
-from cowfs.errors import RoscoeError
-
-
-class Declined(RoscoeError):
-    """{detail}"""
+from cli.errors import Declined, say, warn, write_json
 
 
 def committed_json(roscoe, record) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -28,7 +23,7 @@ def service(settings):  # type: ignore[no-untyped-def]
 
 
 def recovered_line(r) -> str:  # type: ignore[no-untyped-def]
-    """What recovery did to one interrupted commit (a journal.recovery.Recovered)."""
+    """What recovery did to one interrupted commit (a journal.protocol.Recovered)."""
     return (f"recovered the interrupted commit of tx {r.tx}: its {r.paths} paths under {r.root}"
             f" are as they were before it; the transaction is {r.state}")
 

@@ -1,20 +1,24 @@
-"""cowfs: copy-on-write staging of a directory tree.
+"""cowfs: trees and staging.
 
-Stagers present a transaction's staged layer at the root's own path inside a
-bubblewrap sandbox; ``compare`` turns what a run touched into a ``ChangeSet``
-with xxh3-128 hashes. Nothing here writes the live tree.
+Entries and their xxh3-128 hashes, the live tree read without following
+symlinks, the overlay stagers that present a transaction's staged layer at
+the root's own path inside a bubblewrap sandbox, plans, reading the upper
+layer into a ``ChangeSet`` (``compare``), and the GCS client. Staging and
+diffing never write the live tree; ``durable`` and ``converge`` do, for the
+commit protocol in ``journal`` that calls them. cowfs never imports
+``journal`` (``tests/test_house.py`` keeps it so): commit policy, config,
+approval and the state-dir map live there.
 """
 
 from __future__ import annotations
 
-from cowfs.errors import ExitCode, RoscoeError
+from cowfs.errors import ExitCode, PlanError, RoscoeError
 
 # Loaded on first use: `tx commit` and `tx rollback` start on every agent
 # call and need neither plans nor the sandbox.
 _LAZY = {
     "Change": "cowfs.changeset", "ChangeSet": "cowfs.changeset", "Unsupported": "cowfs.changeset",
-    "compare": "cowfs.changeset", "Entry": "cowfs.entry", "Home": "cowfs.home", "Plan": "cowfs.plan",
-    "PlanError": "cowfs.plan",
+    "compare": "cowfs.changeset", "Entry": "cowfs.entry", "Plan": "cowfs.plan",
 }
 
 
@@ -27,6 +31,6 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "Change", "ChangeSet", "Entry", "ExitCode", "Home", "Plan", "PlanError", "RoscoeError", "Unsupported",
+    "Change", "ChangeSet", "Entry", "ExitCode", "Plan", "PlanError", "RoscoeError", "Unsupported",
     "compare",
 ]

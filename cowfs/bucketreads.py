@@ -72,7 +72,8 @@ class BucketReads:
         """The resource and bytes of ``rel``'s object, read at one generation."""
         import json
 
-        from cowfs.gcs import SYMLINK_KEY, GcsError, PreconditionFailed
+        from cowfs.errors import GcsError
+        from cowfs.gcs import SYMLINK_KEY, PreconditionFailed
 
         target = self.target
         key = target.key(rel)

@@ -38,6 +38,13 @@ def kind_of(mode: int) -> str:
     return "unknown"
 
 
+def identity(st: os.stat_result) -> list[int]:
+    """What tells one state of an inode from any other: any write, chmod,
+    rename over or link count change moves one of these (the ctime, which
+    no process can set, at least)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

@@ -1,12 +1,24 @@
-"""The one error hierarchy of roscoe: every failure a user can see, with its exit code.
+"""The root of roscoe's one error hierarchy, and cowfs's own errors.
 
-Each subclass's docstring is its message template (formatted with the keyword
-arguments it was raised with; a list is shown comma-joined) and ``exit_code``
-is the contract's code. ``kind`` is the contract's error kind (``--json``
-prints it), the kind of ``exit_code`` unless the class names one in
-``error_kind``; ``paths`` are the paths the error names, taken from the fields
-listed in ``path_fields``. The CLI has one handler that prints
-``roscoe: error: <message>`` (and, with ``--json``, ``to_json()``) and exits.
+Every failure a user can see is a ``RoscoeError``. Each subclass's docstring
+is its message template (formatted with the keyword arguments it was raised
+with; a list is shown comma-joined) and ``exit_code`` is the contract's code.
+``kind`` is the contract's error kind (``--json`` prints it), the kind of
+``exit_code`` unless the class names one in ``error_kind``; ``paths`` are the
+paths the error names, taken from the fields listed in ``path_fields``.
+
+The hierarchy lives in two modules, one per library, so that cowfs never
+imports journal: this one holds the base (``RoscoeError``, ``ExitCode``,
+``UsageError``) and the errors of trees and staging (sandbox, stagers, the
+live tree, plans, the GCS client); ``journal.errors`` holds the journal's
+(transactions, the state dir, commit, policy, approval), subclasses of the
+classes here. A new error goes in the errors module of the package that
+raises it, never in the module that raises it. The CLI has one handler
+(``cli.errors.fail``) that prints ``roscoe: error: <message>`` (and, with
+``--json``, ``to_json()``) and exits with ``exit_code``.
+
+Exceptions that never reach a user (an internal signal caught a few lines
+up, such as ``cowfs.gcs.PreconditionFailed``) stay beside their code.
 """
 
 from __future__ import annotations
@@ -85,32 +97,6 @@ class UsageError(RoscoeError):
     exit_code = ExitCode.USAGE
 
 
-class RootError(UsageError):
-    """root {root}: {reason}"""
-
-    path_fields = ("root",)
-
-
-class NoSuchTransaction(RoscoeError):
-    """no such transaction: {tx}"""
-
-    exit_code = ExitCode.NO_SUCH_TX
-
-
-class AmbiguousTransaction(UsageError):
-    """transaction id {tx} is ambiguous: it matches {matches}"""
-
-
-class TransactionState(RoscoeError):
-    """transaction {tx} is {state}: {action} needs an open transaction"""
-
-
-class TransactionBusy(RoscoeError):
-    """transaction {tx} is busy: another roscoe process is using it (pid {pid})"""
-
-    error_kind = "busy"
-
-
 class SandboxError(RoscoeError):
     """cannot run in a sandbox: {detail}"""
 
@@ -139,62 +125,29 @@ class StateDirError(RoscoeError):
     path_fields = ("home",)
 
 
-class StateDirFull(StateDirError):
-    """state dir {home}: its filesystem is out of {what} ({where}); {outcome}"""
-
-    @property
-    def cause(self) -> str:
-        """What ran out and where, without the outcome."""
-        return "state dir {home}: its filesystem is out of {what} ({where})".format(**self.fields)
-
-
-class StagingDiscarded(RoscoeError):
-    """the staged changes of transaction {tx} were discarded by an abort that could not be journaled;
-    nothing of it can be run, shown or committed: roscoe tx abort {tx} finishes the abort"""
-
-
-class AbortNotJournaled(RoscoeError):
-    """transaction {tx}: its staged changes are discarded, but the abort could not be journaled: {reason};
-    once there is room, roscoe tx abort {tx} finishes it"""
-
-
-class StagingCorrupt(RoscoeError):
-    """the staged changes of transaction {tx} cannot be read: {detail}"""
-
-
 class LiveUnreadable(RoscoeError):
     """the live tree {root} cannot be read at {path}: {detail}"""
 
 
-class ConfigError(UsageError):
-    """config {path}: {reason}"""
-
-
-class Conflict(RoscoeError):
-    """{what}: the live tree changed under transaction {tx}; nothing was written. Changed: {changed}"""
-
-    exit_code = ExitCode.CONFLICT
-
-    def __init__(self, **fields: object) -> None:
-        # ``paths`` (a list) is what --json names; the message shows them and ``since``
-        paths = fields.get("paths") or []
-        if isinstance(paths, str):
-            paths = fields["paths"] = [paths]
-        assert isinstance(paths, (list, tuple))
-        fields.setdefault("changed", ", ".join(map(str, paths)) + str(fields.get("since", "")))
-        super().__init__(**fields)
-
-
-class Refused(RoscoeError):
-    """transaction {tx} cannot be committed: {reason}"""
-
-    exit_code = ExitCode.REFUSED
-
-
-class CommitFailed(RoscoeError):
-    """commit of {tx} failed at {path}: {reason}; {outcome}"""
-
-
-
 class UnsafePath(RoscoeError):
     """refusing the path {path!r} under {root}: it is not a plain path inside the root (absolute, or with an empty, '.' or '..' name); nothing was changed there"""
+
+
+class PlanError(UsageError):
+    """plan{where}: {reason}; nothing of the plan was staged"""
+
+
+class GcsError(RoscoeError):
+    """{url}: {reason}"""
+
+
+class NoSuchBucket(GcsError):
+    """{url}: bucket {bucket} does not exist (or these credentials cannot see it)"""
+
+
+class NoCredentials(GcsError):
+    """{url}: no Google credentials found ({reason}); run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or point STORAGE_EMULATOR_HOST at an emulator"""
+
+
+class GcsUnreachable(GcsError):
+    """{url}: cannot reach the GCS API at {endpoint} ({reason}); nothing was left half-written: run `roscoe recover` once it is reachable if a commit was interrupted"""

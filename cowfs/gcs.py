@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from urllib.parse import quote
 
-from cowfs.errors import RoscoeError, UsageError
+from cowfs.errors import GcsError, GcsUnreachable, NoCredentials, NoSuchBucket, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,22 +47,6 @@ MTIME_KEYS = ("gcsfuse_mtime", "mtime")
 DEFAULT_TYPE = "application/octet-stream"
 LEASE_DIR = ".roscoe/leases"
 LIST_OVER = 8  # keys in one directory from which one listing beats a GET each
-
-
-class GcsError(RoscoeError):
-    """{url}: {reason}"""
-
-
-class NoSuchBucket(GcsError):
-    """{url}: bucket {bucket} does not exist (or these credentials cannot see it)"""
-
-
-class NoCredentials(GcsError):
-    """{url}: no Google credentials found ({reason}); run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or point STORAGE_EMULATOR_HOST at an emulator"""
-
-
-class GcsUnreachable(GcsError):
-    """{url}: cannot reach the GCS API at {endpoint} ({reason}); nothing was left half-written: run `roscoe recover` once it is reachable if a commit was interrupted"""
 
 
 class PreconditionFailed(Exception):

@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable
 
-from cowfs.livetree import identity
+from cowfs.entry import identity
 
 RACY_NS = 2_000_000_000
 SIDES = ("live", "staged")

@@ -19,7 +19,7 @@ import stat
 from collections.abc import Callable, Iterator
 
 from cowfs import durable
-from cowfs.entry import Entry, kind_of
+from cowfs.entry import Entry, identity, kind_of
 from cowfs.errors import LiveUnreadable
 from cowfs.hashing import hash_bytes, hash_fd
 
@@ -117,13 +117,6 @@ def file_entry(st: os.stat_result, digest: str) -> Entry:
     """The fingerprint of a regular file whose lstat is ``st`` and whose bytes hash to ``digest``."""
     return Entry("file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, digest, None,
                  uid=st.st_uid, gid=st.st_gid)
-
-
-def identity(st: os.stat_result) -> list[int]:
-    """What tells one state of an inode from any other: any write, chmod,
-    rename over or link count change moves one of these (the ctime, which
-    no process can set, at least)."""
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def same_inode(a: os.stat_result, b: os.stat_result) -> bool:

@@ -33,7 +33,7 @@ import os
 from collections import namedtuple
 
 from cowfs.entry import DIR, FILE, SYMLINK, kind_of
-from cowfs.errors import UsageError
+from cowfs.errors import PlanError
 
 VERSION = 1
 NAME_MAX = 255
@@ -58,10 +58,6 @@ KEY_TYPES: dict[str, dict[str, object]] = {
     "overwrite": {"type": "boolean"},
     "mode": {"type": "string", "pattern": MODE_PATTERN},
 }
-
-
-class PlanError(UsageError):
-    """plan{where}: {reason}; nothing of the plan was staged"""
 
 
 def _fail(reason: str, index: int | None = None, op: str | None = None, paths: list[str] | None = None) -> PlanError:

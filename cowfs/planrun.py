@@ -28,7 +28,8 @@ import signal
 import stat
 import sys
 
-from cowfs.plan import Plan, PlanError, Step, check, load
+from cowfs.errors import PlanError
+from cowfs.plan import Plan, Step, check, load
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
 IS_ROOT = os.geteuid() == 0

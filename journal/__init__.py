@@ -1,9 +1,14 @@
 """roscoe's journal: transactions, runs and their staged changes, kept in SQLite.
 
+Also here, over the trees of ``cowfs``: the commit protocol, recovery and
+rollback, policy, approval and the config file that sets them, the state-dir
+map (``journal.home``), the audit trail, and the journal's errors
+(``journal.errors``). journal never imports ``cli``, typer or rich.
+
 Public API (no CLI needed)::
 
-    from journal import Workspace
-    ws = Workspace.open(home)              # or settings=journal.settings.Settings.from_env(os.environ)
+    from journal.protocol import open_workspace
+    ws = open_workspace(home)              # recovery first; or journal.service.Service(Settings.from_env(os.environ))
     tx = ws.begin("/mnt/workspace/projects", message="reorganize")
     result = ws.run(tx.id, ["python3", "reorganize.py"])
     changes = ws.diff(tx.id)               # cowfs.ChangeSet
@@ -11,6 +16,7 @@ Public API (no CLI needed)::
 
 from __future__ import annotations
 
+from journal.home import Home
 from journal.store import Journal, RunRecord, TxRecord
 from journal.workspace import Workspace, RunResult
 
@@ -30,4 +36,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'journal' has no attribute {name!r}")
 
 
-__all__ = ["Journal", "RunRecord", "RunResult", "TxRecord", "Workspace", *_API]
+__all__ = ["Home", "Journal", "RunRecord", "RunResult", "TxRecord", "Workspace", *_API]

@@ -104,7 +104,7 @@ def stage_plan(
 ) -> PlanResult:
     """Stage ``plan`` (a dict, JSON text or ``Plan``) into the open transaction
     ``tx``, or into a new one over ``root`` when ``tx`` is None. A plan that
-    cannot run raises ``cowfs.plan.PlanError`` (exit_code 2; ``.fields`` has
+    cannot run raises ``cowfs.errors.PlanError`` (exit_code 2; ``.fields`` has
     ``index``, ``op`` and ``reason``) and stages nothing."""
     with _service(home) as roscoe:
         return roscoe.stage_plan(plan, tx=tx, root=root, message=message)

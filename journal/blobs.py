@@ -14,15 +14,11 @@ from collections.abc import Callable, Iterator
 import xxhash
 
 from cowfs import durable
-from cowfs.errors import RoscoeError
 from cowfs.hashing import hash_file
+from journal.errors import BlobCorrupt
 
 # A pin of a process in another pid namespace is kept this long (ns).
 PIN_GRACE_NS = 3600 * 10**9
-
-
-class BlobCorrupt(RoscoeError):
-    """blob {digest} is {problem} (blob store {store}); its image cannot be trusted"""
 
 
 class BlobStore:

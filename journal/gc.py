@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import time
 
+from journal.images import blob_store
+from journal.workspace import Workspace
+
 GRACE_NS = 3600 * 10**9
 
 
-def gc(ws: object, keep_days: float, *, grace_ns: int = GRACE_NS) -> dict[str, object]:
-    from journal.commit import blob_store
-    from journal.workspace import Workspace
-
-    assert isinstance(ws, Workspace)
+def gc(ws: Workspace, keep_days: float, *, grace_ns: int = GRACE_NS) -> dict[str, object]:
     now = time.time_ns()
     dropped = ws.journal.drop_images(now - int(keep_days * 86400 * 10**9))
     keep = ws.journal.referenced_blobs()

@@ -27,30 +27,39 @@ settles it here, before it reads anything of the transaction:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from cowfs.changeset import ChangeSet
 from cowfs.errors import RoscoeError
+from journal.home import Home
 from cowfs.upper import UnsupportedUpper
-from journal.store import TxRecord
+from journal.store import Journal, TxRecord
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cowfs.stagers import Stager
-    from journal.workspace import Workspace
+
+Compare = Callable[[TxRecord, "Stager"], ChangeSet]
+Generations = Callable[[TxRecord, ChangeSet], "dict[str, dict[str, int]] | None"]
 
 
-def settle(ws: Workspace, tx: TxRecord) -> TxRecord:
+def settle(home: Home, journal: Journal, tx: TxRecord, compare: Compare, generations: Generations) -> TxRecord:
     """Settle the runs of ``tx`` that have no end, whose roscoe is gone (the
-    caller holds the transaction's lock exclusively); ``tx`` read again."""
+    caller holds the transaction's lock exclusively); ``tx`` read again.
+    ``compare`` and ``generations`` are the workspace's: the staged change
+    set, and a bucket target's object generations now."""
     from cowfs import sandbox
     from cowfs.savepoint import heal
     from cowfs.stagers import stager_for
 
-    tx_dir = ws.home.tx_dir(tx.id)
+    tx_dir = home.tx_dir(tx.id)
     killed = sandbox.sweep(tx_dir)
-    run_ids = ws.journal.unended_runs(tx.id)
-    fresh = ws.get(tx.id)
+    run_ids = journal.unended_runs(tx.id)
+    fresh = journal.get_tx(tx.id)
+    assert fresh is not None
     if not run_ids:
         return fresh
-    last = next(r for r in reversed(ws.journal.runs(tx.id)) if r.id == run_ids[-1])
+    last = next(r for r in reversed(journal.runs(tx.id)) if r.id == run_ids[-1])
     name = fresh.backend or last.backend
     stager = stager_for(name, tx_dir, fresh.root)
     detail: dict[str, object] = {"killed": len(killed)}
@@ -60,24 +69,26 @@ def settle(ws: Workspace, tx: TxRecord) -> TxRecord:
     except OSError as e:
         detail["problem"] = f"{tx_dir}: {e.strerror or e}"
     named = fresh.backend is None and _staged_anything(stager)
-    changes = bases = generations = None
+    changes = bases = gens = None
     if fresh.state == "open" and (fresh.backend or named) and "problem" not in detail:
         try:
-            changes = ws._compare(fresh, stager)
-            known = ws.journal.bases(tx.id)
+            changes = compare(fresh, stager)
+            known = journal.bases(tx.id)
             bases = {c.path: known[c.path] if c.path in known else c.old for c in changes.changes}
             if fresh.target and changes.changes:
-                generations = _generations(ws, fresh, changes, set(known))
+                gens = _generations(journal, fresh, changes, set(known), generations)
         except RoscoeError as e:
             detail["problem"] = e.message
     elif fresh.state == "open":
         bases = {}  # nothing staged: nothing to check either
-    ws.journal.interrupt_runs(
+    journal.interrupt_runs(
         tx.id, run_ids, name, changes.diff_hash if changes is not None else None,
-        len(changes.changes) if changes is not None else None, bases, generations,
+        len(changes.changes) if changes is not None else None, bases, gens,
         name if named else None, detail,
     )
-    return ws.get(tx.id)
+    settled = journal.get_tx(tx.id)
+    assert settled is not None
+    return settled
 
 
 def _staged_anything(stager: Stager) -> bool:
@@ -88,14 +99,13 @@ def _staged_anything(stager: Stager) -> bool:
         return True  # something is there: the diff will say what is wrong with it
 
 
-def _generations(ws: Workspace, tx: TxRecord, changes: object, known: set[str]) -> dict[str, dict[str, int]]:
+def _generations(
+    journal: Journal, tx: TxRecord, changes: ChangeSet, known: set[str], generations: Generations,
+) -> dict[str, dict[str, int]]:
     """A bucket target's base generations: those recorded for the paths an
     earlier run had bases for, the bucket's now for the others."""
-    from cowfs.changeset import ChangeSet
-
-    assert isinstance(changes, ChangeSet)
-    before = ws.journal.base_generations(tx.id)
-    now = ws._generations(tx, changes) or {}
+    before = journal.base_generations(tx.id)
+    now = generations(tx, changes) or {}
     out = {}
     for c in changes.changes:
         gens = before.get(c.path) if c.path in known else now.get(c.path)

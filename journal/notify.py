@@ -26,7 +26,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from cowfs.config import Config
+    from journal.config import Config
     from journal.store import Journal, TxRecord
 
 EVENTS = ("approval-requested", "approved", "rejected", "committed", "rolled-back")

@@ -24,10 +24,11 @@ from collections.abc import Callable
 
 import cowfs
 from cowfs.changeset import ChangeSet
-from cowfs.errors import RoscoeError, UsageError
-from cowfs.plan import Plan, PlanError, check, load, op_paths, parse
+from cowfs.errors import PlanError, RoscoeError, UsageError
+from cowfs.plan import Plan, check, load, op_paths, parse
 from cowfs.savepoint import Savepoint, clone, heal, layer_paths
 from cowfs.stagers import CopyStager, remove_tree
+from journal.errors import PlanFailed
 from journal.store import TxRecord
 from journal.workspace import RunResult, Workspace, resolve_root
 
@@ -64,10 +65,6 @@ class DryRun(namedtuple("_DryRun", "tx root ops changes")):
     root: str
     ops: int
     changes: ChangeSet
-
-
-class PlanFailed(RoscoeError):
-    """the plan could not be applied: {detail}; nothing of the plan was staged"""
 
 
 def as_plan(plan: Plan | dict[str, object] | str | bytes) -> Plan:

@@ -29,15 +29,8 @@ from contextlib import contextmanager
 import xxhash
 
 from cowfs.durable import DIR_FLAGS
-from cowfs.errors import RoscoeError
-from journal.faults import checkpoint
-
-
-class RootBusy(RoscoeError):
-    """root {root} is being committed to by {owner}; try again when it is done"""
-
-    error_kind = "busy"
-    path_fields = ("root",)
+from journal.errors import RootBusy
+from journal.faults import NONE, Faults
 
 
 def lock_path(home: str, root: str) -> str:
@@ -45,20 +38,20 @@ def lock_path(home: str, root: str) -> str:
 
 
 @contextmanager
-def root_lock(home: str, root: str, *, wait: float = 30.0) -> Iterator[None]:
+def root_lock(home: str, root: str, *, wait: float = 30.0, faults: Faults = NONE) -> Iterator[None]:
     """Hold the root's locks, waiting up to ``wait`` seconds for another committer."""
     deadline = time.monotonic() + wait
     path = lock_path(home, root)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        _acquire(fd, deadline, lambda: os.pread(fd, 256, 0).decode(errors="replace").strip(), root)
+        _acquire(fd, deadline, lambda: os.pread(fd, 256, 0).decode(errors="replace").strip(), root, faults)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.uname().nodename}.{os.getpid()}\n".encode(), 0)
         tree = _open_tree(root)
         try:
             if tree is not None:
-                _acquire(tree, deadline, lambda: tree_owner(tree), root)
+                _acquire(tree, deadline, lambda: tree_owner(tree), root, faults)
             yield
         finally:
             if tree is not None:
@@ -67,7 +60,7 @@ def root_lock(home: str, root: str, *, wait: float = 30.0) -> Iterator[None]:
         os.close(fd)
 
 
-def _acquire(fd: int, deadline: float, owner: Callable[[], str], root: str) -> None:
+def _acquire(fd: int, deadline: float, owner: Callable[[], str], root: str, faults: Faults) -> None:
     """``flock`` ``fd`` exclusively, polling until ``deadline``; ``owner()`` names the holder."""
     busy = False
     while True:
@@ -77,7 +70,7 @@ def _acquire(fd: int, deadline: float, owner: Callable[[], str], root: str) -> N
         except BlockingIOError:
             if not busy:
                 busy = True
-                checkpoint("lock-busy")
+                faults.checkpoint("lock-busy")
             if time.monotonic() >= deadline:
                 raise RootBusy(root=root, owner=owner() or "another process") from None
             time.sleep(0.05)

@@ -4,7 +4,7 @@ At ``tx begin`` the config files in force are recorded with the transaction:
 their path, the SHA-256 of their bytes and the bytes themselves in the
 journal, the path and hash in the audit trail's begin event. A commit (and
 ``tx show``, ``tx approve``) is held to the strictest of those recorded
-rules and the ones in force now (``cowfs.config.strictest``): a config named
+rules and the ones in force now (``journal.config.strictest``): a config named
 later (``--config``, ``ROSCOE_CONFIG``) may add rules, never remove them,
 and editing the config file after a transaction began does not loosen it.
 
@@ -21,7 +21,7 @@ from collections import namedtuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from cowfs.config import Config
+    from journal.config import Config
 
 
 class Source(namedtuple("_Source", "path sha256 text")):
@@ -40,9 +40,9 @@ class Source(namedtuple("_Source", "path sha256 text")):
 def in_force(home: str, configs: tuple[str, ...] | list[str] = ()) -> list[Source]:
     """The config files in force now: the state dir's, then those named
     (``Settings.configs``: --config, else $ROSCOE_CONFIG)."""
-    from cowfs.errors import ConfigError
+    from journal.errors import ConfigError
 
-    from cowfs.home import Home
+    from journal.home import Home
 
     own = Home(home).config
     found = [_read(own, required=False)]
@@ -56,7 +56,7 @@ def in_force(home: str, configs: tuple[str, ...] | list[str] = ()) -> list[Sourc
 
 
 def _read(path: str, *, required: bool) -> Source:
-    from cowfs.config import read
+    from journal.config import read
 
     raw = read(path, required=required)
     if raw is None:
@@ -80,7 +80,7 @@ def decode(text: str | None) -> list[Source] | None:
 
 
 def parse(sources: list[Source]) -> list[Config]:
-    from cowfs.config import parse as parse_config
+    from journal.config import parse as parse_config
 
     return [parse_config(s.text.encode(), s.path) for s in sources if s.text is not None]
 
@@ -88,7 +88,7 @@ def parse(sources: list[Source]) -> list[Config]:
 def strictest(recorded: list[Source] | None, now: list[Source]) -> Config:
     """The rules of ``recorded`` (a transaction's, None for one begun before
     they were recorded) and of ``now``, all at once."""
-    from cowfs.config import ApprovalRules, Config, Policy, strictest as merge
+    from journal.config import ApprovalRules, Config, Policy, strictest as merge
 
     configs = parse(recorded or []) + parse(now)
     if not configs:

@@ -3,7 +3,7 @@ command (begin, run, plan, diff, show, list, approve, reject, wait, commit,
 abort, rollback, log, recover, verify, audit, gc).
 
 It opens the state dir on the first call that needs it (recovery runs then,
-as on every open: ``Workspace.open``), keeps it for the calls after, and
+as on every open: ``journal.protocol.recover``), keeps it for the calls after, and
 closes it on ``close`` or at the end of a ``with`` block. It returns the
 result objects of ``journal`` and ``cowfs`` and never prints: the CLI
 (``cli/``) and the Python API (``journal.api``) call it and say what they
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from cowfs.savepoint import Savepoint
     from journal.audit import Event
     from journal.planning import DryRun, PlanResult
-    from journal.recovery import Recovered
+    from journal.protocol import Recovered
     from journal.rollback import DryRun as RollbackDryRun
     from journal.store import ApprovalRecord, TxRecord
     from journal.verify import Report
@@ -57,7 +57,7 @@ class LogEntry(namedtuple("_LogEntry", "record changes rolled_back_by")):
 
 
 class Recovery(namedtuple("_Recovery", "recovered staging_removed")):
-    """What ``recover()`` did: the interrupted commits it undid (journal.recovery.Recovered),
+    """What ``recover()`` did: the interrupted commits it undid (journal.protocol.Recovered),
     and the transactions whose leftover staging dirs it removed."""
 
     __slots__ = ()
@@ -126,6 +126,7 @@ class Service:
         For ``abort`` (``aborting``), a full state dir is given room first."""
         if self._ws is not None:
             return self._ws
+        from journal.protocol import recover
         from journal.workspace import Workspace
 
         roots = tuple(r for r in (root, self.settings.root) if r)
@@ -133,6 +134,11 @@ class Service:
             ws = Workspace.open(roots=roots, settings=self.settings)
         else:
             ws = Workspace.open_to_abort(aborting, roots=roots, settings=self.settings)
+        try:
+            ws.recovered = recover(ws)
+        except BaseException:
+            ws.close()
+            raise
         self._ws = ws
         if self.on_recovered is not None:
             for r in ws.recovered:
@@ -249,12 +255,12 @@ class Service:
         return Listing(ws.list(state), ws.run_counts(), ws.approval_states())
 
     def approve(self, ref: str, diff_hash: str, by: str | None = None) -> ApprovalRecord:
-        from journal.approval import approve
+        from journal.decisions import approve
 
         return approve(self.workspace(), ref, diff_hash, by)
 
     def reject(self, ref: str, by: str, reason: str | None = None) -> ApprovalRecord:
-        from journal.approval import reject
+        from journal.decisions import reject
 
         return reject(self.workspace(), ref, by, reason)
 
@@ -270,13 +276,13 @@ class Service:
 
     def commit(self, ref: str, *, progress: Progress | None = None) -> TxRecord:
         """Commit the transaction atomically; its record, now committed."""
-        from journal.commit import commit
+        from journal.protocol import commit
 
         return commit(self.workspace(), ref, progress=progress)
 
     def rollback(self, ref: str, *, force: bool = False, progress: Progress | None = None) -> TxRecord:
         """Roll back the committed transaction ``ref``; the rollback transaction, committed."""
-        from journal.rollback import rollback
+        from journal.protocol import rollback
 
         return rollback(self.workspace(), ref, force=force, progress=progress)
 
@@ -303,7 +309,7 @@ class Service:
         return [LogEntry(r, counts[r.id], undone.get(r.id)) for r in records]
 
     def recover(self) -> Recovery:
-        """Undo any commit a crash interrupted (opening does: ``journal.recovery``)
+        """Undo any commit a crash interrupted (opening does: ``journal.protocol.recover``)
         and remove the staging dirs of finished transactions."""
         ws = self.workspace()
         return Recovery(list(ws.recovered), ws.clean_finished())  # type: ignore[arg-type]

@@ -12,10 +12,15 @@ import os
 from collections import namedtuple
 from collections.abc import Mapping
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from journal.faults import Faults
+    from journal.targets.base import BucketSettings
+
 
 class Settings(namedtuple(
-    "_Settings", "home configs debug backend bwrap root user",
-    defaults=((), False, None, None, None, None),
+    "_Settings", "home configs debug backend bwrap root user faults bucket",
+    defaults=((), False, None, None, None, None, None, None),
 )):
     """``home``: the state dir (absolute). ``configs``: config files named
     besides the state dir's own (``--config``, else ``$ROSCOE_CONFIG``).
@@ -24,7 +29,9 @@ class Settings(namedtuple(
     ``bwrap``: the bwrap binary (``$ROSCOE_BWRAP``; None: the bundled one).
     ``root``: the root a command uses when it names none (``$ROSCOE_ROOT``).
     ``user``: the login name (``$LOGNAME``/``$USER``; None: the password
-    database's).
+    database's). ``faults``: the fault hooks of this process
+    (journal.faults; None: none). ``bucket``: how bucket commits hold their
+    lease and batch their ops (journal.targets.BucketSettings; None: the defaults).
 
     (The environment a run's command gets is not a setting: the caller
     passes it with the run, else the command inherits roscoe's.)"""
@@ -37,6 +44,8 @@ class Settings(namedtuple(
     bwrap: str | None
     root: str | None
     user: str | None
+    faults: Faults | None
+    bucket: BucketSettings | None
 
     @classmethod
     def at(cls, home: str | os.PathLike[str]) -> Settings:
@@ -60,6 +69,9 @@ class Settings(namedtuple(
         else:
             named = environ.get("ROSCOE_CONFIG")
             configs = (named,) if named else ()
+        from journal.faults import Faults
+        from journal.targets.base import BucketSettings
+
         given = os.fspath(home) if home is not None else ""
         return cls(
             home=os.path.abspath(given or default_home(environ)),
@@ -69,6 +81,8 @@ class Settings(namedtuple(
             bwrap=environ.get("ROSCOE_BWRAP") or None,
             root=environ.get("ROSCOE_ROOT") or None,
             user=environ.get("LOGNAME") or environ.get("USER") or None,
+            faults=Faults.from_env(environ),
+            bucket=BucketSettings.from_env(environ),
         )
 
 

@@ -22,10 +22,11 @@ from collections.abc import Iterator
 
 from cowfs.entry import Entry
 from cowfs.errors import RoscoeError, StateDirError
-from cowfs.home import FULL, Home, exhausted
 from cowfs.paths import plain
 from journal import audit
 from journal.audit import SCHEMA as AUDIT_SCHEMA
+from journal.errors import JournalCorrupt, NewerJournal
+from journal.home import FULL, Home, exhausted
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -162,14 +163,6 @@ SCHEMA = [
     BEGIN SELECT RAISE(ABORT, 'approvals are append-only'); END;
     """,
 ]
-
-
-class NewerJournal(RoscoeError):
-    """journal {path} has schema version {found}, newer than this roscoe understands ({known}); upgrade roscoe"""
-
-
-class JournalCorrupt(RoscoeError):
-    """journal {path} cannot be read: {reason}"""
 
 
 def _nearly_full(path: str) -> bool:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import os
 from collections import namedtuple
 
-from cowfs import livetree
-from cowfs.converge import matches
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from journal.store import Journal
+from cowfs.entry import Entry
+from journal.images import blob_store
+from journal.store import Journal
+from journal.targets import target_of
+from journal.workspace import Workspace
 
 
 class Problem(namedtuple("_Problem", "kind tx path detail")):
@@ -62,13 +61,9 @@ class Report(namedtuple("_Report", "problems checked")):
                 "problems": [p.to_json() for p in self.problems]}
 
 
-def verify(ws: object, *, live: bool = True) -> Report:
+def verify(ws: Workspace, *, live: bool = True) -> Report:
     """Every check; without ``live``, the live tree is not read (a health check
     of roscoe's own state: the journal, the blobs and the audit trail)."""
-    from journal.commit import blob_store
-    from journal.workspace import Workspace
-
-    assert isinstance(ws, Workspace)
     problems: list[Problem] = []
     integrity = ws.journal.integrity()
     if integrity != "ok":
@@ -86,25 +81,28 @@ def verify(ws: object, *, live: bool = True) -> Report:
             problems.append(Problem("blob", None, None, f"blob {digest} is {problem}"))
     latest = ws.journal.latest_states() if live else {}
     total = len(latest)
-    in_buckets = {t.id: t for t in ws.journal.committed() if t.target}
-    if in_buckets:
-        from journal.gcs_commit import verify_objects
-
-        problems.extend(Problem(*p) for p in verify_objects(ws, latest, in_buckets))
-        latest = {k: v for k, v in latest.items() if v[0] not in in_buckets}
-    for (root, path), (tx_id, entry) in sorted(latest.items(), key=lambda kv: (os.fsencode(kv[0][0]), os.fsencode(kv[0][1]))):
-        if not os.path.isdir(root):
-            problems.append(Problem("live", tx_id, path, f"root {root} does not exist"))
-            continue
-        live = livetree.entry(root, path)
-        if not matches(live, entry, owners=True):
-            want = "absent" if entry is None else entry.type
-            have = "absent" if live is None else live.type
-            problems.append(Problem("live", tx_id, path, f"{root}: expected the {want} tx {tx_id} wrote, found {have} that differs"))
+    problems.extend(_live(ws, latest))
     head = ws.journal.audit_head()
     checked = {"blobs": len(needed), "paths": total, "transactions": len(ws.journal.committed()),
                "audit_events": head[0] if head else 0}
     return Report(problems, checked)
+
+
+def _live(ws: Workspace, latest: dict[tuple[str, str], tuple[str, Entry | None]]) -> list[Problem]:
+    """Whether every path is still what the transaction that wrote it last
+    wrote, asked of its target: bucket transactions first, then local paths
+    in the order of their roots and names."""
+    wrote: dict[str, dict[str, Entry | None]] = {}
+    for (_, path), (tx_id, entry) in latest.items():
+        wrote.setdefault(tx_id, {})[path] = entry
+    txs = {t.id: t for t in ws.journal.committed()}
+    found: list[tuple[bool, bytes, bytes, Problem]] = []
+    for tx_id in sorted(wrote):
+        tx = txs[tx_id]
+        for path, detail in target_of(ws.context, tx).verify(tx, wrote[tx_id]):
+            order = (False, b"", b"") if tx.target else (True, os.fsencode(tx.root), os.fsencode(path or ""))
+            found.append((*order, Problem("live", tx_id, path, detail)))
+    return [p for *_, p in sorted(found, key=lambda f: f[:3])]
 
 
 def _journaled_commits(journal: Journal) -> list[Problem]:
@@ -114,7 +112,7 @@ def _journaled_commits(journal: Journal) -> list[Problem]:
     transactions whose recorded config is not the one their begin event names."""
     from cowfs.changeset import Change, ChangeSet
     from journal.rules import decode
-    from journal.store import JournalCorrupt
+    from journal.errors import JournalCorrupt
 
     problems: list[Problem] = []
     recorded = journal.commit_hashes()

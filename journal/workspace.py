@@ -14,24 +14,25 @@ from collections import namedtuple
 
 from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, Move, compare
-from cowfs.errors import (
-    AbortNotJournaled, AmbiguousTransaction, LiveUnreadable, NoBackend, NoSuchTransaction, RootError,
-    SandboxError, StagingCorrupt, StagingDiscarded, StateDirError, StateDirFull, TransactionBusy,
-    TransactionState, UsageError,
-)
-from cowfs.home import FULL, Home
+from cowfs.errors import LiveUnreadable, NoBackend, SandboxError, StateDirError, UsageError
 from cowfs.paths import under
 from cowfs.stagers import ORDER, STAGERS, Stager, discard_staging, discarded, stager_for
 from cowfs.upper import UnsupportedUpper
-from journal.faults import checkpoint
+from journal.errors import (
+    AbortNotJournaled, AmbiguousTransaction, NoSuchTransaction, RootError, StagingCorrupt, StagingDiscarded,
+    StateDirFull, TransactionBusy, TransactionState,
+)
+from journal.faults import NONE, Faults
+from journal.home import FULL, Home
 from journal.settings import Settings
+from journal.targets.base import BucketSettings, Context
 from journal.store import ApprovalRecord, Journal, RunRecord, TxRecord, now_ns
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cowfs import sandbox
     from cowfs.hide import Hidden
-    from cowfs.config import Config
+    from journal.config import Config
     from cowfs.bucketreads import BucketReads
     from cowfs.hashcache import HashCache
     from cowfs.patch import FilePatch
@@ -139,23 +140,35 @@ def keep_apart(root: str | os.PathLike[str], home: Home) -> None:
 
 
 class Workspace:
-    def __init__(self, home: Home, journal: Journal, settings: Settings | None = None) -> None:
+    def __init__(
+        self, home: Home, journal: Journal, settings: Settings | None = None, *, faults: Faults | None = None,
+        bucket: BucketSettings | None = None,
+    ) -> None:
+        """``settings`` (journal.settings): what the state dir is run with;
+        ``faults`` and ``bucket``, when given, instead of the settings' own."""
         self.home = home
         self.journal = journal
         self.settings = settings if settings is not None else Settings.at(home.path)
+        self.faults: Faults = faults or self.settings.faults or NONE
+        self.bucket: BucketSettings = bucket or self.settings.bucket or BucketSettings()
         self.recovered: list[object] = []
         # What could not be told (a notify command that failed): said, never fatal.
         self.notices: list[str] = []
 
+    @property
+    def context(self) -> Context:
+        """What the commit targets work with (``journal.targets``)."""
+        return Context(self.home, self.journal, self.faults, self.bucket)
+
     @classmethod
     def open_to_abort(
         cls, ref: str, home: str | os.PathLike[str] | None = None, *, roots: tuple[str | os.PathLike[str], ...] = (),
-        settings: Settings | None = None,
+        settings: Settings | None = None, faults: Faults | None = None, bucket: BucketSettings | None = None,
     ) -> Workspace:
         """``open``, for ``tx abort REF``: when the state dir is too full even to
         open the journal, REF's staged layer is discarded first (under its
         lock), which gives the space back, and then it is opened."""
-        settings = _settings(home, settings)
+        settings = _settings(home, settings, faults, bucket)
         try:
             return cls.open(roots=roots, settings=settings)
         except StateDirFull as full:
@@ -173,20 +186,18 @@ class Workspace:
     @classmethod
     def open(
         cls, home: str | os.PathLike[str] | None = None, *, roots: tuple[str | os.PathLike[str], ...] = (),
-        settings: Settings | None = None,
+        settings: Settings | None = None, faults: Faults | None = None, bucket: BucketSettings | None = None,
     ) -> Workspace:
-        """The state dir ``home`` (else ``settings.home``), created if need be,
-        after recovery. A state dir that overlaps any of ``roots`` (those the
-        caller is about to use) is refused before anything is created or
-        opened in it."""
-        settings = _settings(home, settings)
+        """The state dir ``home`` (else ``settings.home``), created if need be
+        (recovery is the opener's: ``journal.protocol.open_workspace``). A
+        state dir that overlaps any of ``roots`` (those the caller is about to
+        use) is refused before anything is created or opened in it."""
+        settings = _settings(home, settings, faults, bucket)
         resolved = Home.resolve(settings.home)
         for root in roots:
             keep_apart(root, resolved)
         resolved.ensure()
-        ws = cls(resolved, Journal(resolved.journal, settings.user), settings)
-        ws.recovered = ws.recover()
-        return ws
+        return cls(resolved, Journal(resolved.journal, settings.user), settings)
 
     def close(self) -> None:
         self.journal.close()
@@ -259,7 +270,7 @@ class Workspace:
             from journal.interrupted import settle as finish
 
             try:
-                settled[0] = finish(self, tx)
+                settled[0] = finish(self.home, self.journal, tx, self.compare, self.base_generations)
             except StateDirError:
                 if not aborting:
                     raise
@@ -292,15 +303,12 @@ class Workspace:
                 removed.append(tx_id)
         return removed
 
-    def recover(self) -> list[object]:
-        """Undo interrupted commits (see journal.recovery); cheap when there are none."""
+    def leftovers(self) -> bool:
+        """Whether a commit or rollback that died left anything for recovery
+        (``journal.protocol.recover``): cheap when there is nothing."""
         blobs = os.path.join(self.home.path, "blobs")
         left = any(os.path.isdir(d) and os.listdir(d) for d in (f"{blobs}/.shared", f"{blobs}/.pins"))
-        if not left and not self.journal.in_state("committing"):
-            return []
-        from journal.recovery import recover
-
-        return list(recover(self))
+        return left or bool(self.journal.in_state("committing"))
 
     def require_open(self, tx: TxRecord, action: str) -> None:
         if tx.state != OPEN:
@@ -331,12 +339,12 @@ class Workspace:
 
         path = resolve_root(root, self.home)
         sources = self.sources()
-        if target is None and any(s.text is not None for s in sources):  # no config: no import of cowfs.config
+        if target is None and any(s.text is not None for s in sources):  # no config: no import of journal.config
             target = strictest(None, sources).root(path).target
         if target:
-            from journal.gcs_commit import check_target
+            from journal.targets import checked_url
 
-            target = check_target(target)
+            target = checked_url(target)
         record = new_record(path, message, user=self.journal.actor.user)._replace(target=target, rules=encode(sources))
         try:
             os.makedirs(self.home.tx_dir(record.id), mode=0o700)
@@ -364,7 +372,7 @@ class Workspace:
         given = hiding.resolve(hide, root) if hide else hiding.Hidden(root, (), ())
         sources = self.sources() + ((decode(tx.rules) or []) if tx is not None else [])
         configured = ()
-        if any(s.text is not None for s in sources):  # no config: no import of cowfs.config
+        if any(s.text is not None for s in sources):  # no config: no import of journal.config
             configured = (self.rules(tx) if tx is not None else self.config()).run.hide
         merged = given.merge(hiding.resolve(configured, root, option="[run] hide")) if configured else given
         state = os.path.realpath(self.home.path)
@@ -410,7 +418,7 @@ class Workspace:
         with self.locked(tx, exclusive=True) as tx:
             if discarded(self.home.tx_dir(tx.id)):
                 raise StagingDiscarded(tx=tx.id)
-            self._release_links(tx)
+            self.release_links(tx)
             candidates = self._candidates(tx)
             run_id = self.journal.start_run(tx.id, argv, inner_cwd, candidates[0], hide=hidden.paths())
             started = now_ns()
@@ -458,8 +466,8 @@ class Workspace:
             if tx.backend is None:
                 self.journal.set_backend(tx.id, stager.name)
             restored = savepoint is not None and savepoint.settle(outcome.exit_code)
-            changes = self._compare(tx, stager)
-            generations = None if restored or not tx.target else self._generations(tx, changes)
+            changes = self.compare(tx, stager)
+            generations = None if restored or not tx.target else self.base_generations(tx, changes)
             warnings: tuple[str, ...] = tuple(hide_warnings)
             if generations is not None and changes.changes and not generations:
                 warnings += (f"{tx.target}: the bucket could not be read when the run ended, so the object"
@@ -478,18 +486,18 @@ class Workspace:
             tuple(hidden.paths()), lost,
         )
 
-    def _generations(self, tx: TxRecord, changes: ChangeSet) -> dict[str, dict[str, int]] | None:
+    def base_generations(self, tx: TxRecord, changes: ChangeSet) -> dict[str, dict[str, int]] | None:
         """The object generations of a GCS target's changed paths, the base its commit is conditional on."""
-        from journal.gcs_commit import base_generations
+        from journal.targets import target_of
 
-        return base_generations(tx, [c.path for c in changes.changes])
+        return target_of(self.context, tx).base_generations([c.path for c in changes.changes])
 
-    def _release_links(self, tx: TxRecord) -> None:
+    def release_links(self, tx: TxRecord) -> None:
         """A commit that died after linking staged files into the blob store
         leaves them listed: unlink them before a run can write into a blob."""
         links = self.home.linked_images(tx.id)
         if os.path.exists(links):
-            from journal.commit import blob_store, release_links
+            from journal.images import blob_store, release_links
 
             release_links(blob_store(self.home.path), self.stager(tx), links)
 
@@ -509,7 +517,7 @@ class Workspace:
 
         return HashCache.load(self.home.hash_cache(tx.id), lambda: not durable.is_fuse(tx.root))
 
-    def _compare(
+    def compare(
         self, tx: TxRecord, stager: Stager | None, hashes: HashCache | None = None,
         bucket: BucketReads | None = None,
     ) -> ChangeSet:
@@ -534,12 +542,13 @@ class Workspace:
     def same_bytes(self, tx: TxRecord, stager: Stager | None) -> Callable[[Move], bool] | None:
         """Whether a move's file has the same bytes in the live tree (at its
         old path) and staged (at its new one), read byte for byte: the check
-        that lets an exact move past ``when_deleting`` (cowfs.policy). For a
+        that lets an exact move past ``when_deleting`` (journal.policy). For a
         rollback waiting for approval, the bytes it would put back."""
         if tx.rolls_back:
-            from journal.rollback import moved_back
+            from journal.targets import target_of
 
-            return moved_back(self, self.get(tx.rolls_back))
+            committed = self.get(tx.rolls_back)
+            return target_of(self.context, committed).same_bytes_back(self.journal.changes(committed.id))
         if stager is None:
             return None
         return lambda m: livetree.same_bytes(tx.root, m.source, stager.staged_path(m.dest))
@@ -548,10 +557,11 @@ class Workspace:
         """What the open ``tx`` would commit now: its staged layer against the live
         tree, or, for a rollback waiting for approval, what it would put back."""
         if tx.rolls_back:
-            from journal.rollback import preview
+            from journal.targets import target_of
 
-            return preview(self, self.get(tx.rolls_back))
-        return self._compare(tx, self.stager(tx))
+            committed = self.get(tx.rolls_back)
+            return target_of(self.context, committed).peek(committed, self.journal.changes(committed.id)).changes
+        return self.compare(tx, self.stager(tx))
 
     def diff(self, ref: str) -> ChangeSet:
         """An open transaction's staged changes against the live tree; a
@@ -578,7 +588,7 @@ class Workspace:
         bucket = bucket_reads(tx) if tx.target else None
         with self.locked(tx, exclusive=False) as tx:
             stager = self.stager(tx)
-            changes = self._compare(tx, stager, bucket=bucket)
+            changes = self.compare(tx, stager, bucket=bucket)
             self.journal.log_event(tx.id, "diff", {"diff_hash": changes.diff_hash, "changes": len(changes.changes), "patch": True})
 
             def new_bytes(rel: str) -> bytes | None:
@@ -640,7 +650,7 @@ class Workspace:
         self.require_open(tx, "abort")
         with self.locked(tx, exclusive=True, aborting=True) as tx:
             discard_staging(self.home.tx_dir(tx.id))
-            checkpoint("abort-discarded")
+            self.faults.checkpoint("abort-discarded")
             try:
                 self.journal.set_state(tx.id, ABORTED)
             except StateDirError as e:
@@ -735,14 +745,24 @@ def _try_flock(fd: int, how: int) -> bool:
     return True
 
 
-def _settings(home: str | os.PathLike[str] | None, settings: Settings | None) -> Settings:
-    """``settings`` at the state dir ``home`` (when given); with no settings,
-    ``home`` and every other knob at its default."""
+def _settings(
+    home: str | os.PathLike[str] | None, settings: Settings | None, faults: Faults | None,
+    bucket: BucketSettings | None,
+) -> Settings:
+    """``settings`` at the state dir ``home`` (when given), with ``faults``
+    and ``bucket`` (when given); with no settings, ``home`` and every other
+    knob at its default."""
     if settings is None:
         if home is None:
             raise TypeError("Workspace.open needs the state dir: home, or settings (journal.settings)")
-        return Settings.at(home)
-    return settings if home is None else settings._replace(home=os.path.abspath(os.fspath(home)))
+        settings = Settings.at(home)
+    elif home is not None:
+        settings = settings._replace(home=os.path.abspath(os.fspath(home)))
+    if faults is not None:
+        settings = settings._replace(faults=faults)
+    if bucket is not None:
+        settings = settings._replace(bucket=bucket)
+    return settings
 
 
 def _cwd() -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cowfs.changeset import Change, ChangeSet
-from cowfs.errors import Conflict, Refused
+from journal.errors import Conflict, Refused
 from journal import api
 from tests.conftest import snapshot
 from tests.test_policy import write_config

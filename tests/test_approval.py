@@ -342,7 +342,7 @@ def test_the_python_api_approves_and_reads_the_audit_trail(
     root: Path, home: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from journal import api
-    from journal.approval import ApprovalNeeded, StaleApproval
+    from journal.errors import ApprovalNeeded, StaleApproval
 
     write_config(home, "[approval]\nwhen_deleting = true\n")
     monkeypatch.setenv("ROSCOE_CONFIG", str(home / "config.toml"))

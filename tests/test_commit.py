@@ -758,26 +758,25 @@ def test_a_file_that_appears_where_the_commit_adds_one_is_kept(root: Path, home:
     # Created by someone else after the conflict check, just before the apply:
     # the commit links its new file straight into place, which refuses an
     # existing name, so it fails and puts back what it did; the other file stays.
-    import journal.commit
-    from cowfs.errors import CommitFailed
-    from journal.workspace import Workspace
+    from journal.errors import CommitFailed
+    from journal.faults import Faults
+    from journal.protocol import commit, open_workspace
 
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     tx = ws.begin(root).id
     assert ws.run(tx, ["sh", "-c", "printf 'a\\n' > case1/aa.txt; printf 'ours\\n' > case1/new.txt"],
                   cwd=os.fspath(root)).exit_code == 0
     before = snapshot(root)
-    real = journal.commit.checkpoint
 
-    def appear(step: str) -> None:
-        if step == "after-intent":
-            put(root / "case1" / "new.txt", b"theirs\n")
-            before.update(snapshot(root))
-        real(step)
+    class Appear(Faults):
+        def checkpoint(self, step: str) -> None:
+            if step == "after-intent":
+                put(root / "case1" / "new.txt", b"theirs\n")
+                before.update(snapshot(root))
 
-    monkeypatch.setattr(journal.commit, "checkpoint", appear)
+    ws.faults = Appear()
     with pytest.raises(CommitFailed) as failed:
-        journal.commit.commit(ws, tx)
+        commit(ws, tx)
     assert failed.value.message == (
         f"commit of {tx} failed at case1/new.txt: File exists; the live tree was put back as it was")
     assert snapshot(root) == before and (root / "case1" / "new.txt").read_bytes() == b"theirs\n"

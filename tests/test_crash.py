@@ -31,10 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from cowfs.home import Home
 from cowfs.stagers import remove_tree
-from journal.commit import commit
-from journal.rollback import rollback
+from journal.home import Home
+from journal.protocol import commit, open_workspace, rollback
 from journal.store import Journal
 from journal.verify import verify
 from journal.workspace import Workspace
@@ -86,7 +85,7 @@ Measured = namedtuple("Measured", "new apply_steps undo_steps")
 def stage(home: Path | str, root: Path | str, script: str = CHANGE) -> str:
     """Begin a transaction over ``root`` and run ``script`` in it (in-process,
     for speed: the crashes below all happen in `roscoe` subprocesses)."""
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     try:
         tx = ws.begin(root)
         done = ws.run(tx.id, [sys.executable, "-c", script], cwd=os.fspath(root))
@@ -107,7 +106,7 @@ def measured() -> Measured:
     try:
         root = make_tree(Path(base) / "live")
         old = snapshot(root)
-        ws = Workspace.open(os.path.join(base, "home"))
+        ws = open_workspace(os.path.join(base, "home"))
         try:
             tx = ws.begin(root)
             assert ws.run(tx.id, [sys.executable, "-c", CHANGE], cwd=os.fspath(root)).exit_code == 0
@@ -346,7 +345,7 @@ def test_crash_at_every_rollback_step_recovers(
     old = snapshot(root)
     new = measured().new
     tx = stage(home, root)
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     try:
         commit(ws, tx)
     finally:
@@ -398,7 +397,7 @@ def test_crash_during_recovery_of_an_interrupted_rollback(
 ) -> None:
     new = measured().new
     tx = stage(home, root)
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     try:
         commit(ws, tx)
     finally:
@@ -479,7 +478,7 @@ def test_sigkill_at_random_moments_of_a_big_commit_or_rollback(tmp_path: Path, v
             shutil.copytree(template, live, symlinks=True)
             tx = stage(home, live, BIG_CHANGE)
             if verb == "rollback":
-                ws = Workspace.open(home)
+                ws = open_workspace(home)
                 try:
                     commit(ws, tx)
                 finally:
@@ -584,7 +583,7 @@ def test_crash_after_images_leaves_no_blob_shared_with_staging(roscoe: Roscoe, r
     done = roscoe("tx", "commit", second, "--yes")
     assert done.returncode == 0, done.stderr
 
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     try:
         ran = ws.run(first, ["sh", "-c", "echo more >> case1/shared.txt"], cwd=os.fspath(root))
         assert ran.exit_code == 0

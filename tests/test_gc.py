@@ -10,7 +10,7 @@ from pathlib import Path
 
 from journal.gc import gc
 from journal.store import SCHEMA_VERSION
-from journal.workspace import Workspace
+from journal.protocol import open_workspace
 from tests.conftest import Roscoe, gone_pid, snapshot
 
 
@@ -32,7 +32,7 @@ def test_gc_keeps_recent_images_and_drops_old_ones(roscoe: Roscoe, root: Path, h
     done = roscoe("gc", "--keep-days", "30", "--json")
     assert (done.returncode, json.loads(done.stdout)) == (0, {"dropped": [], "removed_blobs": 0, "freed_bytes": 0})
     after = snapshot(root)
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     try:
         assert gc(ws, 0, grace_ns=0) == {"dropped": [tx], "removed_blobs": 2, "freed_bytes": 8 + 9}
     finally:
@@ -93,7 +93,7 @@ def test_gc_removes_the_temp_files_of_a_crashed_copy_into_the_store(roscoe: Rosc
     fan.mkdir(exist_ok=True)
     (fan / f".cdef.{dead}.tmp").write_bytes(b"x" * 100)
     (fan / f".cdef.{os.getpid()}.tmp").write_bytes(b"y" * 10)  # a copy still being written
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     try:
         assert gc(ws, 30, grace_ns=0) == {"dropped": [], "removed_blobs": 0, "freed_bytes": 100}
     finally:

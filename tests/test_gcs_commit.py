@@ -213,13 +213,13 @@ def test_a_replaced_object_is_found_from_the_bucket_alone(
     # The mount's cached view of a replaced object can fail reads (EIO) until
     # it expires: the commit then asks the bucket which objects moved, and
     # refuses with a conflict rather than blame the staging layer.
-    from journal.gcs_commit import objects_moved
-    from journal.workspace import Workspace
+    from journal.protocol import open_workspace
+    from journal.targets.bucket import objects_moved
 
     for name, value in gcs_env.items():
         monkeypatch.setenv(name, value)
     tx = begin_and_run(groscoe, bucket, SCRIPT)
-    ws = Workspace.open(home)
+    ws = open_workspace(home)
     try:
         record = ws.get(tx)
         assert objects_moved(ws.journal, record) == []
@@ -250,13 +250,12 @@ def test_object_created_under_an_added_path_is_a_conflict(groscoe: Roscoe, bucke
 def test_a_local_root_never_imports_gcsfs(root: Path, home: Path) -> None:
     code = (
         "import sys\n"
-        "from journal import Workspace\n"
-        "from journal.commit import commit\n"
-        f"ws = Workspace.open({str(home)!r})\n"
+        "from journal.protocol import commit, open_workspace\n"
+        f"ws = open_workspace({str(home)!r})\n"
         f"tx = ws.begin({str(root)!r})\n"
         "ws.run(tx.id, ['sh', '-c', 'echo x > case1/x.txt'])\n"
         "commit(ws, tx.id)\n"
-        "assert not [m for m in sys.modules if m.startswith(('gcsfs', 'cowfs.gcs', 'journal.gcs'))], sorted(sys.modules)\n"
+        "assert not [m for m in sys.modules if m.startswith(('gcsfs', 'cowfs.gcs', 'journal.targets.bucket'))], sorted(sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))

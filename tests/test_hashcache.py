@@ -25,13 +25,11 @@ import cowfs.entry
 import cowfs.hashahead
 import cowfs.livetree
 import journal.blobs
-import journal.commit
-import journal.rollback
 from cowfs import hashcache
-from cowfs.errors import Conflict
+from journal.errors import Conflict
 from journal.blobs import BlobStore
-from journal.commit import commit
-from journal.rollback import rollback
+from journal.faults import Faults
+from journal.protocol import commit, open_workspace, rollback
 from journal.workspace import Workspace
 from tests.conftest import REPO, Roscoe, gone_pid, missing, snapshot
 
@@ -79,7 +77,7 @@ def image_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.fixture
 def ws(home: Path) -> Iterator[Workspace]:
-    w = Workspace.open(home)
+    w = open_workspace(home)
     yield w
     w.close()
 
@@ -265,14 +263,13 @@ def test_a_file_changed_after_the_check_and_before_its_link_is_a_conflict(
 
         monkeypatch.setattr(hashcache.HashCache, "vouches", then_change)
     else:
-        real = journal.commit.checkpoint
 
-        def change_first(step: str) -> None:
-            if step == "before-images":
-                change()
-            real(step)
+        class ChangeFirst(Faults):
+            def checkpoint(self, step: str) -> None:
+                if step == "before-images":
+                    change()
 
-        monkeypatch.setattr(journal.commit, "checkpoint", change_first)
+        ws.faults = ChangeFirst()
     checks = image_checks(monkeypatch)
     with pytest.raises(Conflict) as refused:
         commit(ws, tx)

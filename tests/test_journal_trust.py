@@ -202,7 +202,7 @@ def test_the_recorded_config_is_in_the_journal_and_the_audit_trail(
 
 
 def test_the_strictest_of_configs_keeps_every_rule_of_each(tmp_path: Path) -> None:
-    from cowfs.config import ApprovalRules, Config, Policy, parse, strictest
+    from journal.config import ApprovalRules, Config, Policy, parse, strictest
 
     loose = parse(b"[policy]\nmax_changes = 50\n[approval]\nwhen_changes_over = 10\nnotify = 'a'\n", "loose")
     strict = parse(b'[policy]\ndeny = ["*.exe"]\nmax_changes = 5\nmax_bytes = 9\n'

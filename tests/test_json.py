@@ -120,17 +120,8 @@ def test_the_fast_paths_take_json_where_typer_does() -> None:
 
 
 def test_every_error_class_has_a_contract_kind() -> None:
-    import cli.state  # noqa: F401 - each module below defines errors of its own
-    import cowfs.gcs  # noqa: F401
-    import cowfs.plan  # noqa: F401
-    import journal.approval  # noqa: F401
-    import journal.blobs  # noqa: F401
-    import journal.gcs_commit  # noqa: F401
-    import journal.planning  # noqa: F401
-    import journal.recovery  # noqa: F401
-    import journal.rollback  # noqa: F401
-    import journal.rootlock  # noqa: F401
-    import journal.store  # noqa: F401
+    import cli.errors  # noqa: F401 - each module below defines errors of its own
+    import journal.errors  # noqa: F401
     from cowfs import errors
 
     def all_subclasses(cls: type) -> list[type]:

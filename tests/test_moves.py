@@ -292,7 +292,7 @@ def test_a_pair_whose_hashes_agree_but_bytes_differ_is_a_deletion(
     import cowfs.hashing
     import cowfs.livetree
     from journal import api
-    from journal.approval import ApprovalNeeded
+    from journal.errors import ApprovalNeeded
 
     def blind(fd: int) -> str:
         digest = xxhash.xxh3_128()

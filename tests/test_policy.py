@@ -1,4 +1,4 @@
-"""Policy (cowfs.policy, cowfs.config): what a commit may never do.
+"""Policy (journal.policy, journal.config): what a commit may never do.
 
 Each rule through the real CLI: deny globs, max_changes, max_bytes, setuid
 and setgid bits, special files. A refused commit exits 4, names every
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cowfs.policy import glob_match
+from journal.policy import glob_match
 from tests.conftest import Roscoe, snapshot
 
 Done = subprocess.CompletedProcess  # of bytes
@@ -317,9 +317,10 @@ def test_glob_match(pattern: str, path: str, expected: bool) -> None:
 # -- the config file -------------------------------------------------------------------
 
 def config_error(path: Path, text: str | bytes) -> str:
-    """The message of cowfs.config.load on a file holding ``text`` (a usage error, exit 2)."""
-    from cowfs.config import load
-    from cowfs.errors import ConfigError, ExitCode
+    """The message of journal.config.load on a file holding ``text`` (a usage error, exit 2)."""
+    from journal.config import load
+    from cowfs.errors import ExitCode
+    from journal.errors import ConfigError
 
     if isinstance(text, str):
         path.write_text(text)
@@ -415,7 +416,7 @@ def test_a_missing_default_config_means_no_rules(roscoe: Roscoe, root: Path, hom
 
 
 def test_every_key_of_the_contract_parses(tmp_path: Path) -> None:
-    from cowfs.config import load
+    from journal.config import load
 
     path = tmp_path / "full.toml"
     path.write_text(

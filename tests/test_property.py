@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cowfs.stagers import remove_tree
+from journal.protocol import open_workspace
 from journal.settings import Settings
 from journal.workspace import Workspace
 
@@ -408,7 +409,7 @@ def run_scenario(
         apply_ops(scenario["ops"], copy)
         expected = reference_changes(before, snapshot(copy))
 
-        ws = Workspace.open(settings=Settings.at(home)._replace(backend=backend))
+        ws = open_workspace(settings=Settings.at(home)._replace(backend=backend))
         try:
             tx = ws.begin(root, "property")
             ops_json = json.dumps(scenario["ops"], ensure_ascii=True)

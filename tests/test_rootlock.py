@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from cowfs.stagers import remove_tree
-from journal.rootlock import RootBusy, held_by_someone, root_lock
+from journal.errors import RootBusy
+from journal.rootlock import held_by_someone, root_lock
 from tests.conftest import (
     REPO, TEST_VENV, Roscoe, chown_tree, lookup_test_user, make_tree, missing, rclone_mounted,
     snapshot,

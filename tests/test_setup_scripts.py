@@ -1,4 +1,5 @@
-"""The demo's inputs and the set-up scripts: examples/cases, examples/reorganize.py, scripts/, .ci/run."""
+"""The demo's inputs and the set-up scripts: examples/cases, examples/reorganize.py, scripts/, .ci/run;
+the demo's whole job (run, diff, commit, rollback, verify) as scripts/demo.sh does it."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = REPO / "examples" / "cases"
@@ -155,3 +158,37 @@ def test_scripts_parse(script: Path):
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_commands_are_executable(command: Path):
     assert os.access(command, os.X_OK)
+
+
+def test_demo_commits_rolls_back_to_the_same_tree_and_verifies(tmp_path: Path):
+    """scripts/demo.sh without its set-up (the roscoe on PATH is this checkout's), twice:
+    each run works in a scratch dir of its own under TMPDIR and leaves examples/cases alone."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "roscoe").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m cli.main "$@"\n')
+    (bin_dir / "roscoe").chmod(0o755)
+    scratch_parent = tmp_path / "tmp"
+    scratch_parent.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROSCOE_")}
+    env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", TMPDIR=str(scratch_parent),
+               ROSCOE_CONFIG=str(tmp_path / "absent.toml"))  # the demo unsets it: no config of the caller's
+    cases = snapshot(CASES)
+    for round_ in (1, 2):
+        done = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), "--no-install"], env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert len(list(scratch_parent.iterdir())) == round_
+        lines = done.stdout.splitlines()
+        scratch = next(p for p in scratch_parent.iterdir() if f"live tree:    {p}/projects " in done.stdout)
+        before = (scratch / "before.txt").read_text()
+        assert f"    the listing matches: every path in {scratch}/projects is as it was." in lines
+        assert (scratch / "staged.txt").read_text() == before
+        assert (scratch / "committed.txt").read_text() != before
+        assert (scratch / "after.txt").read_text() == before
+        assert sorted(p.name for p in scratch.iterdir()) == [
+            "after.txt", "before.txt", "committed.txt", "projects", "staged.txt", "state"]
+        assert f"    the listing matches the one taken before the run ({len(before.splitlines())} paths: " \
+            "bytes, modes, owners and mtimes)" in lines
+        assert "ok: checked 2 committed transactions, 23 blobs, 44 live paths, 10 audit events" in lines
+        assert " rolled back by tx " in done.stderr
+    assert snapshot(CASES) == cases

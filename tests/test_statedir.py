@@ -224,11 +224,11 @@ def test_the_state_dir_is_0700_and_the_journal_0600_whatever_the_umask(roscoe: R
 
 
 def test_the_journal_files_are_0600_while_open_whatever_the_umask(tmp_path: Path) -> None:
-    from journal.workspace import Workspace
+    from journal.protocol import open_workspace
 
     old = os.umask(0)
     try:
-        ws = Workspace.open(tmp_path / "fresh")
+        ws = open_workspace(tmp_path / "fresh")
         try:
             ws.journal.log_event(None, "test", {})
             modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "fresh").glob("journal.db*")}

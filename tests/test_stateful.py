@@ -3,7 +3,7 @@
 A hypothesis state machine begins transactions and runs random op batches in
 them (create, modify, delete, mkdir, symlink, chmod), commits, aborts and rolls
 back, and edits the live tree directly behind roscoe's back, all through the
-library (``Workspace.run``, ``journal.commit.commit``, ``journal.rollback``,
+library (``Workspace.run``, ``journal.protocol.commit``, ``journal.protocol.rollback``,
 ``journal.verify``). A model predicts every outcome independently:
 
 - the live tree: ``path -> state``, a state being ``("file", bytes, mode,
@@ -42,12 +42,11 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from cowfs.errors import CommitFailed, Conflict
+from journal.errors import CommitFailed, Conflict
 from cowfs.stagers import remove_tree
-from journal.commit import commit
-from journal.rollback import AlreadyRolledBack, rollback
+from journal.protocol import commit, open_workspace, rollback
+from journal.rollback import AlreadyRolledBack
 from journal.verify import verify
-from journal.workspace import Workspace
 from tests.conftest import Roscoe
 
 # The same code applies an op batch inside a run (``python -c``) and to the
@@ -273,7 +272,7 @@ class TransactionMachine(RuleBasedStateMachine):
                 apply_ops([["write", path, state[1].hex(), state[2], state[3]]], self.root)
             else:
                 apply_ops([["symlink", path, state[1], state[2]]], self.root)
-        self.ws = Workspace.open(os.path.join(self.base, "home"))
+        self.ws = open_workspace(os.path.join(self.base, "home"))
         self.clock = T0
         self.open: list[Staged] = []
         # committed transactions (rollbacks included): tx -> {path: (old, new)}

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from cowfs.errors import ExitCode
-from journal.store import SCHEMA_VERSION, Journal, NewerJournal
-from journal.workspace import Workspace
+from journal.errors import NewerJournal
+from journal.protocol import open_workspace
+from journal.store import SCHEMA_VERSION, Journal
 from tests.conftest import Roscoe
 
 
@@ -55,7 +56,7 @@ def test_library_use_without_the_cli(tmp_path: Path) -> None:
     root = tmp_path / os.fsdecode(b"root \xff")
     root.mkdir()
     (root / "a.txt").write_text("a")
-    ws = Workspace.open(tmp_path / "home")
+    ws = open_workspace(tmp_path / "home")
     try:
         tx = ws.begin(root, "library")
         result = ws.run(tx.id, ["sh", "-c", "echo b > b.txt"], cwd=str(root))

@@ -140,7 +140,7 @@ def test_wait_no_such_transaction(clerk: Roscoe) -> None:
 
 def test_the_python_api_rejects_and_waits(root: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from journal import api
-    from journal.approval import Rejected
+    from journal.errors import Rejected
     from journal.waiting import WaitResult
 
     monkeypatch.setenv("LOGNAME", USER)

@@ -10,7 +10,8 @@ import errno
 import os
 from collections import namedtuple
 
-from cowfs.errors import StateDirError, StateDirFull
+from cowfs.errors import StateDirError
+from journal.errors import StateDirFull
 
 
 class Home(namedtuple("_Home", "path")):

@@ -35,8 +35,8 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from cowfs.changeset import ChangeSet, Move
-from cowfs.config import ApprovalRules, Policy
 from cowfs.entry import FILE, SYMLINK
+from journal.config import ApprovalRules, Policy
 
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
 DELETING = ("deleted", "type_changed")

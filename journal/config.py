@@ -32,7 +32,7 @@ import os
 import re
 from collections import namedtuple
 
-from cowfs.errors import ConfigError
+from journal.errors import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
