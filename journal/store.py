@@ -893,6 +893,18 @@ class Journal:
                 self.db.execute("UPDATE bases SET generations = ? WHERE tx = ? AND path = ?",
                                 (json.dumps(gens), tx_id, path))
 
+    def rebase_results(self, tx_id: str, restored: dict[str, int]) -> None:
+        """After an undone rollback put back byte for byte the objects the
+        committed ``tx_id`` wrote, their new generations (``restored``) are
+        what it wrote as far as verify and a later rollback are concerned."""
+        rows = self.db.execute("SELECT seq, new_generation FROM changes WHERE tx = ?", (tx_id,)).fetchall()
+        for seq, text in rows:
+            gens = _json(text)
+            if gens and any(k in restored and restored[k] != gens[k] for k in gens):
+                gens.update({k: restored[k] for k in gens if k in restored})
+                self.db.execute("UPDATE changes SET new_generation = ? WHERE tx = ? AND seq = ?",
+                                (json.dumps(gens, ensure_ascii=True), tx_id, seq))
+
     def base_generations(self, tx_id: str) -> dict[str, dict[str, int] | None]:
         """Per base path, the GCS object generations recorded when the last run ended."""
         rows = self.db.execute("SELECT path, generations FROM bases WHERE tx = ?", (tx_id,))

@@ -439,6 +439,8 @@ class Bucket(Target):
         foreign = sorted(k for k in left if k)
         with journal.write():
             journal.rebase_generations(tx.id, restored)
+            if tx.rolls_back:  # (the objects are again what the rolled-back transaction wrote)
+                journal.rebase_results(tx.rolls_back, restored)
             journal.event(tx.id, "gcs-undo", {"target": target.url, "objects": len(pairs), "left_alone": foreign})
         return None
 
