@@ -6,27 +6,29 @@ when their arguments have exactly these shapes (flags in any order, each once).
 An agent reads the diff and commits on every transaction, and stages plans;
 an operator's rollback should be as quick as the commit it undoes. Typer and
 rich cost ~200 ms a call. Anything else (help, other options, the
-``--opt=value`` spelling) goes to typer.
+``--opt=value`` spelling) goes to typer. The options are those of
+``cli.grammar``'s tables, which typer's are built from.
 """
 
 from __future__ import annotations
 
-PLAN_VALUES = ("--tx", "--root")
-PLAN_REPEATABLE = ("--hide",)
-PLAN_FLAGS = ("--dry-run", "--json")
-# tx COMMAND ID [FLAG...]: the flags each fast path takes, and those it needs
-# (tests/test_json.py checks them against typer's options).
+from cli import grammar
+
+PLAN_VALUES = tuple(n for o in grammar.PLAN if o.value and not o.repeatable for n in o.names)
+PLAN_REPEATABLE = tuple(n for o in grammar.PLAN if o.repeatable for n in o.names)
+PLAN_FLAGS = tuple(sorted(grammar.flags(grammar.PLAN, "--schema")))
+# tx COMMAND ID [FLAG...]: the flags each fast path takes, and those it needs.
 FLAGS = {
-    "diff": ({"--json"}, {"--json"}),
-    "commit": ({"--yes", "--json"}, set()),
-    "rollback": ({"--yes", "--force", "--json"}, set()),
+    "diff": (grammar.flags(grammar.DIFF, "--patch", "--stat"), {"--json"}),
+    "commit": (grammar.flags(grammar.COMMIT), set()),
+    "rollback": (grammar.flags(grammar.ROLLBACK, "--dry-run"), set()),
 }
 
 
-def fast_path(argv: list[str]) -> int | None:
+def fast_path(argv: list[str], settings) -> int | None:  # type: ignore[no-untyped-def]
     """Run ``argv`` if it is one of the shapes above; None lets typer parse it."""
     if argv[:2] == ["tx", "plan"]:
-        return plan(argv[2:])
+        return plan(argv[2:], settings)
     if len(argv) < 3 or argv[0] != "tx" or argv[2].startswith("-"):
         return None
     command, ref, options = argv[1], argv[2], argv[3:]
@@ -36,14 +38,21 @@ def fast_path(argv: list[str]) -> int | None:
     flags = set(options)
     if len(flags) != len(options) or not needs <= flags <= takes:
         return None
-    if command == "diff":
-        return diff_json(ref)
-    if command == "commit":
-        return commit(ref, yes="--yes" in flags, json_="--json" in flags)
-    return rollback(ref, yes="--yes" in flags, force="--force" in flags, json_="--json" in flags)
+    from cli.errors import write_json
+    from cli.state import commit_command, rollback_with_prompt, service
+
+    with service(settings) as roscoe:
+        if command == "diff":
+            tx = roscoe.get(ref)
+            write_json(roscoe.diff(tx.id).to_json(tx.id))
+            return 0
+        if command == "commit":
+            return commit_command(roscoe, ref, yes="--yes" in flags, json_="--json" in flags)
+        return rollback_with_prompt(roscoe, ref, yes="--yes" in flags, force="--force" in flags,
+                                    json_="--json" in flags)
 
 
-def plan(args: list[str]) -> int | None:
+def plan(args: list[str], settings) -> int | None:  # type: ignore[no-untyped-def]
     values: dict[str, str] = {}
     hide: list[str] = []
     flags: set[str] = set()
@@ -70,38 +79,5 @@ def plan(args: list[str]) -> int | None:
         return None
     from cli.plan import execute
 
-    return execute(source, tx=values.get("--tx"), root=values.get("--root"),
+    return execute(settings, source, tx=values.get("--tx"), root=values.get("--root"),
                    dry_run="--dry-run" in flags, json_="--json" in flags, hide=hide)
-
-
-def diff_json(ref: str) -> int:
-    from cli.errors import write_json
-    from cli.state import open_workspace
-
-    ws = open_workspace()
-    try:
-        tx = ws.get(ref)
-        write_json(ws.diff(tx.id).to_json(tx.id))
-    finally:
-        ws.close()
-    return 0
-
-
-def commit(ref: str, *, yes: bool, json_: bool) -> int:
-    from cli.state import commit_command, open_workspace
-
-    ws = open_workspace()
-    try:
-        return commit_command(ws, ref, yes=yes, json_=json_)
-    finally:
-        ws.close()
-
-
-def rollback(ref: str, *, yes: bool, force: bool, json_: bool) -> int:
-    from cli.state import open_workspace, rollback_with_prompt
-
-    ws = open_workspace()
-    try:
-        return rollback_with_prompt(ws, ref, yes=yes, force=force, json_=json_)
-    finally:
-        ws.close()

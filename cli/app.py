@@ -1,5 +1,7 @@
-"""The typer app: every command parses its options, calls one library method,
-and hands the result to ``cli.render``. No logic lives here."""
+"""The typer app: every command parses its options, calls one method of the
+service (journal.service), and hands the result to ``cli.render``. No logic
+lives here. The options of the commands with a fast path come from the
+tables of ``cli.grammar``, as the fast paths' do."""
 
 from __future__ import annotations
 
@@ -7,12 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli import render
+from cli import grammar, render
 from cli.errors import fail, say, warn
 from cli.run import RunArgs, execute, shell_command
 from cowfs.errors import ExitCode, RoscoeError, UsageError
-
-STATES = ("open", "committing", "committed", "aborted")
 
 app = typer.Typer(
     name="roscoe", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -26,48 +26,63 @@ tx_app = typer.Typer(
 app.add_typer(tx_app, name="tx")
 
 
-def workspace(root: str | None = None):  # type: ignore[no-untyped-def]
-    from cli.state import open_workspace
+def service(ctx: typer.Context):  # type: ignore[no-untyped-def]
+    """The service over the settings ``invoke`` was given (journal.service)."""
+    from cli.state import service as make
 
-    return open_workspace(root)
+    return make(ctx.obj)
+
+
+def option(table: tuple[grammar.Opt, ...], attr: str):  # type: ignore[no-untyped-def]
+    """The typer option of ``attr`` in ``table`` (cli.grammar)."""
+    found = next(o for o in table if o.attr == attr)
+    return typer.Option(*found.names, metavar=found.metavar, help=found.help)
+
+
+def declares(table: tuple[grammar.Opt, ...], *arguments: str):  # type: ignore[no-untyped-def]
+    """Check, as a command is declared, that its options are ``table``'s
+    (its other parameters being the ``arguments`` and the context)."""
+    def check(command):  # type: ignore[no-untyped-def]
+        code = command.__code__
+        params = set(code.co_varnames[:code.co_argcount]) - {"ctx", *arguments}
+        if params != {o.attr for o in table}:
+            raise AssertionError(f"{command.__name__}: options {sorted(params)} are not cli.grammar's"
+                                 f" {sorted(o.attr for o in table)}")
+        return command
+    return check
 
 
 @app.callback()
+@declares(grammar.GLOBAL)
 def main_options(
-    home: Annotated[Optional[str], typer.Option("--home", metavar="DIR",
-        help="State dir: journal, staging, blobs (default $ROSCOE_HOME, else $XDG_STATE_HOME/roscoe).")] = None,
-    config: Annotated[Optional[str], typer.Option("--config", metavar="FILE",
-        help="Config file (default $ROSCOE_CONFIG, else $ROSCOE_HOME/config.toml).")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+    home: Annotated[Optional[str], option(grammar.GLOBAL, "home")] = None,
+    config: Annotated[Optional[str], option(grammar.GLOBAL, "config")] = None,
+    debug: Annotated[bool, option(grammar.GLOBAL, "debug")] = False,
 ) -> None:
     """Global options go before the subcommand (they were applied by cli.main)."""
 
 
 TxId = Annotated[str, typer.Argument(metavar="ID", help="Transaction id (or a unique prefix of 4+ chars).")]
-TxOpt = Annotated[Optional[str], typer.Option("--tx", metavar="ID", help="Use this open transaction instead of a new one.")]
-RootOpt = Annotated[Optional[str], typer.Option("--root", metavar="DIR", help="The live tree to stage (default $ROSCOE_ROOT).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+TxOpt = Annotated[Optional[str], option((grammar.TX,), "tx")]
+RootOpt = Annotated[Optional[str], option((grammar.ROOT,), "root")]
+JsonOpt = Annotated[bool, option((grammar.JSON,), "json_")]
 # Every command but tx run and tx shell takes --json (cli.errors.NO_JSON): its
 # result as one JSON object on stdout; a failure prints the error object
 # (cli.errors.fail does that for every command, from the command line).
-JsonResultOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
+JsonResultOpt = Annotated[bool, option((grammar.JSON_RESULT,), "json_")]
 
 
 @tx_app.command("begin")
 def tx_begin(
+    ctx: typer.Context,
     root: RootOpt = None,
     message: Annotated[Optional[str], typer.Option("-m", "--message", metavar="MSG", help="What the transaction is for.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", metavar="URL", help="Commit through the GCS API to gs://BUCKET/PREFIX (the root is its mount); default: the config's [roots] target.")] = None,
     json_: JsonResultOpt = False,
 ) -> int:
     """Open a transaction over the root; print only its id (with --json, the transaction)."""
-    from cli.run import default_root
-
-    ws = workspace(root)
-    try:
-        tx = ws.begin(default_root(root), message, target)
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        tx = roscoe.begin(root, message, target)
     if json_:
         render.json_out(tx.to_json())
     else:
@@ -78,22 +93,24 @@ def tx_begin(
 RUN_CONTEXT = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 
 
-NetworkOpt = Annotated[str, typer.Option("--network", metavar="on|off", help="Give the run the host's network (on) or only a private loopback (off).")]
-TimeoutOpt = Annotated[Optional[str], typer.Option("--timeout", metavar="SECONDS", help="Kill every process of the run after this long (exit 124).")]
-MemoryOpt = Annotated[Optional[str], typer.Option("--memory", metavar="SIZE", help="Memory limit of the whole run, e.g. 512M or 2G (a cgroup; else RLIMIT_AS per process, with a warning).")]
-PidsOpt = Annotated[Optional[str], typer.Option("--pids", metavar="N", help="At most N processes at once in the run (needs a cgroup).")]
-EnvOpt = Annotated[Optional[list[str]], typer.Option("--env", metavar="KEY=VAL", help="Set a variable in the run's environment (repeatable).")]
-CleanEnvOpt = Annotated[bool, typer.Option("--clean-env", help="Pass only PATH, HOME, LANG and TERM of roscoe's environment (plus --env).")]
-WritableOpt = Annotated[Optional[list[str]], typer.Option("--writable", metavar="PATH", help="Let the run write PATH, outside the root, for real (repeatable).")]
-HideOpt = Annotated[Optional[list[str]], typer.Option("--hide", metavar="PATH", help="Hide PATH (relative to the root, or absolute outside it) from the run: it sees an empty read-only dir or file there (repeatable; adds to the config's [run] hide).")]
+NetworkOpt = Annotated[str, option(grammar.SANDBOX, "network")]
+TimeoutOpt = Annotated[Optional[str], option(grammar.SANDBOX, "timeout")]
+MemoryOpt = Annotated[Optional[str], option(grammar.SANDBOX, "memory")]
+PidsOpt = Annotated[Optional[str], option(grammar.SANDBOX, "pids")]
+EnvOpt = Annotated[Optional[list[str]], option(grammar.SANDBOX, "env")]
+CleanEnvOpt = Annotated[bool, option(grammar.SANDBOX, "clean_env")]
+WritableOpt = Annotated[Optional[list[str]], option(grammar.SANDBOX, "writable")]
+HideOpt = Annotated[Optional[list[str]], option(grammar.SANDBOX, "hide")]
 
 
 @tx_app.command("run", context_settings=RUN_CONTEXT)
+@declares(grammar.RUN, "command")
 def tx_run(
+    ctx: typer.Context,
     command: Annotated[list[str], typer.Argument(metavar="-- CMD [ARG...]", help="The command to run in the overlay.")],
     tx: TxOpt = None,
     root: RootOpt = None,
-    message: Annotated[Optional[str], typer.Option("-m", "--message", metavar="MSG", help="Message of the new transaction.")] = None,
+    message: Annotated[Optional[str], option(grammar.RUN, "message")] = None,
     network: NetworkOpt = "on",
     timeout: TimeoutOpt = None,
     memory: MemoryOpt = None,
@@ -102,9 +119,9 @@ def tx_run(
     clean_env: CleanEnvOpt = False,
     writable: WritableOpt = None,
     hide: HideOpt = None,
-    report: Annotated[Optional[str], typer.Option("--report", metavar="FILE", help="Write the run's JSON report to FILE.")] = None,
-    commit: Annotated[bool, typer.Option("--commit", help="Commit afterwards when CMD exited 0 (asks first on a terminal).")] = False,
-    yes: Annotated[bool, typer.Option("--yes", help="With --commit: do not ask.")] = False,
+    report: Annotated[Optional[str], option(grammar.RUN, "report")] = None,
+    commit: Annotated[bool, option(grammar.RUN, "commit")] = False,
+    yes: Annotated[bool, option(grammar.RUN, "yes")] = False,
 ) -> int:
     """Run CMD inside the transaction's staged overlay (a new transaction without --tx).
 
@@ -116,13 +133,15 @@ def tx_run(
         return execute(RunArgs(
             tx, root, message, network, timeout, report, command, commit, yes,
             memory=memory, pids=pids, env=env, clean_env=clean_env, writable=writable, hide=hide,
-        ))
+        ), ctx.obj)
     except RoscoeError as e:
         return fail(e, in_run=True)
 
 
 @tx_app.command("shell")
+@declares(grammar.SHELL)
 def tx_shell(
+    ctx: typer.Context,
     tx: TxOpt = None,
     root: RootOpt = None,
     network: NetworkOpt = "on",
@@ -142,19 +161,21 @@ def tx_shell(
         return execute(RunArgs(
             tx=tx, root=root, network=network, timeout=timeout, command=shell_command(),
             memory=memory, pids=pids, env=env, clean_env=clean_env, writable=writable, hide=hide,
-        ), interactive=True)
+        ), ctx.obj, interactive=True)
     except RoscoeError as e:
         return fail(e, in_run=True)
 
 
 @tx_app.command("plan")
+@declares(grammar.PLAN, "plan")
 def tx_plan(
+    ctx: typer.Context,
     plan: Annotated[Optional[str], typer.Argument(metavar="PLAN", help="The plan: a JSON file, or - for standard input.")] = None,
     tx: TxOpt = None,
     root: RootOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff the transaction would have after the plan; stage nothing.")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON: the dry run's diff, or what was staged.")] = False,
-    schema: Annotated[bool, typer.Option("--schema", help="Print the plan's JSON Schema and exit.")] = False,
+    dry_run: Annotated[bool, option(grammar.PLAN, "dry_run")] = False,
+    json_: Annotated[bool, option(grammar.PLAN, "json_")] = False,
+    schema: Annotated[bool, option(grammar.PLAN, "schema")] = False,
     hide: HideOpt = None,
 ) -> int:
     """Stage a JSON plan of file operations (mkdir, move, copy, rename, delete,
@@ -166,27 +187,25 @@ def tx_plan(
     """
     from cli.plan import execute as plan_execute
 
-    return plan_execute(plan, tx=tx, root=root, dry_run=dry_run, json_=json_, schema=schema, hide=hide or ())
+    return plan_execute(ctx.obj, plan, tx=tx, root=root, dry_run=dry_run, json_=json_, schema=schema, hide=hide or ())
 
 
 @tx_app.command("diff")
+@declares(grammar.DIFF, "tx")
 def tx_diff(
+    ctx: typer.Context,
     tx: TxId,
     json_: JsonOpt = False,
-    patch: Annotated[bool, typer.Option("--patch", help="Unified diffs of changed text files.")] = False,
-    stat: Annotated[bool, typer.Option("--stat", help="One line per path and a summary.")] = False,
+    patch: Annotated[bool, option(grammar.DIFF, "patch")] = False,
+    stat: Annotated[bool, option(grammar.DIFF, "stat")] = False,
 ) -> int:
     """The hashed diff of the transaction against the live tree."""
-    ws = workspace()
-    try:
+    with service(ctx) as roscoe:
+        record = roscoe.get(tx)
         if patch and not json_:
-            record = ws.get(tx)
-            render.patches(record.id, record.root, ws.patches(record.id))
+            render.patches(record.id, record.root, roscoe.patches(record.id))
             return 0
-        record = ws.get(tx)
-        changes = ws.diff(record.id)
-    finally:
-        ws.close()
+        changes = roscoe.diff(record.id)
     if json_:
         render.json_out(changes.to_json(record.id))
     elif stat:
@@ -197,13 +216,10 @@ def tx_diff(
 
 
 @tx_app.command("show")
-def tx_show(tx: TxId, json_: JsonOpt = False) -> int:
+def tx_show(ctx: typer.Context, tx: TxId, json_: JsonOpt = False) -> int:
     """State, root, backend, runs, diff summary and approvals of a transaction."""
-    ws = workspace()
-    try:
-        view = ws.show(tx)
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        view = roscoe.show(tx)
     if json_:
         render.json_out(view.to_json())
     else:
@@ -213,28 +229,23 @@ def tx_show(tx: TxId, json_: JsonOpt = False) -> int:
 
 @tx_app.command("list")
 def tx_list(
+    ctx: typer.Context,
     state: Annotated[Optional[str], typer.Option("--state", metavar="STATE", help="Only transactions in STATE (open, committing, committed, aborted).")] = None,
     json_: JsonOpt = False,
 ) -> int:
     """Transactions, newest first."""
-    if state is not None and state not in STATES:
-        raise UsageError(detail=f"--state {state}: expected one of {', '.join(STATES)}")
-    ws = workspace()
-    try:
-        records = ws.list(state)
-        runs = ws.run_counts()
-        approvals = ws.approval_states()
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        listing = roscoe.list(state)
     if json_:
-        render.json_out([dict(r.to_json(), runs=runs.get(r.id, 0), approval=approvals.get(r.id)) for r in records])
+        render.json_out(listing.to_json())
     else:
-        render.tx_list(records, runs, approvals)
+        render.tx_list(listing.records, listing.runs, listing.approvals)
     return 0
 
 
 @tx_app.command("approve")
 def tx_approve(
+    ctx: typer.Context,
     tx: TxId,
     diff_hash: Annotated[str, typer.Option("--hash", metavar="DIFF_HASH", help="The diff_hash you reviewed (from `tx diff ID --json` or `tx show ID`).")],
     by: Annotated[Optional[str], typer.Option("--by", metavar="NAME", help="Who approves (default: the login user).")] = None,
@@ -242,14 +253,9 @@ def tx_approve(
 ) -> int:
     """Approve the transaction's exact diff: a commit goes through only while
     the diff still hashes to DIFF_HASH and no run has happened since."""
-    from journal.decisions import approve
-
-    ws = workspace()
-    try:
-        record = approve(ws, tx, diff_hash, by)
-        notices = ws.notices
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        record = roscoe.approve(tx, diff_hash, by)
+        notices = roscoe.notices
     if json_:
         render.json_out(dict(tx=record.tx, **record.to_json()))
     say(f"tx {record.tx} approved by {record.approver} for diff {record.diff_hash}; any later run voids it")
@@ -259,6 +265,7 @@ def tx_approve(
 
 @tx_app.command("reject")
 def tx_reject(
+    ctx: typer.Context,
     tx: TxId,
     by: Annotated[str, typer.Option("--by", metavar="NAME", help="Who rejects it (required).")],
     reason: Annotated[Optional[str], typer.Option("-m", "--message", metavar="REASON", help="Why, for the agent and the audit trail.")] = None,
@@ -268,14 +275,9 @@ def tx_reject(
     approval of it is refused, until a later run changes the diff."""
     import json
 
-    from journal.decisions import reject
-
-    ws = workspace()
-    try:
-        record = reject(ws, tx, by, reason)
-        notices = ws.notices
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        record = roscoe.reject(tx, by, reason)
+        notices = roscoe.notices
     if json_:
         render.json_out(dict(record.to_json(), tx=record.tx))
     why = f": {json.dumps(reason, ensure_ascii=False)}" if reason else ""
@@ -287,20 +289,18 @@ def tx_reject(
 
 @tx_app.command("wait")
 def tx_wait(
+    ctx: typer.Context,
     tx: TxId,
     timeout: Annotated[Optional[str], typer.Option("--timeout", metavar="SECONDS", help="Give up after this long (exit 124); default: wait for ever.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print how the wait ended as JSON.")] = False,
 ) -> int:
     """Block until the transaction is approved (exit 0), rejected (4),
     committed (0) or aborted (1); exit 124 when SECONDS pass first."""
-    from journal.waiting import seconds, wait
+    from journal.waiting import seconds
 
     limit = seconds(timeout)
-    ws = workspace()
-    try:
-        result = wait(ws, tx, limit)
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        result = roscoe.wait(tx, limit)
     if json_:
         render.json_out(result.to_json())
     render.waited(result, timeout)
@@ -308,26 +308,22 @@ def tx_wait(
 
 
 @tx_app.command("abort")
-def tx_abort(tx: TxId, json_: JsonResultOpt = False) -> int:
+def tx_abort(ctx: typer.Context, tx: TxId, json_: JsonResultOpt = False) -> int:
     """Discard the transaction's staged changes; the live tree is not touched."""
-    from cli.state import open_workspace
-
-    ws = open_workspace(aborting=tx)
-    try:
-        record = ws.abort(tx)
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        record = roscoe.abort(tx)
     if json_:
         render.json_out(record.to_json())
     say(f"tx {record.id} aborted; its staged changes are discarded and the live tree was not touched")
     return 0
 
 
-YesOpt = Annotated[bool, typer.Option("--yes", help="Do not ask first on a terminal.")]
+YesOpt = Annotated[bool, option((grammar.YES,), "yes")]
 
 
 @tx_app.command("commit")
-def tx_commit(tx: TxId, yes: YesOpt = False, json_: JsonResultOpt = False) -> int:
+@declares(grammar.COMMIT, "tx")
+def tx_commit(ctx: typer.Context, tx: TxId, yes: YesOpt = False, json_: JsonResultOpt = False) -> int:
     """Commit the transaction's changes to the live tree, atomically.
 
     Refuses with exit 3 when the live tree changed under the transaction
@@ -335,35 +331,28 @@ def tx_commit(tx: TxId, yes: YesOpt = False, json_: JsonResultOpt = False) -> in
     """
     from cli.state import commit_command
 
-    ws = workspace()
-    try:
-        return commit_command(ws, tx, yes=yes, json_=json_)
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        return commit_command(roscoe, tx, yes=yes, json_=json_)
 
 
 @tx_app.command("rollback")
+@declares(grammar.ROLLBACK, "tx")
 def tx_rollback(
+    ctx: typer.Context,
     tx: TxId,
     yes: YesOpt = False,
-    force: Annotated[bool, typer.Option("--force", help="Roll back even paths changed since the commit.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff the rollback would apply; stage and write nothing.")] = False,
+    force: Annotated[bool, option(grammar.ROLLBACK, "force")] = False,
+    dry_run: Annotated[bool, option(grammar.ROLLBACK, "dry_run")] = False,
     json_: JsonResultOpt = False,
 ) -> int:
     """Put back exactly what a committed transaction changed, as a new
     transaction (printed on stdout) that can itself be rolled back."""
     from cli.state import rollback_with_prompt
 
-    ws = workspace()
-    try:
-        if dry_run:
-            from journal.rollback import dry_run as preview
-
-            planned = preview(ws, tx)
-        else:
-            return rollback_with_prompt(ws, tx, yes=yes, force=force, json_=json_)
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        if not dry_run:
+            return rollback_with_prompt(roscoe, tx, yes=yes, force=force, json_=json_)
+        planned = roscoe.rollback_dry_run(tx)
     if json_:
         render.json_out(planned.to_json())
     else:
@@ -372,24 +361,20 @@ def tx_rollback(
 
 
 @tx_app.command("log")
-def tx_log(json_: JsonOpt = False) -> int:
+def tx_log(ctx: typer.Context, json_: JsonOpt = False) -> int:
     """Committed history of every root, newest first (rollbacks included)."""
-    ws = workspace()
-    try:
-        records = ws.journal.committed()
-        counts = {r.id: ws.journal.change_count(r.id) for r in records}
-        undone = ws.journal.rolled_back_by()
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        entries = roscoe.log()
     if json_:
-        render.json_out([dict(r.to_json(), changes=counts[r.id], rolled_back_by=undone.get(r.id)) for r in records])
+        render.json_out([e.to_json() for e in entries])
     else:
-        render.log(records, counts, undone)
+        render.log(entries)
     return 0
 
 
 @app.command("audit")
 def audit_cmd(
+    ctx: typer.Context,
     tx: Annotated[Optional[str], typer.Option("--tx", metavar="ID", help="Only the events of this transaction.")] = None,
     since: Annotated[Optional[str], typer.Option("--since", metavar="TIME", help="Only events at or after TIME: ISO 8601 (UTC unless an offset is given) or an age such as 30m, 12h, 7d.")] = None,
     json_: JsonOpt = False,
@@ -399,39 +384,28 @@ def audit_cmd(
     from journal.audit import parse_since
 
     since_ns = parse_since(since) if since is not None else None
-    ws = workspace()
-    try:
-        tx_id = ws.get(tx).id if tx is not None else None
-        events = ws.journal.audit_events(tx_id, since_ns)
-        head = ws.journal.audit_head()
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        trail = roscoe.audit(tx, since_ns)
     if json_:
-        render.json_out({
-            "head": {"seq": head[0], "hash": head[1]} if head else None,
-            "events": [e.to_json() for e in events],
-        })
+        render.json_out(trail.to_json())
     else:
-        render.audit(events, head)
+        render.audit(trail.events, trail.head)
     return 0
 
 
 @app.command("recover")
-def recover_cmd(json_: JsonResultOpt = False) -> int:
+def recover_cmd(ctx: typer.Context, json_: JsonResultOpt = False) -> int:
     """Undo any commit a crash interrupted (every command does this first);
     exit 6 when there was one, 0 when there was none."""
     from cli.errors import print_error_json
-    from cli.state import open_workspace, recovered_line
+    from cli.state import recovered_line
     from cowfs.errors import error_json
 
-    ws = open_workspace()
-    try:
-        found = ws.recovered
-        cleaned = ws.clean_finished()
-        for tx_id in cleaned:
-            say(f"removed the leftover staging dir of finished tx {tx_id}")
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        done = roscoe.recover()
+    found, cleaned = done.recovered, done.staging_removed
+    for tx_id in cleaned:
+        say(f"removed the leftover staging dir of finished tx {tx_id}")
     if not found:
         say("nothing to recover")
         if json_:
@@ -446,19 +420,15 @@ def recover_cmd(json_: JsonResultOpt = False) -> int:
 
 @app.command("verify")
 def verify_cmd(
+    ctx: typer.Context,
     json_: JsonOpt = False,
     integrity: Annotated[bool, typer.Option("--integrity", help="Check only the journal, the blobs and the audit trail; do not read the live tree.")] = False,
 ) -> int:
     """Check the journal, the blob store, the audit trail and the live tree
     against each other; exit 1 when roscoe's own state is damaged, 3 when
     only the live tree drifted from what was committed."""
-    from journal.verify import verify
-
-    ws = workspace()
-    try:
-        report = verify(ws, live=not integrity)
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        report = roscoe.verify(live=not integrity)
     if json_:
         render.json_out(report.to_json())
     else:
@@ -470,19 +440,13 @@ def verify_cmd(
 
 @app.command("gc")
 def gc_cmd(
+    ctx: typer.Context,
     keep_days: Annotated[float, typer.Option("--keep-days", metavar="N", help="Keep the images of transactions committed in the last N days.")],
     json_: JsonOpt = False,
 ) -> int:
     """Drop images no rollback can need any more."""
-    from journal.gc import gc
-
-    if keep_days < 0:
-        raise UsageError(detail="--keep-days must be 0 or more")
-    ws = workspace()
-    try:
-        result = gc(ws, keep_days)
-    finally:
-        ws.close()
+    with service(ctx) as roscoe:
+        result = roscoe.gc(keep_days)
     if json_:
         render.json_out(result)
     else:
@@ -490,12 +454,14 @@ def gc_cmd(
     return 0
 
 
-def invoke(argv: list[str], *, debug: bool = False) -> int:
+def invoke(argv: list[str], settings) -> int:  # type: ignore[no-untyped-def]
+    """Run the command ``argv`` with ``settings`` (journal.settings; ``ctx.obj`` of every command)."""
     from typer._click import exceptions as click_errors
 
+    debug = settings.debug
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv, prog_name="roscoe", standalone_mode=False)
+        result = command.main(args=argv, prog_name="roscoe", standalone_mode=False, obj=settings)
     except click_errors.UsageError as e:
         where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
         in_run = argv[:2] in (["tx", "run"], ["tx", "shell"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from cli.errors import fail, json_requested, use_json
-from cli.options import Globals, apply, split_globals
+from cli.options import Globals, settings, split_globals
 from cowfs.errors import RoscoeError
 
 
@@ -19,22 +19,22 @@ def main(argv: list[str] | None = None) -> int:
         g, rest = split_globals(argv)
         in_run = rest[:2] in (["tx", "run"], ["tx", "shell"])
         use_json(json_requested(rest))
-        apply(g)
+        given = settings(g)
         if rest[:2] == ["tx", "run"]:
             from cli.run import HelpWanted, execute, parse_run_args
 
             try:
-                return execute(parse_run_args(rest[2:]))
+                return execute(parse_run_args(rest[2:]), given)
             except HelpWanted:
                 pass
         from cli.agent import fast_path
 
-        code = fast_path(rest)
+        code = fast_path(rest, given)
         if code is not None:
             return code
         from cli.app import invoke
 
-        return invoke(rest, debug=g.debug)
+        return invoke(rest, given)
     except (RoscoeError, OSError, KeyboardInterrupt, Exception) as e:
         return fail(e, in_run=in_run, debug=g.debug)
 

@@ -1,14 +1,12 @@
 """Global options (``roscoe [--home DIR] [--config FILE] [--debug] ...``), parsed
-without typer so that ``tx run`` can start fast."""
+without typer (from ``cli.grammar.GLOBAL``) so that ``tx run`` can start fast."""
 
 from __future__ import annotations
 
-import os
-
+from cli.grammar import GLOBAL, spellings
 from cowfs.errors import UsageError
 
-GLOBAL_WITH_VALUE = ("--home", "--config")
-GLOBAL_FLAGS = ("--debug",)
+OPTIONS = spellings(GLOBAL)
 
 
 class Globals:
@@ -27,26 +25,27 @@ def split_globals(argv: list[str]) -> tuple[Globals, list[str]]:
     while i < len(argv):
         arg = argv[i]
         name, eq, value = arg.partition("=")
-        if name in GLOBAL_WITH_VALUE:
+        option = OPTIONS.get(name)
+        if option is not None and option.value:
             if not eq:
                 if i + 1 >= len(argv):
                     raise UsageError(detail=f"option {name} needs a value")
                 value = argv[i + 1]
                 i += 1
-            setattr(g, name[2:], value)
-        elif arg in GLOBAL_FLAGS:
-            g.debug = True
+            setattr(g, option.attr, value)
+        elif option is not None and arg == name:
+            setattr(g, option.attr, True)
         else:
             break
         i += 1
     return g, argv[i:]
 
 
-def apply(g: Globals) -> None:
-    """Make the global options visible to the libraries, which read the environment."""
-    if g.home:
-        os.environ["ROSCOE_HOME"] = os.path.abspath(g.home)
-    if g.config:
-        if not os.path.isfile(g.config):
-            raise UsageError(detail=f"config file {g.config} does not exist", path=g.config)
-        os.environ["ROSCOE_CONFIG"] = os.path.abspath(g.config)
+def settings(g: Globals):  # type: ignore[no-untyped-def]
+    """The settings of this command (journal.settings): the global options,
+    the environment filling in the rest. The one place the CLI reads it."""
+    import os
+
+    from journal.settings import Settings
+
+    return Settings.from_env(os.environ, home=g.home, config=g.config, debug=g.debug)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from cli.errors import say, write_json
+from cli.errors import say
+from cli.errors import write_json
 from cowfs.errors import UsageError
 
 
@@ -20,8 +21,8 @@ def read_plan(source: str) -> bytes:
 
 
 def execute(
-    source: str | None, *, tx: str | None = None, root: str | None = None, dry_run: bool = False,
-    json_: bool = False, schema: bool = False, hide: tuple[str, ...] | list[str] = (),
+    settings, source: str | None, *, tx: str | None = None, root: str | None = None,  # type: ignore[no-untyped-def]
+    dry_run: bool = False, json_: bool = False, schema: bool = False, hide: tuple[str, ...] | list[str] = (),
 ) -> int:
     from cowfs.plan import load, schema_text
 
@@ -31,17 +32,13 @@ def execute(
     if source is None:
         raise UsageError(detail="tx plan: no PLAN given (a JSON file, or - for standard input)")
     plan = load(read_plan(source))
-    from cli.run import default_root
-    from cli.state import open_workspace
-    from journal import planning
+    from cli.state import service
 
-    if tx is None:
-        root = default_root(root)
-    ws = open_workspace(root)
-    try:
+    with service(settings) as roscoe:
+        if tx is None:
+            root = roscoe.default_root(root)
         if dry_run:
-            return _dry_run(planning.dry_run(ws, plan, tx=tx if tx is None else ws.get(tx).id, root=root,
-                                             hide=hide), json_)
+            return _dry_run(roscoe.dry_run_plan(plan, tx=tx, root=root, hide=hide), json_)
         began: list[str] = []
 
         def opened(record) -> None:  # type: ignore[no-untyped-def]
@@ -50,14 +47,12 @@ def execute(
                 began.append(record.id)
 
         try:
-            result = planning.stage(ws, plan, tx=tx, root=root, message=f"tx plan {source}", on_begin=opened,
-                                    hide=hide)
+            result = roscoe.stage_plan(plan, tx=tx, root=root, message=f"tx plan {source}", on_begin=opened,
+                                       hide=hide)
         except BaseException:
             for tx_id in began:
                 say(f"tx {tx_id} aborted: it was opened for this plan")
             raise
-    finally:
-        ws.close()
     if json_:
         write_json(result.to_json())
     elif result.began:

@@ -19,6 +19,7 @@ from cli.errors import write_json
 from cowfs.changeset import Change, ChangeSet, Move
 from cowfs.entry import Entry
 from cowfs.patch import FilePatch
+from journal.service import LogEntry
 from journal.store import TxRecord
 from journal.workspace import TxView
 
@@ -376,21 +377,21 @@ def rollback_dry_run(planned: Any) -> None:
     out.print("dry run: nothing was staged or written")
 
 
-def log(records: list[TxRecord], counts: dict[str, int], undone: dict[str, str] | None = None) -> None:
+def log(entries: list[LogEntry]) -> None:
     out = console()
-    if not records:
+    if not entries:
         out.print("no committed transactions")
         return
     table = Table(box=None)
     for col in ("tx", "committed", "by", "changes", "root", "message"):
         table.add_column(col, overflow="fold")
-    for r in records:
+    for r, changes, undone in entries:
         note = r.message or ""
         if r.images_dropped:
             note += " (images dropped: no rollback)"
-        if undone and r.id in undone:
-            note += f" (rolled back by {undone[r.id]})"
-        table.add_row(r.id, when(r.committed_ns), f"{r.user}@{r.host}", str(counts.get(r.id, 0)), display_path(r.root), note)
+        if undone:
+            note += f" (rolled back by {undone})"
+        table.add_row(r.id, when(r.committed_ns), f"{r.user}@{r.host}", str(changes), display_path(r.root), note)
     out.print(table)
 
 

@@ -1,8 +1,8 @@
 """``roscoe tx run`` and ``tx shell``: the commands on every agent call.
 
-They import neither typer nor rich: ``main`` parses ``tx run`` with the small
-table below so start-up stays near bare Python's. typer still declares the
-same options (for ``--help`` and the man page); a test keeps the two in step.
+They import neither typer nor rich: ``main`` parses ``tx run`` with the
+table of ``cli.grammar`` so start-up stays near bare Python's. typer declares
+the same options from the same table (for ``--help`` and the man page).
 """
 
 from __future__ import annotations
@@ -14,31 +14,16 @@ import re
 import shlex
 import sys
 
+from cli.grammar import RUN, spellings
 from cowfs.errors import RoscoeError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cowfs.callerfile import CallerFile
 
-# option -> (attribute, takes a value)
-RUN_OPTIONS: dict[str, tuple[str, bool]] = {
-    "--tx": ("tx", True),
-    "--root": ("root", True),
-    "-m": ("message", True),
-    "--message": ("message", True),
-    "--network": ("network", True),
-    "--timeout": ("timeout", True),
-    "--memory": ("memory", True),
-    "--pids": ("pids", True),
-    "--env": ("env", True),
-    "--clean-env": ("clean_env", False),
-    "--writable": ("writable", True),
-    "--hide": ("hide", True),
-    "--report": ("report", True),
-    "--commit": ("commit", False),
-    "--yes": ("yes", False),
-}
-REPEATABLE = {"env", "writable", "hide"}
+# option -> (attribute, takes a value), from the one table (cli.grammar)
+RUN_OPTIONS: dict[str, tuple[str, bool]] = {name: (o.attr, o.value) for name, o in spellings(RUN).items()}
+REPEATABLE = {o.attr for o in RUN if o.repeatable}
 # What --clean-env keeps of roscoe's own environment (ROSCOE_TX and ROSCOE_ROOT
 # are always set for the run).
 CLEAN_ENV = ("PATH", "HOME", "LANG", "TERM")
@@ -158,47 +143,28 @@ def parse_network(value: str) -> bool:
     return value == "on"
 
 
-def default_root(root: str | None) -> str:
-    chosen = root or os.environ.get("ROSCOE_ROOT")
-    if not chosen:
-        raise UsageError(detail="no root: pass --root DIR or set ROSCOE_ROOT")
-    return chosen
-
-
-def execute(args: RunArgs, *, interactive: bool = False) -> int:
+def execute(args: RunArgs, settings, *, interactive: bool = False) -> int:  # type: ignore[no-untyped-def]
     """Run ``args.command`` in its transaction; returns the exit code to exit with."""
     from cli.errors import say
-    from cli.state import open_workspace
-    from cowfs.hide import check_writable
-    from cowfs.sandbox import writable_binds
+    from cli.state import service
 
     network = parse_network(args.network)
     timeout = parse_timeout(args.timeout)
     limits = parse_limits(args)
     env = run_env(args)
-    ws = open_workspace(args.root)
-    try:
-        report = None
-        if args.tx:
-            tx = ws.get(args.tx)
-            if args.root and os.path.realpath(args.root) != tx.root:
-                raise UsageError(detail=f"--root {args.root} is not the root of tx {tx.id} ({tx.root})")
-            ws.require_open(tx, "run")
-            writable_binds(args.writable or (), tx.root, ws.home.path)
-            report = report_place(args.report, tx.root, ws.home.path)
-        else:
-            root = ws.check_invocable(default_root(args.root), args.command)
-            # bad --writable, --hide and --report values fail before a transaction exists
-            writable_binds(args.writable or (), root, ws.home.path)
-            check_writable(ws.hidden(root, args.hide or ())[0], args.writable or ())
-            report = report_place(args.report, root, ws.home.path)
-            tx = ws.begin(root, args.message)
+    with service(settings) as roscoe:
+        # bad --writable, --hide and --report values fail before a transaction exists
+        tx, root = roscoe.check_run(args.tx, args.root, args.command,
+                                    writable=args.writable or (), hide=args.hide or ())
+        report = report_place(args.report, root, roscoe.home)
+        if tx is None:
+            tx = roscoe.begin(root, args.message)
         say(f"tx {tx.id}")
         command, pass_fds = args.command, ()
         if interactive:
             say(f"shell in the staged overlay of {tx.root}; exit to leave (nothing lands until commit)")
             command, pass_fds = prompt_shell(command, tx.id, env)
-        result = ws.run(
+        result = roscoe.run(
             tx.id, command, env=env, network=network, timeout=timeout, limits=limits,
             writable=args.writable or (), pass_fds=pass_fds, hide=args.hide or (),
         )
@@ -206,7 +172,7 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
         will_commit = args.commit and result.exit_code == 0
         if report is not None:  # (again below, once the commit is decided)
             write_report(report, dict(summary, commit=commit_outcome("pending") if will_commit else (
-                commit_outcome("not_attempted") if args.commit else None)), tx.root, ws.home.path)
+                commit_outcome("not_attempted") if args.commit else None)), tx.root, roscoe.home)
         summarize(tx.id, args, result)
         if not args.commit:
             return result.exit_code
@@ -217,16 +183,14 @@ def execute(args: RunArgs, *, interactive: bool = False) -> int:
 
         outcome = commit_outcome("failed")
         try:
-            code, outcome = commit_after_run(ws, tx.id, yes=args.yes)
+            code, outcome = commit_after_run(roscoe, tx.id, yes=args.yes)
         except Exception as e:  # not roscoe's own error: 125, as any in a run
             outcome = commit_outcome("failed", describe(e)["error"])  # type: ignore[arg-type]
             raise
         finally:
             if report is not None:
-                write_report(report, dict(summary, commit=outcome), tx.root, ws.home.path)
+                write_report(report, dict(summary, commit=outcome), tx.root, roscoe.home)
         return result.exit_code if code is None else code
-    finally:
-        ws.close()
 
 
 # What the report's "commit" says: roscoe tried it (committed, or refused: the
@@ -240,15 +204,14 @@ def commit_outcome(outcome: str, error: dict[str, object] | None = None,
     return {"outcome": outcome, "error": error, "tx": tx}
 
 
-def commit_after_run(ws, tx_id: str, *, yes: bool) -> tuple[int | None, dict[str, object]]:  # type: ignore[no-untyped-def]
+def commit_after_run(roscoe, tx_id: str, *, yes: bool) -> tuple[int | None, dict[str, object]]:  # type: ignore[no-untyped-def]
     """``tx run --commit``: commit ``tx_id``; the exit code that then wins
     over CMD's (None: CMD's stays) and the report's "commit" object."""
-    from cli.errors import describe, fail, say
-    from cli.errors import Declined
+    from cli.errors import Declined, describe, fail, say
     from cli.state import commit_with_prompt, committed_json
 
     try:
-        record = commit_with_prompt(ws, tx_id, yes=yes)
+        record = commit_with_prompt(roscoe, tx_id, yes=yes)
     except Declined as e:
         say(e.message)
         return None, commit_outcome("declined", describe(e)["error"])  # type: ignore[arg-type]
@@ -258,7 +221,7 @@ def commit_after_run(ws, tx_id: str, *, yes: bool) -> tuple[int | None, dict[str
         kind = error["kind"]
         outcome = kind if kind in COMMIT_OUTCOMES else "failed"
         return fail(e), commit_outcome(str(outcome), error)  # the commit's own code (1, 3, 4) wins over CMD's 0
-    return None, commit_outcome("committed", tx=committed_json(ws, record))
+    return None, commit_outcome("committed", tx=committed_json(roscoe, record))
 
 
 def summarize(tx_id: str, args: RunArgs, result) -> None:  # type: ignore[no-untyped-def]

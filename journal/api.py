@@ -2,7 +2,9 @@
 
 Each call opens the state dir (``home``, else ``$ROSCOE_HOME``), runs
 recovery first as every roscoe command does, does one thing and closes it, so
-calls may come from any process or thread. Results are typed (namedtuples of
+calls may come from any process or thread; each is one method of
+``journal.service.Service``, whose settings are read from the environment
+here, as the CLI reads them (``journal.settings``). Results are typed (namedtuples of
 ``cowfs``/``journal``); failures raise ``cowfs.RoscoeError`` subclasses whose
 ``exit_code`` is the CLI's::
 
@@ -23,7 +25,6 @@ calls may come from any process or thread. Results are typed (namedtuples of
 from __future__ import annotations
 
 import os
-from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,10 +33,12 @@ from cowfs.plan import Plan, schema
 from journal.planning import DryRun, PlanResult, as_plan
 from journal.audit import Event
 from journal.rollback import DryRun as RollbackDryRun
+from journal.service import LogEntry, Service
+from journal.settings import Settings
 from journal.store import ApprovalRecord, TxRecord
 from journal.verify import Report
 from journal.waiting import WaitResult
-from journal.workspace import RunResult, TxView, Workspace
+from journal.workspace import RunResult, TxView
 
 HomeDir = str | os.PathLike[str] | None
 PlanLike = Plan | dict[str, object] | str | bytes
@@ -47,34 +50,18 @@ __all__ = [
 ]
 
 
-class LogEntry(namedtuple("_LogEntry", "record changes rolled_back_by")):
-    """One committed transaction of ``log()``: its record, its number of changed
-    paths, and the rollback that undid it (None when none stands)."""
-
-    __slots__ = ()
-    record: TxRecord
-    changes: int
-    rolled_back_by: str | None
-
-    def to_json(self) -> dict[str, object]:
-        return dict(self.record.to_json(), changes=self.changes, rolled_back_by=self.rolled_back_by)
-
-
 @contextmanager
-def _workspace(home: HomeDir, root: str | os.PathLike[str] | None = None) -> Iterator[Workspace]:
-    from journal.protocol import open_workspace
-
-    ws = open_workspace(home, roots=() if root is None else (root,))
-    try:
-        yield ws
-    finally:
-        ws.close()
+def _service(home: HomeDir) -> Iterator[Service]:
+    """The service over ``home`` (else the environment's state dir). The API
+    names its roots, so $ROSCOE_ROOT is no default here."""
+    with Service(Settings.from_env(os.environ, home=home)._replace(root=None)) as service:
+        yield service
 
 
 def begin(root: str | os.PathLike[str], message: str | None = None, *, home: HomeDir = None) -> str:
     """Open a transaction over ``root``; its id."""
-    with _workspace(home, root) as ws:
-        return ws.begin(root, message).id
+    with _service(home) as roscoe:
+        return roscoe.begin(root, message).id
 
 
 def run(
@@ -86,7 +73,8 @@ def run(
     command's, ``.changes`` what is staged after it. Its stdio is this
     process's, unless ``capture``: then its stdout and stderr come back as
     ``RunResult.stdout`` and ``.stderr`` (bytes), and its stdin is ``input``
-    (empty when not given). ``hide``: paths the run cannot see (``--hide``)."""
+    (empty when not given). ``hide``: paths the run cannot see (``--hide``).
+    Its environment is ``env``, else this process's."""
     import tempfile
     from contextlib import ExitStack
 
@@ -100,9 +88,9 @@ def run(
         if capture:
             out, err = (files.enter_context(tempfile.TemporaryFile()) for _ in range(2))
             stdio[1:] = [out.fileno(), err.fileno()]
-        with _workspace(home) as ws:
-            result = ws.run(tx, argv, cwd=cwd, env=env, network=network, timeout=timeout, hide=hide,
-                            stdio=(stdio[0], stdio[1], stdio[2]))
+        with _service(home) as roscoe:
+            result = roscoe.run(tx, argv, cwd=cwd, env=dict(os.environ) if env is None else env, network=network,
+                                timeout=timeout, hide=hide, stdio=(stdio[0], stdio[1], stdio[2]))
         if not capture:
             return result
         out.seek(0)
@@ -118,11 +106,8 @@ def stage_plan(
     ``tx``, or into a new one over ``root`` when ``tx`` is None. A plan that
     cannot run raises ``cowfs.errors.PlanError`` (exit_code 2; ``.fields`` has
     ``index``, ``op`` and ``reason``) and stages nothing."""
-    from journal import planning
-
-    with _workspace(home, root) as ws:
-        return planning.stage(
-            ws, plan, tx=tx, root=None if root is None else os.fspath(root), message=message)
+    with _service(home) as roscoe:
+        return roscoe.stage_plan(plan, tx=tx, root=root, message=message)
 
 
 def dry_run_plan(
@@ -131,10 +116,8 @@ def dry_run_plan(
 ) -> DryRun:
     """The diff ``tx`` (or a new transaction over ``root``) would have after
     ``plan``; nothing is staged."""
-    from journal import planning
-
-    with _workspace(home, root) as ws:
-        return planning.dry_run(ws, plan, tx=tx, root=None if root is None else os.fspath(root))
+    with _service(home) as roscoe:
+        return roscoe.dry_run_plan(plan, tx=tx, root=root)
 
 
 def validate_plan(plan: PlanLike) -> Plan:
@@ -150,23 +133,21 @@ def plan_schema() -> dict[str, object]:
 def diff(tx: str, *, home: HomeDir = None) -> ChangeSet:
     """The transaction's hashed diff against the live tree (``.to_json(tx)``
     is what ``tx diff --json`` prints)."""
-    with _workspace(home) as ws:
-        return ws.diff(tx)
+    with _service(home) as roscoe:
+        return roscoe.diff(tx)
 
 
 def show(tx: str, *, home: HomeDir = None) -> TxView:
     """State, runs, diff summary and approvals (``.to_json()`` as ``tx show --json``)."""
-    with _workspace(home) as ws:
-        return ws.show(tx)
+    with _service(home) as roscoe:
+        return roscoe.show(tx)
 
 
 def commit(tx: str, *, home: HomeDir = None) -> TxRecord:
     """Commit the transaction atomically; its record, now committed. Raises
     ``Conflict`` (exit_code 3) or ``Refused`` (4) and writes nothing then."""
-    from journal.protocol import commit as commit_tx
-
-    with _workspace(home) as ws:
-        return commit_tx(ws, tx)
+    with _service(home) as roscoe:
+        return roscoe.commit(tx)
 
 
 def approve(tx: str, diff_hash: str, *, by: str | None = None, home: HomeDir = None) -> ApprovalRecord:
@@ -174,45 +155,38 @@ def approve(tx: str, diff_hash: str, *, by: str | None = None, home: HomeDir = N
     diff, which must hash to ``diff_hash`` now (else ``StaleApproval``, exit_code 3).
     A commit that needs an approval goes through while the diff still hashes
     to it and no run happened since."""
-    from journal.decisions import approve as approve_tx
-
-    with _workspace(home) as ws:
-        return approve_tx(ws, tx, diff_hash, by)
+    with _service(home) as roscoe:
+        return roscoe.approve(tx, diff_hash, by)
 
 
 def reject(tx: str, by: str, reason: str | None = None, *, home: HomeDir = None) -> ApprovalRecord:
     """Record that ``by`` rejects the transaction's diff as it hashes now, for
     good: a commit of it raises ``Rejected`` (exit_code 4) and approvals of it
     are void, until a run changes the diff."""
-    from journal.decisions import reject as reject_tx
-
-    with _workspace(home) as ws:
-        return reject_tx(ws, tx, by, reason)
+    with _service(home) as roscoe:
+        return roscoe.reject(tx, by, reason)
 
 
 def wait(tx: str, timeout: float | None = None, *, home: HomeDir = None) -> WaitResult:
     """Block until the transaction is approved, rejected, committed or aborted
     (``WaitResult.outcome``; ``.exit_code`` is the CLI's), or until ``timeout``
     seconds pass (outcome ``timeout``, exit_code 124)."""
-    from journal.waiting import wait as wait_tx
-
-    with _workspace(home) as ws:
-        return wait_tx(ws, tx, timeout)
+    with _service(home) as roscoe:
+        return roscoe.wait(tx, timeout)
 
 
 def transactions(state: str | None = None, *, home: HomeDir = None) -> list[TxRecord]:
     """Every transaction (or those in ``state``), newest first, as ``tx list --json``."""
-    with _workspace(home) as ws:
-        return ws.list(state)
+    with _service(home) as roscoe:
+        return roscoe.list(state).records
 
 
 def log(*, home: HomeDir = None) -> list[LogEntry]:
     """The committed history, newest commit first (rollbacks included), as
     ``tx log --json``: each record with its number of changes and the
     rollback that undid it, if one stands."""
-    with _workspace(home) as ws:
-        undone = ws.journal.rolled_back_by()
-        return [LogEntry(r, ws.journal.change_count(r.id), undone.get(r.id)) for r in ws.journal.committed()]
+    with _service(home) as roscoe:
+        return roscoe.log()
 
 
 def rollback(tx: str, *, force: bool = False, home: HomeDir = None) -> TxRecord:
@@ -222,43 +196,34 @@ def rollback(tx: str, *, force: bool = False, home: HomeDir = None) -> TxRecord:
     (``force`` overrides that, never policy), ``Refused`` (4) when policy
     refuses it or it needs an approval (the error names the open rollback
     transaction to approve; call ``rollback`` again once it is approved)."""
-    from journal.protocol import rollback as roll_back
-
-    with _workspace(home) as ws:
-        return roll_back(ws, tx, force=force)
+    with _service(home) as roscoe:
+        return roscoe.rollback(tx, force=force)
 
 
 def rollback_dry_run(tx: str, *, home: HomeDir = None) -> RollbackDryRun:
     """What a rollback of ``tx`` would apply now (``.changes``, a ChangeSet) and
     the paths it would be refused at without ``force`` (``.conflicts``);
     nothing is staged or written (``.to_json()`` as ``tx rollback --dry-run --json``)."""
-    from journal.rollback import dry_run
-
-    with _workspace(home) as ws:
-        return dry_run(ws, tx)
+    with _service(home) as roscoe:
+        return roscoe.rollback_dry_run(tx)
 
 
 def verify(*, integrity: bool = False, home: HomeDir = None) -> Report:
     """``roscoe verify``: ``Report.ok`` (nothing wrong), ``.healthy`` (nothing
     but drift of the live tree), ``.problems``. With ``integrity``, the live
     tree is not read."""
-    from journal.verify import verify as check
-
-    with _workspace(home) as ws:
-        return check(ws, live=not integrity)
+    with _service(home) as roscoe:
+        return roscoe.verify(live=not integrity)
 
 
 def audit(tx: str | None = None, *, since_ns: int | None = None, home: HomeDir = None) -> list[Event]:
     """The audit trail, oldest first (``Event.to_json()`` as ``roscoe audit --json``)."""
-    with _workspace(home) as ws:
-        return ws.journal.audit_events(ws.get(tx).id if tx is not None else None, since_ns)
+    with _service(home) as roscoe:
+        return roscoe.audit(tx, since_ns).events
 
 
 def abort(tx: str, *, home: HomeDir = None) -> TxRecord:
     """Discard the transaction's staged changes; its record, now aborted
     (a state dir too full to open is given room first)."""
-    ws = Workspace.open_to_abort(tx, home)
-    try:
-        return ws.abort(tx)
-    finally:
-        ws.close()
+    with _service(home) as roscoe:
+        return roscoe.abort(tx)

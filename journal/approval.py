@@ -205,13 +205,12 @@ def request_event(journal: Journal, tx: TxRecord, changes: ChangeSet, reasons: l
     """What the notify command reads on stdin when an approval is requested:
     ``paths``, the first 100 changed paths that are not part of a move, and
     ``moves``, the first 100 moves (``{"from", "to"}``)."""
-    from journal.audit import login_name
     from journal.notify import payload
 
     moves = changes.moves()
     moved = {m.source for m in moves} | {m.dest for m in moves}
     return payload(
-        "approval-requested", tx, changes.diff_hash, login_name(), len(changes.changes),
+        "approval-requested", tx, changes.diff_hash, journal.actor.user, len(changes.changes),
         summary=changes.summary, reasons=reasons,
         commands=[{"argv": r.argv, "cwd": r.cwd, "exit_code": r.exit_code} for r in journal.runs(tx.id)],
         paths=[c.path for c in changes.changes if c.path not in moved][:100],

@@ -89,15 +89,15 @@ class Actor(namedtuple("_Actor", "user uid host pid")):
     __slots__ = ()
 
     @classmethod
-    def current(cls) -> Actor:
-        return cls(login_name(), os.getuid(), os.uname().nodename, os.getpid())
+    def current(cls, user: str | None = None) -> Actor:
+        return cls(login_name(user), os.getuid(), os.uname().nodename, os.getpid())
 
 
-def login_name() -> str:
-    """The login user: $LOGNAME or $USER, else the password database's name for the uid."""
-    name = os.environ.get("LOGNAME") or os.environ.get("USER")
-    if name:
-        return name
+def login_name(user: str | None = None) -> str:
+    """The login user: ``user`` (``Settings.user``: $LOGNAME or $USER), else
+    the password database's name for the uid."""
+    if user:
+        return user
     import pwd
 
     try:

@@ -47,12 +47,10 @@ def tells(ws: Workspace, tx: TxRecord) -> bool:
 
 def tell_committed(ws: Workspace, tx: TxRecord) -> None:
     """``committed`` (or, for a rollback, ``rolled-back``) for ``tx``, just committed."""
-    from journal.audit import login_name
-
     if not tells(ws, tx):
         return
     approval = valid_approval(ws.journal, tx.id, tx.diff_hash) if tx.diff_hash else None
-    tell(ws, tx, "rolled-back" if tx.rolls_back else "committed", tx.diff_hash, login_name(),
+    tell(ws, tx, "rolled-back" if tx.rolls_back else "committed", tx.diff_hash, ws.journal.actor.user,
          ws.journal.change_count(tx.id), approved_by=approval.approver if approval else None,
          rolls_back=tx.rolls_back)
 
@@ -64,8 +62,6 @@ def approve(ws: Workspace, ref: str, diff_hash: str, approver: str | None = None
     """Record that ``approver`` (default: the login user) approved the open
     transaction ``ref``'s diff, which must hash to ``diff_hash`` right now
     and must not have been rejected."""
-    from journal.audit import login_name
-
     if not HASH.fullmatch(diff_hash or ""):
         raise UsageError(detail=f"--hash {diff_hash!r}: expected the 32 hex digits of a diff_hash (see `roscoe tx diff ID --json`)")
     if approver is not None and not approver.strip():
@@ -84,7 +80,7 @@ def approve(ws: Workspace, ref: str, diff_hash: str, approver: str | None = None
         if refused is not None:
             ws.journal.log_event(tx.id, "refuse", {"reason": "rejected", "diff_hash": diff_hash, "approve": True})
             raise rejected_error(tx, refused, "approved")
-        record = ws.journal.add_approval(tx.id, diff_hash, approver.strip() if approver else login_name())
+        record = ws.journal.add_approval(tx.id, diff_hash, approver.strip() if approver else ws.journal.actor.user)
     tell(ws, tx, "approved", diff_hash, record.approver, len(changes.changes), summary=changes.summary)
     return record
 

@@ -14,16 +14,6 @@ from cowfs.errors import StateDirError
 from journal.errors import StateDirFull
 
 
-def default_home() -> str:
-    env = os.environ.get("ROSCOE_HOME")
-    if env:
-        return env
-    state = os.environ.get("XDG_STATE_HOME")
-    if state:
-        return os.path.join(state, "roscoe")
-    return os.path.join(os.path.expanduser("~"), ".local", "state", "roscoe")
-
-
 class Home(namedtuple("_Home", "path")):
     """The state directory: journal, staging dirs of transactions, blobs."""
 
@@ -31,8 +21,9 @@ class Home(namedtuple("_Home", "path")):
     path: str
 
     @classmethod
-    def resolve(cls, path: str | os.PathLike[str] | None = None) -> Home:
-        return cls(os.path.abspath(path if path is not None else default_home()))
+    def resolve(cls, path: str | os.PathLike[str]) -> Home:
+        """The state dir at ``path`` (the caller's settings name it: journal.settings)."""
+        return cls(os.path.abspath(path))
 
     @property
     def journal(self) -> str:

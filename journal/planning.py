@@ -114,7 +114,7 @@ def dry_run(
     hidden, _ = ws.hidden(path, hide, record)
     scratch_hide = [*hidden.paths(), os.path.realpath(ws.home.path)]
     scratch_home = _scratch_home(ws)
-    scratch = Workspace.open(scratch_home)
+    scratch = Workspace.open(scratch_home, settings=ws.settings)
     try:
         fork = scratch.begin(path, "dry run of a plan")
         if record is not None:
@@ -177,7 +177,7 @@ def _apply(
         "--result-fd", str(result_fd), *(a for rel in hidden.inside for a in ("--hidden", rel)),
         f"/dev/fd/{plan_fd}",
     ]
-    env = dict(os.environ)
+    env = dict(os.environ)  # the planrun child's environment: roscoe's own, as any run's
     # the sandboxed python must import this very cowfs, wherever it came from
     here = os.path.dirname(os.path.dirname(os.path.abspath(cowfs.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([here] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))

@@ -50,7 +50,7 @@ from cowfs.errors import LiveUnreadable, RoscoeError
 from journal.approval import enforce, requested
 from journal.decisions import tell_committed
 from journal.errors import ApprovalNeeded, Conflict, RecoveryFailed
-from journal.faults import NONE, Faults
+from journal.faults import Faults
 from journal.images import unshare_left_blobs
 from journal.rollback import held_to_policy, pending_or_new, rollable
 from journal.rootlock import held_by_someone, root_lock
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from cowfs.stagers import Stager
+    from journal.settings import Settings
 
 
 # -- commit --------------------------------------------------------------------------
@@ -232,11 +233,11 @@ class Recovered(namedtuple("_Recovered", "tx root paths state")):
 
 def open_workspace(
     home: str | PathLike[str] | None = None, *, roots: tuple[str | PathLike[str], ...] = (),
-    faults: Faults = NONE, bucket: BucketSettings = BucketSettings(),
+    settings: Settings | None = None, faults: Faults | None = None, bucket: BucketSettings | None = None,
 ) -> Workspace:
-    """The state dir ``home`` (``Workspace.open``), after recovery: what it
-    undid is in ``ws.recovered``."""
-    ws = Workspace.open(home, roots=roots, faults=faults, bucket=bucket)
+    """The state dir ``home`` (else ``settings.home``: ``Workspace.open``),
+    after recovery: what it undid is in ``ws.recovered``."""
+    ws = Workspace.open(home, roots=roots, settings=settings, faults=faults, bucket=bucket)
     try:
         ws.recovered = recover(ws)
     except BaseException:

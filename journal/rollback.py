@@ -77,8 +77,9 @@ def pending_or_new(ws: Workspace, committed: TxRecord) -> tuple[TxRecord, bool]:
     pending = ws.journal.open_rollback(committed.id)
     if pending is not None:
         return pending, False
-    return new_record(committed.root, f"rollback of {committed.id}", rolls_back=committed.id)._replace(
-        state="committing", target=committed.target, rules=encode(in_force(ws.home.path))), True
+    return new_record(committed.root, f"rollback of {committed.id}", rolls_back=committed.id,
+                      user=ws.journal.actor.user)._replace(
+        state="committing", target=committed.target, rules=encode(in_force(ws.home.path, ws.settings.configs))), True
 
 
 def held_to_policy(

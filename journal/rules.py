@@ -37,17 +37,18 @@ class Source(namedtuple("_Source", "path sha256 text")):
         return {"path": self.path, "sha256": self.sha256}
 
 
-def in_force(home: str) -> list[Source]:
-    """The config files in force now: the state dir's, then the named one."""
+def in_force(home: str, configs: tuple[str, ...] | list[str] = ()) -> list[Source]:
+    """The config files in force now: the state dir's, then those named
+    (``Settings.configs``: --config, else $ROSCOE_CONFIG)."""
     from journal.errors import ConfigError
 
     from journal.home import Home
 
     own = Home(home).config
     found = [_read(own, required=False)]
-    named = os.environ.get("ROSCOE_CONFIG")
-    if named and os.path.abspath(named) != own:
-        found.append(_read(os.path.abspath(named), required=True))
+    for named in configs:
+        if os.path.abspath(named) != own:
+            found.append(_read(os.path.abspath(named), required=True))
     for source in found:
         if source.sha256 is not None and source.text is None:
             raise ConfigError(path=source.path, reason="not UTF-8 text")

@@ -339,10 +339,10 @@ def _run(row: sqlite3.Row) -> RunRecord:
 class Journal:
     """One connection to the journal; every write is one SQLite transaction."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, user: str | None = None) -> None:
         self.path = path
         self.home = os.path.dirname(path)
-        self.actor = audit.Actor.current()
+        self.actor = audit.Actor.current(user)
         try:
             os.makedirs(self.home, mode=0o700, exist_ok=True)
             if not os.path.exists(path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from collections import namedtuple
 
@@ -24,6 +24,7 @@ from journal.errors import (
 )
 from journal.faults import NONE, Faults
 from journal.home import FULL, Home
+from journal.settings import Settings
 from journal.targets.base import BucketSettings, Context
 from journal.store import ApprovalRecord, Journal, RunRecord, TxRecord, now_ns
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from cowfs.patch import FilePatch
     from cowfs.savepoint import Savepoint
     from journal.approval import Status
+    from journal.rules import Source
 
 OPEN, ABORTED = "open", "aborted"
 
@@ -139,12 +141,16 @@ def keep_apart(root: str | os.PathLike[str], home: Home) -> None:
 
 class Workspace:
     def __init__(
-        self, home: Home, journal: Journal, *, faults: Faults = NONE, bucket: BucketSettings = BucketSettings(),
+        self, home: Home, journal: Journal, settings: Settings | None = None, *, faults: Faults | None = None,
+        bucket: BucketSettings | None = None,
     ) -> None:
+        """``settings`` (journal.settings): what the state dir is run with;
+        ``faults`` and ``bucket``, when given, instead of the settings' own."""
         self.home = home
         self.journal = journal
-        self.faults = faults
-        self.bucket = bucket
+        self.settings = settings if settings is not None else Settings.at(home.path)
+        self.faults: Faults = faults or self.settings.faults or NONE
+        self.bucket: BucketSettings = bucket or self.settings.bucket or BucketSettings()
         self.recovered: list[object] = []
         # What could not be told (a notify command that failed): said, never fatal.
         self.notices: list[str] = []
@@ -157,55 +163,64 @@ class Workspace:
     @classmethod
     def open_to_abort(
         cls, ref: str, home: str | os.PathLike[str] | None = None, *, roots: tuple[str | os.PathLike[str], ...] = (),
-        faults: Faults = NONE, bucket: BucketSettings = BucketSettings(),
+        settings: Settings | None = None, faults: Faults | None = None, bucket: BucketSettings | None = None,
     ) -> Workspace:
         """``open``, for ``tx abort REF``: when the state dir is too full even to
         open the journal, REF's staged layer is discarded first (under its
         lock), which gives the space back, and then it is opened."""
+        settings = _settings(home, settings, faults, bucket)
         try:
-            return cls.open(home, roots=roots, faults=faults, bucket=bucket)
+            return cls.open(roots=roots, settings=settings)
         except StateDirFull as full:
-            resolved = Home.resolve(home)
+            resolved = Home.resolve(settings.home)
             tx_id = _staging_of(resolved, ref)
             if tx_id is None:
                 raise
             with tx_locked(resolved, tx_id, exclusive=True):
                 discard_staging(resolved.tx_dir(tx_id))
             try:
-                return cls.open(home, roots=roots, faults=faults, bucket=bucket)
+                return cls.open(roots=roots, settings=settings)
             except StateDirFull as still:
                 raise AbortNotJournaled(tx=tx_id, reason=still.cause) from full
 
     @classmethod
     def open(
         cls, home: str | os.PathLike[str] | None = None, *, roots: tuple[str | os.PathLike[str], ...] = (),
-        faults: Faults = NONE, bucket: BucketSettings = BucketSettings(),
+        settings: Settings | None = None, faults: Faults | None = None, bucket: BucketSettings | None = None,
     ) -> Workspace:
-        """The state dir ``home``, created if need be (recovery is the opener's:
-        ``journal.protocol.open_workspace``). A state dir that overlaps any of
-        ``roots`` (those the caller is about to use) is refused before anything
-        is created or opened in it."""
-        resolved = Home.resolve(home)
+        """The state dir ``home`` (else ``settings.home``), created if need be
+        (recovery is the opener's: ``journal.protocol.open_workspace``). A
+        state dir that overlaps any of ``roots`` (those the caller is about to
+        use) is refused before anything is created or opened in it."""
+        settings = _settings(home, settings, faults, bucket)
+        resolved = Home.resolve(settings.home)
         for root in roots:
             keep_apart(root, resolved)
         resolved.ensure()
-        return cls(resolved, Journal(resolved.journal), faults=faults, bucket=bucket)
+        return cls(resolved, Journal(resolved.journal, settings.user), settings)
 
     def close(self) -> None:
         self.journal.close()
 
+    def sources(self) -> list[Source]:
+        """The config files in force now: the state dir's and those the
+        settings name (``journal.rules``; read on each call)."""
+        from journal.rules import in_force
+
+        return in_force(self.home.path, self.settings.configs)
+
     def config(self) -> Config:
         """The rules of the config files in force now (``journal.rules``; read on each call)."""
-        from journal.rules import in_force, strictest
+        from journal.rules import strictest
 
-        return strictest(None, in_force(self.home.path))
+        return strictest(None, self.sources())
 
     def rules(self, tx: TxRecord) -> Config:
         """What ``tx`` is held to: the rules recorded when it began, and any a
         config in force now adds (``journal.rules``)."""
-        from journal.rules import decode, in_force, strictest
+        from journal.rules import decode, strictest
 
-        return strictest(decode(tx.rules), in_force(self.home.path))
+        return strictest(decode(tx.rules), self.sources())
 
     # -- lookup -----------------------------------------------------------------
 
@@ -301,13 +316,18 @@ class Workspace:
 
     # -- commands ---------------------------------------------------------------
 
-    def check_invocable(self, root: str | os.PathLike[str], argv: list[str]) -> str:
-        """Resolve ``root`` and fail (127/126) now if ``argv[0]`` cannot run there."""
+    def check_invocable(
+        self, root: str | os.PathLike[str], argv: list[str], env: Mapping[str, str] | None = None,
+    ) -> str:
+        """Resolve ``root`` and fail (127/126) now if ``argv[0]`` cannot run
+        there with ``env``'s PATH (the run's environment; None: roscoe's own,
+        which a run given none inherits)."""
         from cowfs import sandbox
 
         path = resolve_root(root, self.home)
         if argv:
-            sandbox.precheck(argv[0], sandbox.sandbox_cwd(_cwd(), path), path, os.environ.get("PATH"))
+            search = (os.environ if env is None else env).get("PATH")
+            sandbox.precheck(argv[0], sandbox.sandbox_cwd(_cwd(), path), path, search)
         return path
 
     def begin(
@@ -315,17 +335,17 @@ class Workspace:
     ) -> TxRecord:
         """Open a transaction of ``root``. ``target`` (gs://BUCKET/PREFIX, else the
         config's ``[roots."ROOT"] target``) commits through the GCS API."""
-        from journal.rules import encode, in_force, strictest
+        from journal.rules import encode, strictest
 
         path = resolve_root(root, self.home)
-        sources = in_force(self.home.path)
+        sources = self.sources()
         if target is None and any(s.text is not None for s in sources):  # no config: no import of journal.config
             target = strictest(None, sources).root(path).target
         if target:
             from journal.targets import checked_url
 
             target = checked_url(target)
-        record = new_record(path, message)._replace(target=target, rules=encode(sources))
+        record = new_record(path, message, user=self.journal.actor.user)._replace(target=target, rules=encode(sources))
         try:
             os.makedirs(self.home.tx_dir(record.id), mode=0o700)
         except OSError as e:
@@ -347,10 +367,10 @@ class Workspace:
         now); and a warning for each of ``hide`` outside the root that does
         not exist. The state dir, always hidden, is not among them."""
         from cowfs import hide as hiding
-        from journal.rules import decode, in_force
+        from journal.rules import decode
 
         given = hiding.resolve(hide, root) if hide else hiding.Hidden(root, (), ())
-        sources = in_force(self.home.path) + ((decode(tx.rules) or []) if tx is not None else [])
+        sources = self.sources() + ((decode(tx.rules) or []) if tx is not None else [])
         configured = ()
         if any(s.text is not None for s in sources):  # no config: no import of journal.config
             configured = (self.rules(tx) if tx is not None else self.config()).run.hide
@@ -388,7 +408,7 @@ class Workspace:
         binds = sandbox.writable_binds(tuple(writable), tx.root, self.home.path)
         hidden, hide_warnings = self.hidden(tx.root, hide, tx)
         hiding.check_writable(hidden, writable)
-        env = dict(os.environ if env is None else env)
+        env = dict(os.environ if env is None else env)  # none given: roscoe's own, as subprocess does
         inner_cwd = sandbox.sandbox_cwd(_cwd() if cwd is None else cwd, tx.root)
         if not os.path.isdir(tx.root):
             raise RootError(root=tx.root, reason="no longer exists")
@@ -422,7 +442,7 @@ class Workspace:
                         argv, root=tx.root, mount_args=stager.mount_args(), cwd=inner_cwd,
                         env=env, probe=tx.backend is None, network=network, timeout=timeout,
                         limits=limits, binds=binds, hidden=(os.path.realpath(self.home.path),), pass_fds=pass_fds, stdio=stdio,
-                        masks=masks, scratch=tx_dir,
+                        masks=masks, scratch=tx_dir, bwrap=self.settings.bwrap,
                     )
                 except NoBackend as e:
                     failures.append(f"{name}: {e.fields.get('detail')}")
@@ -484,7 +504,7 @@ class Workspace:
     def _candidates(self, tx: TxRecord) -> list[str]:
         if tx.backend:
             return [tx.backend]
-        forced = os.environ.get("ROSCOE_BACKEND")
+        forced = self.settings.backend
         if forced:
             if forced not in STAGERS:
                 raise UsageError(detail=f"ROSCOE_BACKEND={forced}: expected one of {', '.join(STAGERS)}")
@@ -697,12 +717,13 @@ def _staging_of(home: Home, ref: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def new_record(root: str, message: str | None, rolls_back: str | None = None) -> TxRecord:
-    """A new open transaction of ``root``, by the login user on this host."""
+def new_record(root: str, message: str | None, rolls_back: str | None = None, *, user: str | None = None) -> TxRecord:
+    """A new open transaction of ``root``, by the login user (``user``, else
+    the password database's name of the uid: journal.audit) on this host."""
     from journal.audit import login_name
 
     now = now_ns()
-    user = login_name()
+    user = login_name(user)
     return TxRecord(
         id=os.urandom(6).hex(), root=root, message=message, state=OPEN, backend=None, user=user,
         host=os.uname().nodename, created_ns=now, updated_ns=now, rolls_back=rolls_back,
@@ -722,6 +743,26 @@ def _try_flock(fd: int, how: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def _settings(
+    home: str | os.PathLike[str] | None, settings: Settings | None, faults: Faults | None,
+    bucket: BucketSettings | None,
+) -> Settings:
+    """``settings`` at the state dir ``home`` (when given), with ``faults``
+    and ``bucket`` (when given); with no settings, ``home`` and every other
+    knob at its default."""
+    if settings is None:
+        if home is None:
+            raise TypeError("Workspace.open needs the state dir: home, or settings (journal.settings)")
+        settings = Settings.at(home)
+    elif home is not None:
+        settings = settings._replace(home=os.path.abspath(os.fspath(home)))
+    if faults is not None:
+        settings = settings._replace(faults=faults)
+    if bucket is not None:
+        settings = settings._replace(bucket=bucket)
+    return settings
 
 
 def _cwd() -> str | None:

@@ -28,8 +28,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cowfs.stagers import remove_tree
-from journal.workspace import Workspace
 from journal.protocol import open_workspace
+from journal.settings import Settings
+from journal.workspace import Workspace
 
 BACKENDS = ("kernel", "kernel-bindfs", "fuse", "copy")
 # fuse-overlayfs 1.10 (Debian 12) loses deletions and symlink mtimes around
@@ -408,7 +409,7 @@ def run_scenario(
         apply_ops(scenario["ops"], copy)
         expected = reference_changes(before, snapshot(copy))
 
-        ws = open_workspace(home)
+        ws = open_workspace(settings=Settings.at(home)._replace(backend=backend))
         try:
             tx = ws.begin(root, "property")
             ops_json = json.dumps(scenario["ops"], ensure_ascii=True)
@@ -451,10 +452,9 @@ def check(scenario: dict[str, Any], backend: str, **kw: Any) -> Outcome:
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scenario=scenarios())
-def test_diff_matches_reference(backend: str, scenario: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_diff_matches_reference(backend: str, scenario: dict[str, Any]) -> None:
     if backend == "fuse":
         assume(not any(op["op"].startswith("rename") for op in scenario["ops"]))
-    monkeypatch.setenv("ROSCOE_BACKEND", backend)
     check(scenario, backend)
 
 
@@ -579,10 +579,9 @@ def _opaque_in_upper(backend: str) -> Callable[[Workspace, str], None] | None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_known_cases(backend: str, case: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+def test_known_cases(backend: str, case: str, request: pytest.FixtureRequest) -> None:
     if backend == "fuse" and case in FUSE_RENAME_BUGS:
         request.applymarker(pytest.mark.xfail(strict=True, reason="fuse-overlayfs 1.10 rename bug; never chosen automatically"))
-    monkeypatch.setenv("ROSCOE_BACKEND", backend)
     ops, statuses = CASES[case]
     inspect = _opaque_in_upper(backend) if case == "whiteout_then_recreate_dir" else None
     out = check({"tree": TREE, "ops": ops}, backend, inspect=inspect)
