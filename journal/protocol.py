@@ -234,10 +234,15 @@ class Recovered(namedtuple("_Recovered", "tx root paths state")):
 def open_workspace(
     home: str | PathLike[str] | None = None, *, roots: tuple[str | PathLike[str], ...] = (),
     settings: Settings | None = None, faults: Faults | None = None, bucket: BucketSettings | None = None,
+    aborting: str | None = None,
 ) -> Workspace:
-    """The state dir ``home`` (else ``settings.home``: ``Workspace.open``),
-    after recovery: what it undid is in ``ws.recovered``."""
-    ws = Workspace.open(home, roots=roots, settings=settings, faults=faults, bucket=bucket)
+    """The state dir ``home`` (else ``settings.home``: ``Workspace.open``; for
+    ``tx abort`` of ``aborting``, ``Workspace.open_to_abort``), after
+    recovery: what it undid is in ``ws.recovered``."""
+    if aborting is None:
+        ws = Workspace.open(home, roots=roots, settings=settings, faults=faults, bucket=bucket)
+    else:
+        ws = Workspace.open_to_abort(aborting, home, roots=roots, settings=settings, faults=faults, bucket=bucket)
     try:
         ws.recovered = recover(ws)
     except BaseException:

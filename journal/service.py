@@ -126,20 +126,10 @@ class Service:
         For ``abort`` (``aborting``), a full state dir is given room first."""
         if self._ws is not None:
             return self._ws
-        from journal.protocol import recover
-        from journal.workspace import Workspace
+        from journal.protocol import open_workspace
 
         roots = tuple(r for r in (root, self.settings.root) if r)
-        if aborting is None:
-            ws = Workspace.open(roots=roots, settings=self.settings)
-        else:
-            ws = Workspace.open_to_abort(aborting, roots=roots, settings=self.settings)
-        try:
-            ws.recovered = recover(ws)
-        except BaseException:
-            ws.close()
-            raise
-        self._ws = ws
+        ws = self._ws = open_workspace(roots=roots, settings=self.settings, aborting=aborting)
         if self.on_recovered is not None:
             for r in ws.recovered:
                 self.on_recovered(r)  # type: ignore[arg-type]
