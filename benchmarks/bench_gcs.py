@@ -10,7 +10,7 @@ so neither side pays its ~1 s import):
 
   put     fs.put(LOCAL_DIR, "BUCKET/putN/", recursive=True)   gcsfs's own
           concurrent bulk upload: no preconditions, no journal, no images
-  commit  journal.commit.commit(ws, ID): lease, generation check, pre- and
+  commit  journal.protocol.commit(ws, ID): lease, generation check, pre- and
           post-images in the blob store, journaled intent, conditional
           uploads (ifGenerationMatch=0) gathered in gcsfs's loop, each
           batch's generations journaled, commit record, lease released
@@ -66,7 +66,7 @@ def main() -> int:
         import gcsfs
 
         from journal.protocol import commit
-        from journal.protocol import open_workspace
+        from journal.opening import open_workspace
 
         fs = gcsfs.GCSFileSystem(token="anon")
         home = os.path.join(work, "home")

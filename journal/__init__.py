@@ -7,7 +7,7 @@ map (``journal.home``), the audit trail, and the journal's errors
 
 Public API (no CLI needed)::
 
-    from journal.protocol import open_workspace
+    from journal.opening import open_workspace
     ws = open_workspace(home)              # recovery first; or journal.service.Service(Settings.from_env(os.environ))
     tx = ws.begin("/mnt/workspace/projects", message="reorganize")
     result = ws.run(tx.id, ["python3", "reorganize.py"])

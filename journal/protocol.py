@@ -21,7 +21,7 @@ Commit (``commit``):
    undone on the spot (``Target.undo``);
 7. the commit record: one row update to `committed`. That is the commit point.
 
-Recovery (``recover``, on every start, ``open_workspace``): a transaction
+Recovery (``recover``, on every start: ``journal.opening``): a transaction
 left `committing` by a process that is gone is undone: every path it
 touched is put back to its old state from the journal and the blob store,
 and it is open again (a rollback that never finished is aborted). The undo
@@ -42,7 +42,6 @@ the process at each one and check that recovery leaves all-old or all-new.
 from __future__ import annotations
 
 from collections import namedtuple
-from os import PathLike
 
 from cowfs.changeset import ChangeSet
 from cowfs.entry import Entry
@@ -55,7 +54,7 @@ from journal.images import unshare_left_blobs
 from journal.rollback import held_to_policy, pending_or_new, rollable
 from journal.rootlock import held_by_someone, root_lock
 from journal.store import ChangeRow, TxRecord
-from journal.targets import BucketSettings, Target, target_of
+from journal.targets import Target, target_of
 from journal.targets.base import Holding, Progress
 from journal.workspace import Workspace
 
@@ -64,7 +63,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from cowfs.stagers import Stager
-    from journal.settings import Settings
 
 
 # -- commit --------------------------------------------------------------------------
@@ -231,26 +229,6 @@ class Recovered(namedtuple("_Recovered", "tx root paths state")):
     __slots__ = ()
 
 
-def open_workspace(
-    home: str | PathLike[str] | None = None, *, roots: tuple[str | PathLike[str], ...] = (),
-    settings: Settings | None = None, faults: Faults | None = None, bucket: BucketSettings | None = None,
-    aborting: str | None = None,
-) -> Workspace:
-    """The state dir ``home`` (else ``settings.home``: ``Workspace.open``; for
-    ``tx abort`` of ``aborting``, ``Workspace.open_to_abort``), after
-    recovery: what it undid is in ``ws.recovered``."""
-    if aborting is None:
-        ws = Workspace.open(home, roots=roots, settings=settings, faults=faults, bucket=bucket)
-    else:
-        ws = Workspace.open_to_abort(aborting, home, roots=roots, settings=settings, faults=faults, bucket=bucket)
-    try:
-        ws.recovered = recover(ws)
-    except BaseException:
-        ws.close()
-        raise
-    return ws
-
-
 def recover(ws: Workspace) -> list[Recovered]:
     """Undo every interrupted commit; the list of what was undone. Cheap when there are none."""
     if not ws.leftovers():
@@ -282,4 +260,4 @@ def recover(ws: Workspace) -> list[Recovered]:
     return found
 
 
-__all__ = ["commit", "rollback", "recover", "open_workspace", "Recovered", "RecoveryFailed"]
+__all__ = ["commit", "rollback", "recover", "Recovered", "RecoveryFailed"]

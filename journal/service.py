@@ -126,7 +126,7 @@ class Service:
         For ``abort`` (``aborting``), a full state dir is given room first."""
         if self._ws is not None:
             return self._ws
-        from journal.protocol import open_workspace
+        from journal.opening import open_workspace
 
         roots = tuple(r for r in (root, self.settings.root) if r)
         ws = self._ws = open_workspace(roots=roots, settings=self.settings, aborting=aborting)

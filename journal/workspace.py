@@ -189,7 +189,7 @@ class Workspace:
         settings: Settings | None = None, faults: Faults | None = None, bucket: BucketSettings | None = None,
     ) -> Workspace:
         """The state dir ``home`` (else ``settings.home``), created if need be
-        (recovery is the opener's: ``journal.protocol.open_workspace``). A
+        (recovery is the opener's: ``journal.opening.open_workspace``). A
         state dir that overlaps any of ``roots`` (those the caller is about to
         use) is refused before anything is created or opened in it."""
         settings = _settings(home, settings, faults, bucket)

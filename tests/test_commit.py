@@ -757,7 +757,8 @@ def test_a_file_that_appears_where_the_commit_adds_one_is_kept(root: Path, home:
     # existing name, so it fails and puts back what it did; the other file stays.
     from journal.errors import CommitFailed
     from journal.faults import Faults
-    from journal.protocol import commit, open_workspace
+    from journal.opening import open_workspace
+    from journal.protocol import commit
 
     ws = open_workspace(home)
     tx = ws.begin(root).id

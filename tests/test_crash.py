@@ -33,7 +33,8 @@ import pytest
 
 from cowfs.stagers import remove_tree
 from journal.home import Home
-from journal.protocol import commit, open_workspace, rollback
+from journal.opening import open_workspace
+from journal.protocol import commit, rollback
 from journal.store import Journal
 from journal.verify import verify
 from journal.workspace import Workspace

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from journal.gc import gc
 from journal.store import SCHEMA_VERSION
-from journal.protocol import open_workspace
+from journal.opening import open_workspace
 from tests.support.roscoe import Roscoe
 from tests.support.system import gone_pid
 from tests.support.trees import snapshot

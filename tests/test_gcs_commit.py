@@ -106,7 +106,7 @@ def test_a_replaced_object_is_found_from_the_bucket_alone(
     # The mount's cached view of a replaced object can fail reads (EIO) until
     # it expires: the commit then asks the bucket which objects moved, and
     # refuses with a conflict rather than blame the staging layer.
-    from journal.protocol import open_workspace
+    from journal.opening import open_workspace
     from journal.targets.bucket import objects_moved
 
     for name, value in gcs_env.items():
@@ -143,7 +143,7 @@ def test_object_created_under_an_added_path_is_a_conflict(groscoe: Roscoe, bucke
 def test_a_local_root_never_imports_gcsfs(root: Path, home: Path) -> None:
     code = (
         "import sys\n"
-        "from journal.protocol import commit, open_workspace\n"
+        "from journal.opening import open_workspace\nfrom journal.protocol import commit\n"
         f"ws = open_workspace({str(home)!r})\n"
         f"tx = ws.begin({str(root)!r})\n"
         "ws.run(tx.id, ['sh', '-c', 'echo x > case1/x.txt'])\n"

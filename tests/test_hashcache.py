@@ -29,7 +29,8 @@ from cowfs import hashcache
 from journal.errors import Conflict
 from journal.blobs import BlobStore
 from journal.faults import Faults
-from journal.protocol import commit, open_workspace, rollback
+from journal.opening import open_workspace
+from journal.protocol import commit, rollback
 from journal.workspace import Workspace
 from tests.support.roscoe import Roscoe
 from tests.support.system import REPO, gone_pid, missing

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cowfs.stagers import remove_tree
-from journal.protocol import open_workspace
+from journal.opening import open_workspace
 from journal.settings import Settings
 from journal.workspace import Workspace
 

@@ -219,7 +219,7 @@ def test_the_state_dir_is_0700_and_the_journal_0600_whatever_the_umask(roscoe: R
 
 
 def test_the_journal_files_are_0600_while_open_whatever_the_umask(tmp_path: Path) -> None:
-    from journal.protocol import open_workspace
+    from journal.opening import open_workspace
 
     old = os.umask(0)
     try:

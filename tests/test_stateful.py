@@ -44,7 +44,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from journal.errors import CommitFailed, Conflict
 from cowfs.stagers import remove_tree
-from journal.protocol import commit, open_workspace, rollback
+from journal.opening import open_workspace
+from journal.protocol import commit, rollback
 from journal.rollback import AlreadyRolledBack
 from journal.verify import verify
 from tests.support.roscoe import Roscoe

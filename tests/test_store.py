@@ -13,7 +13,7 @@ import pytest
 
 from cowfs.errors import ExitCode
 from journal.errors import NewerJournal
-from journal.protocol import open_workspace
+from journal.opening import open_workspace
 from journal.store import SCHEMA_VERSION, Journal
 from tests.support.roscoe import Roscoe
 
