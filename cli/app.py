@@ -18,6 +18,8 @@ app = typer.Typer(
     name="roscoe", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
     help="Transactional copy-on-write changes to a directory tree: stage a run, "
     "review its hashed diff, then commit it atomically or throw it away.",
+    epilog="roscoe serve [--socket PATH] runs the roscoe service, whose clients are this same CLI "
+    "(ROSCOE_SOCKET); see man roscoe, SERVICE.",
 )
 tx_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None,

@@ -52,6 +52,12 @@ GLOBAL = (
     flag("--debug", "debug", "Show tracebacks of internal errors."),
 )
 
+SERVE = (
+    value("--socket", "socket", "PATH",
+          "The unix socket to listen on (default: the config's [serve] socket, else /run/roscoe/roscoe.sock)."),
+    flag("--json", "json_", "When it stops, print what it served as one JSON object."),
+)
+
 TX = value("--tx", "tx", "ID", "Use this open transaction instead of a new one.")
 ROOT = value("--root", "root", "DIR", "The live tree to stage (default $ROSCOE_ROOT).")
 HIDE = value(

@@ -31,6 +31,8 @@ def execute(
         return 0
     if source is None:
         raise UsageError(detail="tx plan: no PLAN given (a JSON file, or - for standard input)")
+    if settings.caller is not None and source != "-":  # (the client opens its file: cli.client)
+        raise UsageError(detail=f"plan {source}: through the roscoe service a plan comes on standard input (-)")
     plan = load(read_plan(source))
     from cli.state import service
 

@@ -156,7 +156,7 @@ def execute(args: RunArgs, settings, *, interactive: bool = False) -> int:  # ty
         # bad --writable, --hide and --report values fail before a transaction exists
         tx, root = roscoe.check_run(args.tx, args.root, args.command,
                                     writable=args.writable or (), hide=args.hide or ())
-        report = report_place(args.report, root, roscoe.home)
+        report = report_place(args.report, root, roscoe.home) if settings.report_fd is None else settings.report_fd
         if tx is None:
             tx = roscoe.begin(root, args.message)
         say(f"tx {tx.id}")
@@ -297,10 +297,17 @@ def report_place(path: str | None, root: str, home: str) -> CallerFile | None:
     return callerfile.place(path, "--report", {"the root": root, "the state dir": home})
 
 
-def write_report(where: CallerFile, report: dict[str, object], root: str, home: str) -> None:
+def write_report(where: CallerFile | int, report: dict[str, object], root: str, home: str) -> None:
+    """The report into ``where``: a checked place (cowfs.callerfile), or, for
+    a client of ``roscoe serve``, the fd of the scratch file it passed (the
+    client writes its --report FILE from it: cli.client)."""
+    data = (json.dumps(report, indent=2) + "\n").encode()
+    if isinstance(where, int):
+        os.pwrite(where, data, 0)
+        os.ftruncate(where, len(data))
+        return
     from cowfs import callerfile
 
-    data = (json.dumps(report, indent=2) + "\n").encode()
     callerfile.write(where, data, "--report", {"the root": root, "the state dir": home})
 
 

@@ -211,7 +211,7 @@ def request_event(journal: Journal, tx: TxRecord, changes: ChangeSet, reasons: l
     moved = {m.source for m in moves} | {m.dest for m in moves}
     return payload(
         "approval-requested", tx, changes.diff_hash, journal.actor.user, len(changes.changes),
-        summary=changes.summary, reasons=reasons,
+        actor=journal.actor, summary=changes.summary, reasons=reasons,
         commands=[{"argv": r.argv, "cwd": r.cwd, "exit_code": r.exit_code} for r in journal.runs(tx.id)],
         paths=[c.path for c in changes.changes if c.path not in moved][:100],
         moves=[m.to_json() for m in moves[:100]],

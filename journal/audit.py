@@ -89,7 +89,11 @@ class Actor(namedtuple("_Actor", "user uid host pid")):
     __slots__ = ()
 
     @classmethod
-    def current(cls, user: str | None = None) -> Actor:
+    def current(cls, user: str | None = None, caller: Any = None) -> Actor:
+        """This process's user; or, in ``roscoe serve``, the client it serves
+        (``caller``: a journal.roles.Caller, from the socket's peer credentials)."""
+        if caller is not None:
+            return cls(caller.user, caller.uid, os.uname().nodename, caller.pid)
         return cls(login_name(user), os.getuid(), os.uname().nodename, os.getpid())
 
 
@@ -106,14 +110,15 @@ def login_name(user: str | None = None) -> str:
         return str(os.getuid())
 
 
-def os_user() -> str:
-    """The password database's name for the real uid (not the environment's)."""
+def os_user(uid: int | None = None) -> str:
+    """The password database's name for ``uid`` (default: the real uid; not the environment's)."""
     import pwd
 
+    uid = os.getuid() if uid is None else uid
     try:
-        return pwd.getpwuid(os.getuid()).pw_name
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return str(os.getuid())
+        return str(uid)
 
 
 class Event(namedtuple("_Event", "seq time_ns tx kind user uid host pid detail prev hash")):

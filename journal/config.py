@@ -91,7 +91,39 @@ class RunRules(namedtuple("_RunRules", "hide", defaults=((),))):
     hide: tuple[str, ...]
 
 
-class Config(namedtuple("_Config", "path policy approval roots run", defaults=(RunRules(),))):
+DEFAULT_SOCKET = "/run/roscoe/roscoe.sock"
+DEFAULT_HTTP_SOCKET = "/run/roscoe/http.sock"
+
+
+class ServeRules(namedtuple(
+    "_ServeRules", "socket http_socket socket_mode socket_group http_token_file",
+    defaults=(DEFAULT_SOCKET, DEFAULT_HTTP_SOCKET, 0o660, None, None),
+)):
+    """Where ``roscoe serve`` listens and who may connect: the sockets' paths,
+    their mode and group (callers are still checked against the roles), and
+    the file holding the bearer token of ``--http HOST:PORT``."""
+
+    __slots__ = ()
+    socket: str
+    http_socket: str
+    socket_mode: int
+    socket_group: str | None
+    http_token_file: str | None
+
+
+class Roles(namedtuple("_Roles", "agents approvers operators", defaults=((), (), ()))):
+    """Who may do what through ``roscoe serve`` (``journal.roles``): users by
+    name, or ``@group``. Root is always an operator."""
+
+    __slots__ = ()
+    agents: tuple[str, ...]
+    approvers: tuple[str, ...]
+    operators: tuple[str, ...]
+
+
+class Config(namedtuple(
+    "_Config", "path policy approval roots run serve roles", defaults=(RunRules(), ServeRules(), Roles()),
+)):
     """The whole config; ``path`` is None when there was no file."""
 
     __slots__ = ()
@@ -100,6 +132,8 @@ class Config(namedtuple("_Config", "path policy approval roots run", defaults=(R
     approval: ApprovalRules
     roots: dict[str, RootConfig]
     run: RunRules
+    serve: ServeRules
+    roles: Roles
 
     def root(self, root: str) -> RootConfig:
         return self.roots.get(os.path.normpath(root), RootConfig())
@@ -147,6 +181,9 @@ def strictest(configs: list[Config]) -> Config:
         ),
         roots,
         RunRules(_union([c.run.hide for c in configs])),
+        ServeRules(*(_last([getattr(c.serve, k) for c in configs], getattr(ServeRules(), k))
+                     for k in ServeRules._fields)),
+        Roles(*(_union([getattr(c.roles, k) for c in configs]) for k in Roles._fields)),
     )
 
 
@@ -173,6 +210,19 @@ def _one_of(*choices: str) -> tuple[Callable[[object], bool], str]:
     return (lambda v: isinstance(v, str) and v in choices), " or ".join(f'"{c}"' for c in choices)
 
 
+def _absolute(value: object) -> bool:
+    return isinstance(value, str) and os.path.isabs(value) and "\0" not in value
+
+
+def _mode(value: object) -> bool:
+    return isinstance(value, str) and bool(re.fullmatch(r"0?[0-7]{3}", value))
+
+
+def _names(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, str) and re.fullmatch(r"@?[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", v) for v in value)
+
+
 def _seconds(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 3600
 
@@ -195,6 +245,18 @@ KEYS = {
     },
     "run": {
         "hide": (_plain_paths, "a list of plain paths (relative to the root, or absolute; not globs)"),
+    },
+    "serve": {
+        "socket": (_absolute, "an absolute path"),
+        "http_socket": (_absolute, "an absolute path"),
+        "socket_mode": (_mode, 'an octal mode in a string, such as "0660"'),
+        "socket_group": (lambda v: isinstance(v, str) and bool(v), "a group name"),
+        "http_token_file": (_absolute, "an absolute path"),
+    },
+    "roles": {
+        "agents": (_names, 'a list of user names or "@group"s'),
+        "approvers": (_names, 'a list of user names or "@group"s'),
+        "operators": (_names, 'a list of user names or "@group"s'),
     },
     "root": {
         "target": (lambda v: isinstance(v, str) and bool(re.fullmatch(r"gs://[a-z0-9][-a-z0-9_.]{1,221}[a-z0-9](/.*)?", v)),
@@ -255,11 +317,13 @@ def parse(raw: bytes, path: str) -> Config:
         return value
 
     for name in data:
-        if name not in ("policy", "approval", "roots", "run"):
-            raise bad(name, None, "unknown table (known tables: policy, approval, roots, run)")
+        if name not in ("policy", "approval", "roots", "run", "serve", "roles"):
+            raise bad(name, None, "unknown table (known tables: policy, approval, roots, run, serve, roles)")
     policy = section("policy", "policy", data.get("policy", {}))
     approval = section("approval", "approval", data.get("approval", {}))
     run = section("run", "run", data.get("run", {}))
+    serve = section("serve", "serve", data.get("serve", {}))
+    roles = section("roles", "roles", data.get("roles", {}))
     roots: dict[str, RootConfig] = {}
     root_tables = data.get("roots", {})
     if not isinstance(root_tables, dict):
@@ -288,6 +352,8 @@ def parse(raw: bytes, path: str) -> Config:
         ),
         roots,
         RunRules(tuple(run.get("hide", ()))),
+        ServeRules(**{k: int(v, 8) if k == "socket_mode" else v for k, v in serve.items()}),
+        Roles(**{k: tuple(v) for k, v in roles.items()}),
     )
 
 

@@ -30,7 +30,7 @@ def tell(ws: Workspace, tx: TxRecord, event: str, diff_hash: str | None, by: str
             return
         from journal.notify import announce, payload
 
-        notice = announce(ws.journal, config, payload(event, tx, diff_hash, by, changes, **extra))
+        notice = announce(ws.journal, config, payload(event, tx, diff_hash, by, changes, actor=ws.journal.actor, **extra))
     except RoscoeError as e:
         notice = f"the {event} event of tx {tx.id} could not be sent: {e.message}"
     if notice is not None:

@@ -189,3 +189,22 @@ class RollbackNeedsApproval(ApprovalNeeded):
 
 class RecoveryFailed(RoscoeError):
     """the interrupted commit of {tx} could not be undone yet ({reason}); the journal keeps everything needed: run `roscoe recover` again once that is fixed"""
+
+
+# -- the service (roscoe serve) and its clients (cli.client)
+
+
+class ServiceUnreachable(RoscoeError):
+    """cannot reach the roscoe service at {path}: {reason} (ROSCOE_SOCKET names another socket; empty: run locally)"""
+
+
+class ServiceRefused(RoscoeError):
+    """{detail}"""
+
+    @classmethod
+    def relayed(cls, error: dict[str, Any]) -> ServiceRefused:
+        """The error object the service answered with, raised again here."""
+        refused = cls(detail=str(error.get("message", "")), paths=list(error.get("paths") or []))
+        refused.exit_code = int(error.get("code", 1))  # type: ignore[assignment]
+        refused.error_kind = str(error.get("kind") or "error")
+        return refused

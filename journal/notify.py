@@ -41,15 +41,17 @@ class Outcome(namedtuple("_Outcome", "ok detail")):
 
 
 def payload(event: str, tx: TxRecord, diff_hash: str | None, by: str | None, changes: int | None,
-            **extra: Any) -> dict[str, Any]:
-    """The JSON every notify command reads: the common keys, then ``extra``."""
+            *, actor: Any = None, **extra: Any) -> dict[str, Any]:
+    """The JSON every notify command reads: the common keys, then ``extra``.
+    ``uid`` and ``os_user`` are ``actor``'s (journal.audit.Actor: the journal's), else this process's."""
     from journal.audit import os_user
 
     assert event in EVENTS, event
+    uid = os.getuid() if actor is None else actor.uid
     return {
         "kind": "roscoe.event", "version": 1, "event": event,
         "tx": tx.id, "root": tx.root, "message": tx.message, "user": tx.user, "host": tx.host,
-        "diff_hash": diff_hash, "by": by, "uid": os.getuid(), "os_user": os_user(), "changes": changes,
+        "diff_hash": diff_hash, "by": by, "uid": uid, "os_user": os_user(uid), "changes": changes,
         **extra,
     }
 

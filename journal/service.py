@@ -145,6 +145,15 @@ class Service:
         """What could not be told (a notify command that failed): to be said, never fatal."""
         return list(self._ws.notices) if self._ws is not None else []
 
+    def allow(self, command: str, **named: object) -> None:
+        """Refuse (exit 4) what the caller may not do (``journal.roles``): a
+        client of ``roscoe serve``; a local command is the operator's."""
+        if self.settings.caller is None:
+            return
+        from journal.roles import authorize
+
+        authorize(self.settings.caller, self.workspace().config(), command, **named)  # type: ignore[arg-type]
+
     def default_root(self, root: str | os.PathLike[str] | None) -> str:
         """``root``, else the settings' (``$ROSCOE_ROOT``)."""
         chosen = root or self.settings.root
@@ -163,7 +172,9 @@ class Service:
     ) -> TxRecord:
         """Open a transaction over ``root`` (default: the settings')."""
         ws = self.workspace(root)
-        return ws.begin(self.default_root(root), message, target)
+        path = self.default_root(root)
+        self.allow("tx begin", root=os.path.abspath(path), target=target)
+        return ws.begin(path, message, target)
 
     def check_run(
         self, tx: str | None, root: str | None, argv: list[str], *,
@@ -178,6 +189,7 @@ class Service:
         from cowfs.sandbox import writable_binds
 
         ws = self.workspace(root)
+        self.allow("tx run", root=None if tx else os.path.abspath(self.default_root(root)), writable=writable)
         if tx:
             record = ws.get(tx)
             if root and os.path.realpath(root) != record.root:
@@ -198,6 +210,7 @@ class Service:
         stdio: tuple[int, int, int] = (0, 1, 2),
     ) -> RunResult:
         """Run ``argv`` in the transaction's overlay (``Workspace.run``)."""
+        self.allow("tx run", writable=writable)
         return self.workspace().run(
             ref, argv, cwd=cwd, env=env, network=network, timeout=timeout, limits=limits, writable=writable,
             savepoint=savepoint, pass_fds=pass_fds, hide=hide, stdio=stdio)
@@ -212,6 +225,7 @@ class Service:
         from journal import planning
 
         ws = self.workspace(root)
+        self.allow("tx plan", root=None if tx else os.path.abspath(self.default_root(root)))
         return planning.stage(ws, plan, tx=tx, root=None if root is None else os.fspath(root), message=message,
                               on_begin=on_begin, hide=hide)
 
@@ -223,75 +237,90 @@ class Service:
         from journal import planning
 
         ws = self.workspace(root)
+        self.allow("tx plan", root=None if tx else os.path.abspath(self.default_root(root)))
         return planning.dry_run(ws, plan, tx=tx if tx is None else ws.get(tx).id,
                                 root=None if root is None else os.fspath(root), hide=hide)
 
     def diff(self, ref: str) -> ChangeSet:
         """The transaction's hashed diff against the live tree."""
+        self.allow("tx diff")
         return self.workspace().diff(ref)
 
     def patches(self, ref: str) -> list[FilePatch]:
         """Unified diffs of the transaction's changed text files."""
+        self.allow("tx diff")
         return self.workspace().patches(ref)
 
     def show(self, ref: str) -> TxView:
+        self.allow("tx show")
         return self.workspace().show(ref)
 
     def list(self, state: str | None = None) -> Listing:
         """Transactions (those in ``state``), newest first."""
         if state is not None and state not in STATES:
             raise UsageError(detail=f"--state {state}: expected one of {', '.join(STATES)}")
+        self.allow("tx list")
         ws = self.workspace()
         return Listing(ws.list(state), ws.run_counts(), ws.approval_states())
 
     def approve(self, ref: str, diff_hash: str, by: str | None = None) -> ApprovalRecord:
         from journal.decisions import approve
 
+        self.allow("tx approve")
         return approve(self.workspace(), ref, diff_hash, by)
 
     def reject(self, ref: str, by: str, reason: str | None = None) -> ApprovalRecord:
         from journal.decisions import reject
 
+        self.allow("tx reject")
         return reject(self.workspace(), ref, by, reason)
 
     def wait(self, ref: str, timeout: float | None = None) -> WaitResult:
         from journal.waiting import wait
 
+        self.allow("tx wait")
         return wait(self.workspace(), ref, timeout)
 
     def abort(self, ref: str) -> TxRecord:
         """Discard the transaction's staged changes (a state dir too full to
         open is given room first)."""
-        return self.workspace(aborting=ref).abort(ref)
+        ws = self.workspace(aborting=ref)
+        self.allow("tx abort")
+        return ws.abort(ref)
 
     def commit(self, ref: str, *, progress: Progress | None = None) -> TxRecord:
         """Commit the transaction atomically; its record, now committed."""
         from journal.protocol import commit
 
+        self.allow("tx commit")
         return commit(self.workspace(), ref, progress=progress)
 
     def rollback(self, ref: str, *, force: bool = False, progress: Progress | None = None) -> TxRecord:
         """Roll back the committed transaction ``ref``; the rollback transaction, committed."""
         from journal.protocol import rollback
 
+        self.allow("tx rollback")
         return rollback(self.workspace(), ref, force=force, progress=progress)
 
     def rollback_dry_run(self, ref: str) -> RollbackDryRun:
         """What a rollback of ``ref`` would apply now; nothing is staged or written."""
         from journal.rollback import dry_run
 
+        self.allow("tx rollback --dry-run")
         return dry_run(self.workspace(), ref)
 
     # -- history and upkeep -----------------------------------------------------------
 
     def entry(self, ref: str) -> LogEntry:
         """The transaction ``ref`` as ``log()`` lists it."""
+        self.allow("tx log")
         ws = self.workspace()
         record = ws.get(ref)
         return LogEntry(record, ws.journal.change_count(record.id), ws.journal.rolled_back_by().get(record.id))
 
     def log(self) -> list[LogEntry]:
         """The committed history, newest first (rollbacks included)."""
+        self.allow("tx log")
         ws = self.workspace()
         records = ws.journal.committed()
         counts = {r.id: ws.journal.change_count(r.id) for r in records}
@@ -301,16 +330,19 @@ class Service:
     def recover(self) -> Recovery:
         """Undo any commit a crash interrupted (opening does: ``journal.protocol.recover``)
         and remove the staging dirs of finished transactions."""
+        self.allow("recover")
         ws = self.workspace()
         return Recovery(list(ws.recovered), ws.clean_finished())  # type: ignore[arg-type]
 
     def verify(self, *, live: bool = True) -> Report:
         from journal.verify import verify
 
+        self.allow("verify")
         return verify(self.workspace(), live=live)
 
     def audit(self, tx: str | None = None, since_ns: int | None = None) -> AuditTrail:
         """The audit events (of ``tx``; at or after ``since_ns``), oldest first, and the trail's head."""
+        self.allow("audit")
         ws = self.workspace()
         tx_id = ws.get(tx).id if tx is not None else None
         return AuditTrail(ws.journal.audit_events(tx_id, since_ns), ws.journal.audit_head())
@@ -321,4 +353,5 @@ class Service:
 
         if keep_days < 0:
             raise UsageError(detail="--keep-days must be 0 or more")
+        self.allow("gc")
         return gc(self.workspace(), keep_days)

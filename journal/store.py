@@ -339,10 +339,10 @@ def _run(row: sqlite3.Row) -> RunRecord:
 class Journal:
     """One connection to the journal; every write is one SQLite transaction."""
 
-    def __init__(self, path: str, user: str | None = None) -> None:
+    def __init__(self, path: str, user: str | None = None, caller: Any = None) -> None:
         self.path = path
         self.home = os.path.dirname(path)
-        self.actor = audit.Actor.current(user)
+        self.actor = audit.Actor.current(user, caller)
         try:
             os.makedirs(self.home, mode=0o700, exist_ok=True)
             if not os.path.exists(path):
@@ -754,7 +754,7 @@ class Journal:
                 " VALUES (?, 'approved', ?, ?, ?, ?)", (tx_id, diff_hash, approver, now, after_run))
             # Who approved, as the operating system knows them: --by is only a name given.
             self.event(tx_id, "approve", {"diff_hash": diff_hash, "approver": approver, "after_run": after_run,
-                                          "uid": os.getuid(), "os_user": audit.os_user()})
+                                          "uid": self.actor.uid, "os_user": audit.os_user(self.actor.uid)})
         return ApprovalRecord(int(cur.lastrowid or 0), tx_id, "approved", diff_hash, approver, now, after_run, None)
 
     def add_rejection(self, tx_id: str, diff_hash: str, by: str, reason: str | None) -> ApprovalRecord:
@@ -765,7 +765,7 @@ class Journal:
                 "INSERT INTO approvals (tx, kind, diff_hash, approver, time_ns, after_run, reason)"
                 " VALUES (?, 'rejected', ?, ?, ?, ?, ?)", (tx_id, diff_hash, by, now, after_run, reason))
             self.event(tx_id, "reject", {"diff_hash": diff_hash, "by": by, "reason": reason, "after_run": after_run,
-                                         "uid": os.getuid(), "os_user": audit.os_user()})
+                                         "uid": self.actor.uid, "os_user": audit.os_user(self.actor.uid)})
         return ApprovalRecord(int(cur.lastrowid or 0), tx_id, "rejected", diff_hash, by, now, after_run, None, reason)
 
     def add_request(self, tx_id: str, diff_hash: str, notified: bool | None, detail: dict[str, Any]) -> None:

@@ -197,7 +197,7 @@ class Workspace:
         for root in roots:
             keep_apart(root, resolved)
         resolved.ensure()
-        return cls(resolved, Journal(resolved.journal, settings.user), settings)
+        return cls(resolved, Journal(resolved.journal, settings.user, settings.caller), settings)
 
     def close(self) -> None:
         self.journal.close()

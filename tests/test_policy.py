@@ -267,7 +267,7 @@ def config_error(path: Path, text: str | bytes) -> str:
 BAD_CONFIGS = [
     ('[policy]\ndeny = ["a"]\nmax_changes = = 3\n', "not valid TOML: Invalid value (at line 3, column 15)"),
     ('[policy]\n[policy]\n', "not valid TOML: Cannot declare ('policy',) twice (at line 2, column 8)"),
-    ("[polcy]\ndeny = []\n", "line 1: [polcy]: unknown table (known tables: policy, approval, roots, run)"),
+    ("[polcy]\ndeny = []\n", "line 1: [polcy]: unknown table (known tables: policy, approval, roots, run, serve, roles)"),
     ('\n[policy]\ndeny = ["a"]\nmax_chnges = 3\n',
      "line 4: [policy] max_chnges: unknown key (known keys: deny, max_changes, max_bytes, owners, symlinks)"),
     ('[policy]\nmax_changes = "ten"\n', 'line 2: [policy] max_changes: expected an integer >= 0, got "ten"'),

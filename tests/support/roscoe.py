@@ -19,6 +19,7 @@ class Roscoe:
         self.env = dict(os.environ, ROSCOE_HOME=str(home), PYTHONPATH=str(REPO))
         self.env.pop("ROSCOE_ROOT", None)
         self.env.pop("ROSCOE_BACKEND", None)
+        self.env["ROSCOE_SOCKET"] = ""  # local, even where a roscoe service's default socket exists
         self.env.update(env or {})
 
     def __call__(

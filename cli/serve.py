@@ -1,0 +1,340 @@
+"""``roscoe serve``: the roscoe service on a unix socket.
+
+It runs as root, owns the state dir and the config, and runs each client's
+command for it: the same commands, output and exit codes as a local
+``roscoe``, with the client's own stdin, stdout and stderr (passed over the
+socket: ``cli.client``), under the service's settings and the caller's
+roles (``journal.roles``, from the socket's peer credentials).
+
+One process per connection: the service forks as soon as it accepts, so a
+slow or hostile client holds up no one, and the child reads the request,
+checks it, runs the command and answers. A child dies with the service
+(PR_SET_PDEATHSIG). A client that goes away in the middle of ``tx run`` or
+``tx shell`` ends its run as a killed local roscoe would: the child kills
+itself, the sandbox goes with it, and the next command records the run as
+interrupted (``journal.interrupted``). Other commands finish (a commit is
+never left half done by a client that hung up; recovery would undo it
+anyway). Recovery runs when the service starts, as on every open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+
+from cli.client import MAX_FRAME, send_frame
+from cli.errors import say
+
+# What a request may carry: at most the three stdio fds and a report's scratch file.
+MAX_FDS = 4
+REQUEST_SECONDS = 10.0
+# The client's environment is the command's (as a local run's is roscoe's),
+# never roscoe's own settings: these never pass.
+DROPPED_ENV = ("ROSCOE_", "PYTHON", "LD_")
+
+
+USAGE = "usage: roscoe [--home DIR] [--config FILE] serve [--socket PATH] [--json]"
+
+
+def main(args: list[str], settings, run) -> int:  # type: ignore[no-untyped-def]
+    """``roscoe serve [--socket PATH] [--json]``; ``run(argv, settings)`` runs one
+    client's command (cli.main.dispatch: passed in, since cli.main calls this)."""
+    from cli.errors import write_json
+    from cli.grammar import SERVE, spellings
+    from cowfs.errors import UsageError
+
+    options, given, i = spellings(SERVE), {}, 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if args[i] in ("-h", "--help"):
+            print(USAGE + "\n\nThe roscoe service: owns the state dir, the config and the commit authority;"
+                  " clients are the same CLI (ROSCOE_SOCKET). See man roscoe, SERVICE.")
+            return 0
+        option = options.get(name)
+        if option is None:
+            raise UsageError(detail=f"serve: no such option {args[i]} ({USAGE})")
+        if option.value and not eq:
+            if i + 1 >= len(args):
+                raise UsageError(detail=f"option {name} needs a value")
+            value = args[i + 1]
+            i += 1
+        given[option.attr] = value if option.value else True
+        i += 1
+    served = serve(settings, given.get("socket"), run)
+    if given.get("json_"):
+        write_json(served)
+    return 0
+
+
+class BadRequest(Exception):
+    """A request the service cannot take; its message goes back to the client."""
+
+
+def serve(settings, socket_path: str | None, run) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Serve until SIGTERM or SIGINT; what was served."""
+    from cli.state import service
+
+    with service(settings) as roscoe:  # (recovery first)
+        serving = roscoe.workspace().config().serve
+        home = roscoe.home
+    path = socket_path or serving.socket
+    listener = _listen(path, serving.socket_mode, serving.socket_group)
+    preload()
+    stopping = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        listener.close()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    say(f"serving {home} on {path}")
+    accepted = 0
+    try:
+        while not stopping:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                if stopping:
+                    break
+                raise
+            accepted += 1
+            pid = os.fork()
+            if pid == 0:
+                listener.close()
+                code = 1
+                try:
+                    code = handle(conn, settings, run)
+                finally:
+                    os._exit(code)
+            conn.close()
+            _reap()
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    say("stopped")
+    return {"home": home, "socket": path, "connections": accepted}
+
+
+def _listen(path: str, mode: int, group: str | None) -> socket.socket:
+    """The listening socket at ``path``, with ``mode`` and ``group``: its
+    directory made if need be (0755), a stale socket there replaced."""
+    import stat
+
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    if group is not None:
+        import grp
+
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    os.chmod(path, mode)
+    listener.listen(64)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: _reap())
+    return listener
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def preload() -> None:
+    """Import what every command needs once, before forking: a child starts warm."""
+    import cli.agent  # noqa: F401
+    import cli.run  # noqa: F401
+    import journal.service  # noqa: F401
+    import journal.workspace  # noqa: F401
+
+
+def handle(conn: socket.socket, settings, run) -> int:  # type: ignore[no-untyped-def]
+    """In the child: one client's request, start to answer. Its exit status."""
+    _die_with_parent()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    from journal.roles import Caller
+
+    pid, uid, gid = peer(conn)
+    caller = Caller.of(uid, gid, pid)
+    conn.settimeout(REQUEST_SECONDS)
+    try:
+        request, fds = receive_request(conn)
+    except (BadRequest, OSError, ValueError) as e:
+        return _refuse(conn, 2, "usage", f"bad request to the roscoe service: {e}")
+    conn.settimeout(None)
+    os.dup2(fds[0], 0)
+    os.dup2(fds[1], 1)
+    os.dup2(fds[2], 2)
+    report_fd = fds[3] if len(fds) > 3 else None
+    for fd in fds[:3]:
+        if fd > 2:
+            os.close(fd)
+    os.environ.clear()
+    os.environ.update({k: v for k, v in request["env"].items() if not k.startswith(DROPPED_ENV)})
+    os.chdir(_working_dir(request.get("cwd"), settings))
+    code = run_for(run, caller, request["argv"], settings._replace(
+        caller=caller, user=caller.user, root=request["env"].get("ROSCOE_ROOT") or settings.root,
+        report_fd=report_fd if request.get("report") else None, debug=False,
+    ), conn)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        pass
+    try:
+        send_frame(conn, json.dumps({"exit": code}).encode())
+    except OSError:
+        pass
+    return code
+
+
+def _working_dir(cwd: object, settings) -> str:  # type: ignore[no-untyped-def]
+    """Where the child works: the client's cwd when it lies inside a root the
+    config serves (a run starts there, as a local one would), else /proc,
+    where a run never starts (``cowfs.sandbox.sandbox_cwd``): it starts at
+    its root. (A client's cwd elsewhere is a path in its own mount
+    namespace, a container's, and means nothing here.)"""
+    from cowfs.paths import under
+    from journal.rules import in_force, strictest
+
+    if isinstance(cwd, str) and os.path.isabs(cwd) and os.path.isdir(cwd):
+        roots = strictest(None, in_force(settings.home, settings.configs)).roots
+        if any(under(os.path.realpath(cwd), root) for root in roots):
+            return cwd
+    return "/proc"
+
+
+def run_for(run, caller, argv: list[str], given, conn: socket.socket) -> int:  # type: ignore[no-untyped-def]
+    """Run the command line ``argv`` for ``caller`` with the settings ``given``."""
+    from cli.errors import fail, json_requested, use_json
+    from cli.options import split_globals
+    from journal.roles import refuse_globals
+
+    use_json(json_requested(argv))
+    in_run = False
+    try:
+        g, rest = split_globals(argv)
+        in_run = rest[:2] in (["tx", "run"], ["tx", "shell"])
+        use_json(json_requested(rest))
+        refuse_globals(caller, g.home, g.config)
+        if not rest or rest[0] in ("serve", "mcp"):
+            from cowfs.errors import UsageError
+
+            raise UsageError(detail=f"{' '.join(rest[:1]) or 'no command'}: not a command the roscoe service runs")
+        if in_run:
+            _end_with_client(conn)
+        return run(rest, given._replace(debug=g.debug))
+    except (Exception, KeyboardInterrupt) as e:
+        return fail(e, in_run=in_run)
+
+
+def _end_with_client(conn: socket.socket) -> None:
+    """When the client hangs up in the middle of its run, end this process as
+    a killed local roscoe ends: at once, its sandbox with it."""
+    import threading
+
+    def watch() -> None:
+        import select
+
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLRDHUP)
+        while True:
+            events = poller.poll()
+            if any(e & (select.POLLHUP | select.POLLRDHUP | select.POLLERR) for _, e in events):
+                os.kill(os.getpid(), signal.SIGKILL)
+            try:
+                if not conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    os.kill(os.getpid(), signal.SIGKILL)
+            except BlockingIOError:
+                continue
+            except OSError:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return  # (a client sends nothing after its request; whatever it sends is ignored)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def peer(conn: socket.socket) -> tuple[int, int, int]:
+    """The client's pid, uid and gid, from the kernel (SO_PEERCRED)."""
+    import struct
+
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
+def receive_request(conn: socket.socket) -> tuple[dict, list[int]]:  # type: ignore[type-arg]
+    """The request frame and the fds that came with it, checked."""
+    import array
+    import struct
+
+    fds = array.array("i")
+    head, ancillary, flags, _ = conn.recvmsg(4, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    got = list(fds)
+    if flags & socket.MSG_CTRUNC:
+        raise BadRequest(f"more than {MAX_FDS} file descriptors")
+    if len(head) < 4:
+        if len(head) == 0:
+            raise BadRequest("the client sent nothing")
+        head += conn.recv(4 - len(head), socket.MSG_WAITALL)
+    (size,) = struct.unpack("!I", head)
+    if size > MAX_FRAME:
+        raise BadRequest(f"a request of {size} bytes, more than the {MAX_FRAME} allowed")
+    body = b""
+    while len(body) < size:
+        chunk = conn.recv(size - len(body))
+        if not chunk:
+            raise BadRequest("the request ended early")
+        body += chunk
+    request = json.loads(body)
+    if not isinstance(request, dict) or request.get("v") != 1:
+        raise BadRequest("not a roscoe request (version 1)")
+    argv, env = request.get("argv"), request.get("env")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise BadRequest("argv must be a list of strings")
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise BadRequest("env must map strings to strings")
+    if len(got) < 3:
+        raise BadRequest("stdin, stdout and stderr must come with the request")
+    return request, got
+
+
+def _refuse(conn: socket.socket, code: int, kind: str, message: str) -> int:
+    """Answer a request that could not be taken (no stdio of the client's to say it on)."""
+    from cowfs.errors import error_json
+
+    try:
+        send_frame(conn, json.dumps({"exit": code, "error": error_json(code, kind, message, [])["error"]}).encode())
+    except OSError:
+        pass
+    return code
+
+
+def _die_with_parent() -> None:
+    """This child ends when the service does (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -1,0 +1,241 @@
+"""``roscoe serve`` and the CLI as its client, real processes over a real
+unix socket: the agent (the roscoe-test user) gets transactions and nothing
+else; what it says about itself counts for nothing, the kernel's word
+(SO_PEERCRED) for everything."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.service import Served, config_text
+from tests.support.trees import make_tree, snapshot
+from tests.support.roscoe import UserRoscoe
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "root")
+
+
+@pytest.fixture
+def served(tmp_path: Path, tree: Path) -> Iterator[Served]:
+    run = Path(tempfile.mkdtemp(prefix="roscoe-run-", dir="/tmp"))  # (reachable by the agent, as /run/roscoe is)
+    os.chmod(run, 0o755)
+    service = Served(tmp_path / "home", run / "roscoe.sock", config_text(tree), tmp_path / "serve.log")
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.fixture
+def agent(served: Served, unprivileged: UserRoscoe) -> UserRoscoe:
+    return served.agent(Path(unprivileged.env["PYTHONPATH"]))
+
+
+def error_of(done: subprocess.CompletedProcess[bytes]) -> str:
+    lines = done.stderr.decode().splitlines()
+    assert lines and lines[-1].startswith("roscoe: error: "), done.stderr
+    return lines[-1].removeprefix("roscoe: error: ")
+
+
+def test_the_agent_loop_goes_through_the_service(served: Served, agent: UserRoscoe, tree: Path) -> None:
+    before = snapshot(tree)
+    tx = agent("tx", "begin", "--root", tree)
+    assert tx.returncode == 0, tx.stderr
+    tx_id = tx.stdout.decode().strip()
+    ran = agent("tx", "run", "--tx", tx_id, "--", "sh", "-c",
+                "echo out; echo err >&2; printf 'filed\\n' > case1/new.txt; exit 7", input=b"")
+    assert ran.returncode == 7, ran.stderr
+    assert ran.stdout == b"out\n"
+    assert ran.stderr.decode().splitlines()[:2] == [f"roscoe: tx {tx_id}", "err"]
+    assert snapshot(tree) == before  # nothing lands before the commit
+    diff = agent("tx", "diff", tx_id, "--json")
+    assert diff.returncode == 0, diff.stderr
+    assert [(c["path"], c["status"]) for c in json.loads(diff.stdout)["changes"]] == [("case1/new.txt", "added")]
+    done = agent("tx", "commit", tx_id, "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"] == "committed"
+    assert (tree / "case1" / "new.txt").read_bytes() == b"filed\n"
+
+
+def test_the_audit_trail_names_the_caller_the_kernel_names(served: Served, agent: UserRoscoe, tree: Path) -> None:
+    done = agent("tx", "begin", "--root", tree, env={"LOGNAME": "root", "USER": "root"})
+    assert done.returncode == 0, done.stderr
+    events = json.loads(served.operator()("audit", "--json").stdout)["events"]
+    begin = [e for e in events if e["kind"] == "begin"][-1]
+    assert (begin["user"], begin["uid"]) == ("roscoe-test", agent.user.pw_uid)
+    listed = json.loads(served.operator()("tx", "list", "--json").stdout)
+    assert listed[0]["user"] == "roscoe-test"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("--home", "/tmp/mine", "tx", "list"),
+     "roscoe-test (uid {uid}) may not name a config file or a state dir (--home, --config) through the roscoe"
+     " service: the service's own are in force"),
+    (("--config", "/dev/null", "tx", "list"),
+     "roscoe-test (uid {uid}) may not name a config file or a state dir (--home, --config) through the roscoe"
+     " service: the service's own are in force"),
+    (("tx", "begin", "--root", "/etc"),
+     "roscoe-test (uid {uid}) may not open a transaction over /etc through the roscoe service: only the roots"
+     ' the config names ([roots."ROOT"]) are served to agents'),
+    (("gc", "--keep-days", "0"),
+     "roscoe-test (uid {uid}) may not gc through the roscoe service (roles: agent; see the config's [roles])"),
+    (("verify",),
+     "roscoe-test (uid {uid}) may not verify through the roscoe service (roles: agent; see the config's [roles])"),
+    (("recover",),
+     "roscoe-test (uid {uid}) may not recover through the roscoe service (roles: agent; see the config's [roles])"),
+    (("audit",),
+     "roscoe-test (uid {uid}) may not audit through the roscoe service (roles: agent; see the config's [roles])"),
+])
+def test_what_an_agent_may_not_do_is_refused(agent: UserRoscoe, args: tuple[str, ...], expected: str) -> None:
+    done = agent(*args, "--json")
+    assert done.returncode == 4, done.stderr
+    message = expected.format(uid=agent.user.pw_uid)
+    assert error_of(done) == message
+    assert json.loads(done.stdout) == {"error": {"code": 4, "kind": "refused", "message": message, "paths": []}}
+
+
+def test_an_agent_cannot_approve_roll_back_or_write_outside_the_root(
+    served: Served, agent: UserRoscoe, tree: Path, tmp_path: Path,
+) -> None:
+    uid = agent.user.pw_uid
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    run = agent("tx", "run", "--root", tree, "--writable", outside, "--", "sh", "-c", f"echo x > {outside}/x")
+    assert run.returncode == 125
+    assert error_of(run) == (f"roscoe-test (uid {uid}) may not let a run write outside its root (--writable)"
+                             " through the roscoe service (operators only)")
+    assert list(outside.iterdir()) == []
+    tx = served.operator().begin(tree)
+    assert agent("tx", "run", "--tx", tx, "--", "sh", "-c", "rm case1/notes.md").returncode == 0
+    diff_hash = json.loads(agent("tx", "diff", tx, "--json").stdout)["diff_hash"]
+    approve = agent("tx", "approve", tx, "--hash", diff_hash, "--by", "Jane Partner")
+    assert approve.returncode == 4
+    assert error_of(approve) == (f"roscoe-test (uid {uid}) may not tx approve through the roscoe service"
+                                 " (roles: agent; see the config's [roles])")
+    assert agent("tx", "commit", tx, "--yes").returncode == 0
+    before = snapshot(tree)
+    rollback = agent("tx", "rollback", tx, "--yes")
+    assert rollback.returncode == 4
+    assert snapshot(tree) == before
+
+
+def test_a_plan_file_is_opened_by_the_client_not_the_service(
+    served: Served, agent: UserRoscoe, tree: Path, unprivileged: UserRoscoe,
+) -> None:
+    plan = Path(unprivileged.env["PYTHONPATH"]).parent / "plan.json"
+    plan.write_text(json.dumps({"version": 1, "ops": [{"op": "mkdir", "path": "case1/Filed"}]}))
+    os.chown(plan, agent.user.pw_uid, agent.user.pw_gid)
+    os.chmod(plan, 0o600)
+    done = agent("tx", "plan", "--root", tree, plan)
+    assert done.returncode == 0, done.stderr
+    secret = Path("/root") / f"roscoe-secret-{os.getpid()}.json"  # readable by the service (root), not by the agent
+    secret.write_text(plan.read_text())
+    try:
+        refused = agent("tx", "plan", "--root", tree, secret)
+        assert refused.returncode == 1
+        assert "Permission denied" in error_of(refused)
+    finally:
+        secret.unlink()
+
+
+def test_a_report_is_written_by_the_client(served: Served, agent: UserRoscoe, tree: Path, unprivileged: UserRoscoe) -> None:
+    report = Path(unprivileged.env["PYTHONPATH"]).parent / "report.json"
+    done = agent("tx", "run", "--root", tree, "--report", report, "--", "true")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(report.read_text())["exit_code"] == 0
+    assert os.stat(report).st_uid == agent.user.pw_uid
+
+
+def raw_request(socket_path: Path, payload: bytes, fds: list[int] | None = None) -> dict[str, object] | None:
+    """Send ``payload`` as it is (with ``fds``); the service's answer frame, None when it closed without one."""
+    import array
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(socket_path))
+        if fds:
+            conn.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        else:
+            conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    if len(data) < 4:
+        return None
+    return json.loads(data[4:4 + struct.unpack("!I", data[:4])[0]])
+
+
+def test_bad_requests_get_a_clear_answer_and_the_service_keeps_serving(served: Served, tree: Path) -> None:
+    garbage = raw_request(served.socket, b"\x00\x00\x00\x05hello")
+    assert garbage is not None and garbage["exit"] == 2
+    assert str(garbage["error"]["message"]).startswith("bad request to the roscoe service: ")  # type: ignore[index]
+    huge = raw_request(served.socket, struct.pack("!I", 64 << 20))
+    assert huge == {"exit": 2, "error": {
+        "code": 2, "kind": "usage", "paths": [],
+        "message": "bad request to the roscoe service: a request of 67108864 bytes, more than the 1048576 allowed"}}
+    body = json.dumps({"v": 1, "argv": ["tx", "list"], "env": {}}).encode()
+    no_fds = raw_request(served.socket, struct.pack("!I", len(body)) + body)
+    assert no_fds is not None and no_fds["error"]["message"] == (  # type: ignore[index]
+        "bad request to the roscoe service: stdin, stdout and stderr must come with the request")
+    r, w = os.pipe()
+    body = json.dumps({"v": 1, "argv": ["frobnicate"], "env": {}}).encode()
+    unknown = raw_request(served.socket, struct.pack("!I", len(body)) + body, [r, w, w])
+    os.close(w)
+    said = os.read(r, 65536).decode()
+    os.close(r)
+    assert unknown == {"exit": 2}
+    assert said.startswith("roscoe: error: No such command 'frobnicate'")
+    assert served.operator()("tx", "list").returncode == 0
+    assert served.proc is not None and served.proc.poll() is None
+
+
+def test_a_client_killed_mid_run_leaves_an_interrupted_run_and_a_serving_service(
+    served: Served, tree: Path,
+) -> None:
+    operator = served.operator()
+    tx = operator.begin(tree)
+    marker = f"sleep {60 + os.getpid() % 1000}"  # (the run's own process, to find)
+    client = subprocess.Popen(
+        [*operator_argv(), "tx", "run", "--tx", tx, "--", "sh", "-c",
+         f"echo partial > case1/partial.txt && exec {marker}"],
+        env=operator.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pgrep", "-fx", marker], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline and client.poll() is None
+        time.sleep(0.05)
+    client.send_signal(signal.SIGKILL)
+    client.wait()
+    deadline = time.monotonic() + 10
+    while True:  # the run's sandbox goes with the service's child
+        alive = subprocess.run(["pgrep", "-fx", marker], capture_output=True)
+        if alive.returncode == 1:
+            break
+        assert time.monotonic() < deadline, alive.stdout
+        time.sleep(0.1)
+    shown = json.loads(operator("tx", "show", tx, "--json").stdout)
+    assert shown["runs"][-1]["interrupted"] is True
+    assert [c["path"] for c in json.loads(operator("tx", "diff", tx, "--json").stdout)["changes"]] == [
+        "case1/partial.txt"]
+    assert served.proc is not None and served.proc.poll() is None
+
+
+def operator_argv() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "cli.main"]
