@@ -466,7 +466,7 @@ def mcp_cmd(ctx: typer.Context) -> int:
     except ModuleNotFoundError as e:
         if e.name is None or e.name.split(".")[0] not in ("mcp", "mcp_types", "anyio", "jsonschema"):
             raise
-        raise UsageError(detail=f"roscoe mcp needs the mcp package: pip install 'roscoe[mcp]' ({e})") from None
+        raise RoscoeError(detail=f"roscoe mcp needs the mcp package: pip install 'roscoe[mcp]' ({e})") from None
 
 
 def invoke(argv: list[str], settings) -> int:  # type: ignore[no-untyped-def]

@@ -24,9 +24,9 @@ PROTOCOL = "2025-11-25"
 class McpServer:
     """``roscoe mcp`` as a child process; one JSON-RPC message a line each way."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *globals_: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "mcp"], cwd=REPO, env=env,
+            [sys.executable, "-m", "cli.main", *globals_, "mcp"], cwd=REPO, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self.lines: queue.Queue[bytes] = queue.Queue()
@@ -75,13 +75,13 @@ class McpServer:
         return code, self.proc.stderr.read()
 
 
-@pytest.fixture
-def server(roscoe: Roscoe):  # type: ignore[no-untyped-def]
+def start(env: dict[str, str], *globals_: str) -> McpServer:
+    """A server past the handshake."""
     try:
         import mcp  # noqa: F401
     except ImportError:
         missing("the mcp package", "pip install '.[mcp]'")
-    started = McpServer(roscoe.env)
+    started = McpServer(env, *globals_)
     result = started.request("initialize", {
         "protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "test_mcp", "version": "1"},
     })
@@ -89,6 +89,12 @@ def server(roscoe: Roscoe):  # type: ignore[no-untyped-def]
     assert result["protocolVersion"] == PROTOCOL
     assert "tools" in result["capabilities"]
     started.send({"method": "notifications/initialized"})
+    return started
+
+
+@pytest.fixture
+def server(roscoe: Roscoe):  # type: ignore[no-untyped-def]
+    started = start(roscoe.env)
     yield started
     if started.proc.poll() is None:
         started.proc.kill()
@@ -203,6 +209,21 @@ def test_a_garbage_line_gets_an_error_and_the_server_reads_on(server: McpServer)
         "roscoe: warning: mcp: ignored a line on stdin: Parse error: not JSON",
         "roscoe: warning: mcp: ignored a line on stdin: Invalid Request: not a JSON-RPC message",
     ]
+
+
+def test_the_global_options_reach_the_tools(roscoe: Roscoe, home: Path, root: Path) -> None:
+    env = {k: v for k, v in roscoe.env.items() if k != "ROSCOE_HOME"}
+    server = start(env, "--home", str(home))
+    try:
+        failed, began = server.call("begin", root=str(root))
+        assert not failed
+        assert server.close()[0] == 0
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+    shown = roscoe("tx", "show", began["tx"], "--json")
+    assert (shown.returncode, json.loads(shown.stdout)["state"]) == (0, "open")
 
 
 def test_other_commands_do_not_load_the_mcp_stack(roscoe: Roscoe) -> None:
