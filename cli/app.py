@@ -456,6 +456,21 @@ def gc_cmd(
     return 0
 
 
+@app.command("mcp")
+def mcp_cmd(ctx: typer.Context) -> int:
+    """A Model Context Protocol server on stdin and stdout: the agent's tools
+    (begin, run, plan, diff, show, commit, wait, abort), each the roscoe
+    command of that name, whose --json object is the tool's result."""
+    from cli.mcp import serve
+
+    try:
+        return serve(ctx.obj)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] not in ("mcp", "mcp_types", "anyio", "jsonschema"):
+            raise
+        raise RoscoeError(detail=f"roscoe mcp needs the mcp package: pip install 'roscoe[mcp]' ({e})") from None
+
+
 def invoke(argv: list[str], settings) -> int:  # type: ignore[no-untyped-def]
     """Run the command ``argv`` with ``settings`` (journal.settings; ``ctx.obj`` of every command)."""
     from typer._click import exceptions as click_errors
