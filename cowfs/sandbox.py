@@ -396,7 +396,7 @@ def host_sockets(root: str, writable: list[str], rootfs: str | None = None) -> l
         seen.add(path)
         if any(under(path, k) for k in KERNEL_FILESYSTEMS) or under(path, root):
             continue
-        if under(path, "/tmp") and not any(under(path, w) for w in writable):
+        if rootfs is None and under(path, "/tmp") and not any(under(path, w) for w in writable):
             continue
         seen_at = path if rootfs is None else _shown(path, root, writable, rootfs)
         if seen_at is not None:
@@ -408,8 +408,6 @@ def _shown(path: str, root: str, writable: list[str], rootfs: str) -> str | None
     """Where a run over ``rootfs`` sees the host's ``path`` (None: nowhere)."""
     if under(path, root) or any(under(path, w) for w in writable) or any(under(path, k) for k in KERNEL_FILESYSTEMS):
         return path  # the same mounts as in a run over the host's /
-    if under(path, "/tmp"):
-        return None  # the run's own /tmp starts empty
     seen_at = shown_at(path, rootfs)
     if seen_at is None or under(seen_at, root) or any(under(seen_at, p) for p in (*writable, *MOUNT_POINTS)):
         return None  # not in the image, or in it under one of the run's mounts
@@ -544,7 +542,7 @@ def _run(
         if seen_at is not None:
             args += ["--tmpfs", seen_at, "--remount-ro", seen_at]
     for path, source in view.masks:
-        if tmp[0] == "--bind" and under(path, "/tmp") and not under(path, root):
+        if view.rootfs is None and tmp[0] == "--bind" and under(path, "/tmp") and not under(path, root):
             continue  # /tmp starts empty: nothing there to hide, and no mount point to make
         seen_at = path if view.rootfs is None else _shown(path, root, writable, view.rootfs)
         if seen_at is None:

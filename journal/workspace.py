@@ -328,7 +328,11 @@ class Workspace:
         if argv:
             search = (os.environ if env is None else env).get("PATH")
             rules = self.run_rules()
-            rootfs = rules.rootfs if rules is not None else None
+            rootfs = os.path.realpath(rules.rootfs) if rules is not None and rules.rootfs is not None else None
+            if rootfs is not None:
+                from cowfs.rootfs import check as check_rootfs
+
+                check_rootfs(rootfs, path)
             sandbox.precheck(argv[0], sandbox.sandbox_cwd(_cwd(), path, rootfs), path, search, rootfs)
         return path
 
