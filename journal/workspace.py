@@ -327,12 +327,7 @@ class Workspace:
         path = resolve_root(root, self.home)
         if argv:
             search = (os.environ if env is None else env).get("PATH")
-            rules = self.run_rules()
-            rootfs = os.path.realpath(rules.rootfs) if rules is not None and rules.rootfs is not None else None
-            if rootfs is not None:
-                from cowfs.rootfs import check as check_rootfs
-
-                check_rootfs(rootfs, path)
+            rootfs = self.rootfs(path)
             sandbox.precheck(argv[0], sandbox.sandbox_cwd(_cwd(), path, rootfs), path, search, rootfs)
         return path
 
@@ -376,6 +371,21 @@ class Workspace:
             return None
         return (self.rules(tx) if tx is not None else self.config()).run
 
+    def rootfs(
+        self, root: str, tx: TxRecord | None = None, writable: tuple[str, ...] | list[str] = (),
+    ) -> str | None:
+        """The ``[run] rootfs`` image a run over ``root`` (of ``tx``, else of a
+        new transaction) goes over, resolved and checked (cowfs.rootfs.check,
+        a usage error before anything runs); None: the host's ``/``."""
+        rules = self.run_rules(tx)
+        if rules is None or rules.rootfs is None:
+            return None
+        from cowfs.rootfs import check
+
+        rootfs = os.path.realpath(rules.rootfs)
+        check(rootfs, root, writable)
+        return rootfs
+
     def hidden(
         self, root: str, hide: tuple[str, ...] | list[str] = (), tx: TxRecord | None = None,
     ) -> tuple[Hidden, list[str]]:
@@ -384,7 +394,6 @@ class Workspace:
         now); and a warning for each of ``hide`` outside the root that does
         not exist. The state dir, always hidden, is not among them."""
         from cowfs import hide as hiding
-        from journal.rules import decode
 
         given = hiding.resolve(hide, root) if hide else hiding.Hidden(root, (), ())
         rules = self.run_rules(tx)
@@ -427,12 +436,7 @@ class Workspace:
         binds = sandbox.writable_binds(tuple(writable), tx.root, self.home.path)
         hidden, hide_warnings = self.hidden(tx.root, hide, tx)
         hiding.check_writable(hidden, writable)
-        rules = None if over_host else self.run_rules(tx)
-        rootfs = os.path.realpath(rules.rootfs) if rules is not None and rules.rootfs is not None else None
-        if rootfs is not None:
-            from cowfs.rootfs import check as check_rootfs
-
-            check_rootfs(rootfs, tx.root, writable)
+        rootfs = None if over_host else self.rootfs(tx.root, tx, writable)
         env = dict(os.environ if env is None else env)  # none given: roscoe's own, as subprocess does
         inner_cwd = sandbox.sandbox_cwd(_cwd() if cwd is None else cwd, tx.root, rootfs)
         if not os.path.isdir(tx.root):
