@@ -6,7 +6,9 @@ whole filesystem read-only, a private ``/tmp`` (see TMP_OVERLAY) and ``/dev``,
 runc's read-only and masked ``/proc`` and ``/sys`` paths (see kernel_view),
 the stager's view mounted at the root's own path, cowfs.seccomp's filter, no
 capabilities (as root, the four of ROOT_CAPS), every process killed when the
-run returns. man/roscoe.1's THREAT MODEL says what that leaves a run.
+run returns. With a ``rootfs`` (``[run] rootfs``, an unpacked container
+image), that directory is the run's ``/`` instead of the host's
+(cowfs.rootfs). man/roscoe.1's THREAT MODEL says what that leaves a run.
 
 A tiny ``sh`` shim inside the sandbox separates bwrap's failures from the
 command's: bwrap's own stderr goes to a file roscoe reads, the shim writes
@@ -30,6 +32,7 @@ from cowfs import seccomp
 from cowfs.stdio import Stdio
 from cowfs.limits import NO_LIMITS, Enforced, Limits, RunCgroup
 from cowfs.paths import under
+from cowfs.rootfs import MOUNT_POINTS, lookup, shown_at
 
 # The shim sets the RLIMIT_AS fallback when the run has no cgroup. The probe
 # (first run only) looks up every entry of the root, then (depth first, three
@@ -54,8 +57,14 @@ SHIM = PROBE + (
     'if [ -n "$v" ]; then ulimit -v "$v" || exit 1; fi; '
     'if [ -n "$p" ]; then probe "$p" 3; [ $? = 1 ] && exit 1; fi; '
     'echo ready >&4; exec 4>&- 2>&3 3>&-; '
-    'exec env --default-signal=INT,QUIT -- "$@"'
 )
+EXEC = 'exec env --default-signal=INT,QUIT -- "$@"'
+# In an image (cowfs.rootfs) env may not know --default-signal (busybox's,
+# coreutils before 9.1): there the command runs with ^C and ^\ ignored rather
+# than not at all.
+EXEC_IN_IMAGE = 'env --default-signal=INT true 2>/dev/null && ' + EXEC + '; exec "$@"'
+SHIM_IN_IMAGE = SHIM + EXEC_IN_IMAGE
+SHIM += EXEC
 # A run with a cgroup starts with this: it joins the cgroup (writing 0 to the
 # cgroup.procs files it inherits at fds 5 and 6), closes them and execs the
 # sandbox, so bwrap's own processes are in the cgroup too. Its init (pid 1 of
@@ -123,20 +132,24 @@ def userns_hint() -> str:
     return ""
 
 
-def sandbox_cwd(cwd: str | None, root: str) -> str:
-    """The caller's cwd when the sandbox shows it, else the root."""
+def sandbox_cwd(cwd: str | None, root: str, rootfs: str | None = None) -> str:
+    """The caller's cwd when the sandbox shows it, else the root. Over a
+    ``rootfs`` only the root shows as on the host."""
     if cwd is None or not os.path.isdir(cwd):
+        return root
+    if rootfs is not None and not under(cwd, root):
         return root
     if under(cwd, "/dev") or under(cwd, "/proc"):
         return root
     return cwd
 
 
-def precheck(cmd: str, cwd: str, root: str, path_env: str | None) -> None:
+def precheck(cmd: str, cwd: str, root: str, path_env: str | None, rootfs: str | None = None) -> None:
     """Fail early with 127/126 for a command the sandbox would not find either.
 
-    Only what the sandbox sees unchanged is judged here (outside the root);
-    anything under the root is left to the shim.
+    Only what the sandbox sees unchanged is judged here (outside the root,
+    in the ``rootfs`` image when there is one); anything under the root is
+    left to the shim.
     """
     hidden = (root,)
     if "/" in cmd:
@@ -148,6 +161,8 @@ def precheck(cmd: str, cwd: str, root: str, path_env: str | None) -> None:
     for full in candidates:
         if any(under(full, h) for h in hidden):
             return
+        if rootfs is not None:
+            full = (None if under(full, "/tmp") else lookup(rootfs, full)) or "/nonexistent/"
         if os.path.isfile(full):
             if os.access(full, os.X_OK):
                 return
@@ -355,13 +370,15 @@ def _gone(path: str) -> bool:
         return True
 
 
-def host_sockets(root: str, writable: list[str]) -> list[str]:
+def host_sockets(root: str, writable: list[str], rootfs: str | None = None) -> list[str]:
     """bwrap arguments that put /dev/null over every pathname unix socket bound
     in roscoe's network namespace (/proc/net/unix), so that no run connects to
     a host service through the filesystem: a read-only mount does not stop
     ``connect()``. Sockets below the root and /tmp are left alone (the overlay
     in front of them has other inodes, which no socket is bound to) unless a
-    ``writable`` bind shows them. man/roscoe.1 says which sockets this misses."""
+    ``writable`` bind shows them. Over a ``rootfs``, only the sockets inside
+    the image (where the run sees them) and the writable binds are in the
+    run. man/roscoe.1 says which sockets this misses."""
     try:
         with open("/proc/net/unix", "rb") as f:
             lines = f.read().splitlines()[1:]
@@ -379,10 +396,22 @@ def host_sockets(root: str, writable: list[str]) -> list[str]:
         seen.add(path)
         if any(under(path, k) for k in KERNEL_FILESYSTEMS) or under(path, root):
             continue
-        if under(path, "/tmp") and not any(under(path, w) for w in writable):
+        if rootfs is None and under(path, "/tmp") and not any(under(path, w) for w in writable):
             continue
-        args += ["--dev-bind", "/dev/null", path]
+        seen_at = path if rootfs is None else _shown(path, root, writable, rootfs)
+        if seen_at is not None:
+            args += ["--dev-bind", "/dev/null", seen_at]
     return args
+
+
+def _shown(path: str, root: str, writable: list[str], rootfs: str) -> str | None:
+    """Where a run over ``rootfs`` sees the host's ``path`` (None: nowhere)."""
+    if under(path, root) or any(under(path, w) for w in writable) or any(under(path, k) for k in KERNEL_FILESYSTEMS):
+        return path  # the same mounts as in a run over the host's /
+    seen_at = shown_at(path, rootfs)
+    if seen_at is None or under(seen_at, root) or any(under(seen_at, p) for p in (*writable, *MOUNT_POINTS)):
+        return None  # not in the image, or in it under one of the run's mounts
+    return seen_at
 
 
 def writable_binds(paths: list[str] | tuple[str, ...], root: str, state_dir: str) -> list[str]:
@@ -413,6 +442,7 @@ def run(
     limits: Limits = NO_LIMITS, binds: list[str] | None = None, hidden: tuple[str, ...] = (),
     pass_fds: tuple[int, ...] = (), masks: list[tuple[str, bool]] | None = None,
     scratch: str | None = None, stdio: tuple[int, int, int] = (0, 1, 2), bwrap: str | None = None,
+    rootfs: str | None = None,
 ) -> Outcome:
     """Run ``argv`` in the sandbox (with the bwrap binary ``bwrap``, else
     the one ``bwrap_path`` finds); ``binds`` come from ``writable_binds``;
@@ -422,7 +452,8 @@ def run(
     ``pass_fds`` reach the command (cowfs.stdio), whose stdin, stdout and
     stderr are roscoe's fds ``stdio``. With a ``scratch`` dir,
     the run's /tmp writes are kept there until the run ends, to be named in
-    the outcome (RunTmp)."""
+    the outcome (RunTmp). With a ``rootfs`` (checked by cowfs.rootfs.check)
+    the run's ``/`` is that directory, read-only, and its /tmp starts empty."""
     cgroup = RunCgroup.create(limits) if limits else None
     if cgroup is None and limits.pids is not None:
         raise SandboxError(detail=(
@@ -437,10 +468,10 @@ def run(
         if masks and not all(is_dir for _, is_dir in masks) and run_tmp is None:
             raise SandboxError(detail="hiding a file needs a scratch dir")
         empty_file = run_tmp.empty_file if run_tmp is not None else ""
-        view = View(mount_args, extra, hidden, pass_fds, host_sockets(root, extra[2::3]),
-                    [(path, None if is_dir else empty_file) for path, is_dir in masks or []], stdio)
+        view = View(mount_args, extra, hidden, pass_fds, host_sockets(root, extra[2::3], rootfs),
+                    [(path, None if is_dir else empty_file) for path, is_dir in masks or []], stdio, rootfs)
         overlay, empty = (run_tmp.overlay, run_tmp.empty) if run_tmp is not None else (TMP_OVERLAY, TMP_EMPTY)
-        tmp = overlay
+        tmp = overlay if rootfs is None else empty  # the host's /tmp is not the image's
         for _ in range(ATTEMPTS):
             outcome = _run(argv, root, view, tmp, cwd, env, probe, network, timeout, limits, cgroup, bwrap)
             if outcome.started:
@@ -452,7 +483,7 @@ def run(
             elif any(_gone(path) for path in view.sockets[2::3]):
                 # a host socket went away between the listing and bwrap's mount
                 # over it (bwrap cannot cover a path that is not there): list again
-                view = view._replace(sockets=host_sockets(root, extra[2::3]))
+                view = view._replace(sockets=host_sockets(root, extra[2::3], rootfs))
             else:
                 break
         if cgroup is not None:
@@ -469,11 +500,14 @@ def run(
     return outcome
 
 
-class View(namedtuple("_View", "mount_args binds hidden pass_fds sockets masks stdio", defaults=((0, 1, 2),))):
-    """What a run sees besides the host read-only: the stager's mount of the
-    root, the writable binds, the dirs hidden (empty), the fds passed on, the
-    host's sockets covered (host_sockets), the paths masked (cowfs.hide), and
-    roscoe's fds that are its stdin, stdout and stderr."""
+class View(namedtuple(
+    "_View", "mount_args binds hidden pass_fds sockets masks stdio rootfs", defaults=((0, 1, 2), None),
+)):
+    """What a run sees besides the host (or the ``rootfs`` image) read-only:
+    the stager's mount of the root, the writable binds, the dirs hidden
+    (empty), the fds passed on, the host's sockets covered (host_sockets),
+    the paths masked (cowfs.hide), and roscoe's fds that are its stdin,
+    stdout and stderr."""
 
     __slots__ = ()
 
@@ -497,14 +531,23 @@ def _run(
         args += ["--cap-drop", "ALL"]
         for cap in ROOT_CAPS:
             args += ["--cap-add", cap]
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *kernel_view(), *tmp, *view.binds,
-             *view.mount_args]
+    if view.rootfs is None:
+        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    else:  # the image's /, and the host's /sys as a run over the host's / has it
+        args += ["--ro-bind", view.rootfs, "/", "--dev", "/dev", "--proc", "/proc", "--ro-bind", "/sys", "/sys"]
+    args += [*kernel_view(), *tmp, *view.binds, *view.mount_args]
+    writable = view.binds[2::3]
     for path in view.hidden:
-        args += ["--tmpfs", path, "--remount-ro", path]
+        seen_at = path if view.rootfs is None else _shown(path, root, writable, view.rootfs)
+        if seen_at is not None:
+            args += ["--tmpfs", seen_at, "--remount-ro", seen_at]
     for path, source in view.masks:
-        if tmp[0] == "--bind" and under(path, "/tmp") and not under(path, root):
+        if view.rootfs is None and tmp[0] == "--bind" and under(path, "/tmp") and not under(path, root):
             continue  # /tmp starts empty: nothing there to hide, and no mount point to make
-        args += ["--tmpfs", path, "--remount-ro", path] if source is None else ["--ro-bind", source, path]
+        seen_at = path if view.rootfs is None else _shown(path, root, writable, view.rootfs)
+        if seen_at is None:
+            continue  # the host's path is not in the image's view: nothing there to hide
+        args += ["--tmpfs", seen_at, "--remount-ro", seen_at] if source is None else ["--ro-bind", source, seen_at]
     args += view.sockets
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--chdir", cwd]
     if not network:
@@ -518,7 +561,8 @@ def _run(
     rlimit = ""
     if cgroup is None and limits.memory is not None:
         rlimit = str(limits.memory // 1024)  # ulimit -v counts KiB
-    args += ["--", "/bin/sh", "-c", SHIM, "roscoe-run", root if probe else "", rlimit, *argv]
+    shim = SHIM if view.rootfs is None else SHIM_IN_IMAGE
+    args += ["--", "/bin/sh", "-c", shim, "roscoe-run", root if probe else "", rlimit, *argv]
     enforced = Enforced(
         limits.memory, limits.pids, cgroup.version if cgroup is not None else ("rlimit" if rlimit else None), 0,
     )

@@ -23,6 +23,7 @@ notify_timeout = 30            # seconds before a hanging notify is killed
 target = "gs://whaley_law_firm/projects"
 [run]
 hide = ["clients/other", "/home/ops/.ssh"]  # plain paths: relative to the root, or absolute
+rootfs = "/srv/roscoe/tools-image"  # the run's / (read-only): an unpacked container image (cowfs.rootfs)
 ```
 """
 
@@ -84,11 +85,13 @@ class RootConfig(namedtuple("_RootConfig", "target", defaults=(None,))):
     target: str | None
 
 
-class RunRules(namedtuple("_RunRules", "hide", defaults=((),))):
-    """What every run gets: ``hide``, paths it may not see (cowfs.hide)."""
+class RunRules(namedtuple("_RunRules", "hide rootfs", defaults=((), None))):
+    """What every run gets: ``hide``, paths it may not see (cowfs.hide), and
+    ``rootfs``, the directory its ``/`` is (cowfs.rootfs; None: the host's)."""
 
     __slots__ = ()
     hide: tuple[str, ...]
+    rootfs: str | None
 
 
 DEFAULT_SOCKET = "/run/roscoe/roscoe.sock"
@@ -158,7 +161,9 @@ def strictest(configs: list[Config]) -> Config:
     approval paths united, limits the lowest, flags on if any sets them. Rules
     are only ever added this way, never removed. ``notify`` and its timeout,
     which say how to ask rather than what to allow, come from the last config
-    that sets them; roots from the first that names each. ``owners = "keep"``
+    that sets them; roots, and ``[run] rootfs``, from the first that names each
+(the recorded config before the one in force now, the state dir's before
+a named one). ``owners = "keep"``
     and ``symlinks = "inside"`` are the stricter values of their keys."""
     if len(configs) == 1:
         return configs[0]
@@ -180,7 +185,8 @@ def strictest(configs: list[Config]) -> Config:
             _last([r.notify for r in rules], None), _last([r.notify_timeout for r in rules], NOTIFY_TIMEOUT),
         ),
         roots,
-        RunRules(_union([c.run.hide for c in configs])),
+        RunRules(_union([c.run.hide for c in configs]),
+                 next((c.run.rootfs for c in configs if c.run.rootfs is not None), None)),
         ServeRules(*(_last([getattr(c.serve, k) for c in configs], getattr(ServeRules(), k))
                      for k in ServeRules._fields)),
         Roles(*(_union([getattr(c.roles, k) for c in configs]) for k in Roles._fields)),
@@ -198,6 +204,10 @@ def _globs(value: object) -> bool:
 def _plain_paths(value: object) -> bool:
     return isinstance(value, list) and all(
         isinstance(v, str) and v and "\0" not in v and "*" not in v and "?" not in v for v in value)
+
+
+def _image_dir(value: object) -> bool:
+    return isinstance(value, str) and "\0" not in value and os.path.isabs(value) and os.path.isdir(value)
 
 
 def _command(value: object) -> bool:
@@ -245,6 +255,7 @@ KEYS = {
     },
     "run": {
         "hide": (_plain_paths, "a list of plain paths (relative to the root, or absolute; not globs)"),
+        "rootfs": (_image_dir, "the absolute path of a directory (an unpacked container image)"),
     },
     "serve": {
         "socket": (_absolute, "an absolute path"),
@@ -351,7 +362,7 @@ def parse(raw: bytes, path: str) -> Config:
             tuple(notify) if notify else None, float(approval.get("notify_timeout", NOTIFY_TIMEOUT)),
         ),
         roots,
-        RunRules(tuple(run.get("hide", ()))),
+        RunRules(tuple(run.get("hide", ())), os.path.normpath(run["rootfs"]) if "rootfs" in run else None),
         ServeRules(**{k: int(v, 8) if k == "socket_mode" else v for k, v in serve.items()}),
         Roles(**{k: tuple(v) for k, v in roles.items()}),
     )

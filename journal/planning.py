@@ -3,7 +3,8 @@
 A plan is applied by a sandboxed run of ``python -m cowfs.planrun`` through
 ``Workspace.run``, like any command: same overlay, stager choice, run record
 and bases, so its result shows in ``tx diff`` and commits through the same
-protocol. The plan goes in and the outcome comes out on inherited memfds (the
+protocol; but always over the host's ``/``, even with a ``[run] rootfs``:
+planrun is roscoe's own trusted code and needs the host's python. The plan goes in and the outcome comes out on inherited memfds (the
 sandbox sees the filesystem read-only). The run takes a savepoint of the
 staged layer (``cowfs.savepoint``): a plan that fails at any op stages nothing.
 
@@ -178,6 +179,8 @@ def _apply(
         f"/dev/fd/{plan_fd}",
     ]
     env = dict(os.environ)  # the planrun child's environment: roscoe's own, as any run's
+    # over the host's / even with a [run] rootfs: planrun is roscoe's own code, as
+    # trusted as roscoe, and needs the python roscoe runs on (an image may have none)
     # the sandboxed python must import this very cowfs, wherever it came from
     here = os.path.dirname(os.path.dirname(os.path.abspath(cowfs.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([here] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -185,7 +188,7 @@ def _apply(
     try:
         try:
             run = ws.run(record.id, argv, cwd=record.root, env=env, savepoint=points,
-                         pass_fds=(plan_fd, result_fd), hide=hide)
+                         pass_fds=(plan_fd, result_fd), hide=hide, over_host=True)
         except BaseException:
             if points is not None:
                 _heal(ws, record)

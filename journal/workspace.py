@@ -32,7 +32,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cowfs import sandbox
     from cowfs.hide import Hidden
-    from journal.config import Config
+    from journal.config import Config, RunRules
     from cowfs.bucketreads import BucketReads
     from cowfs.hashcache import HashCache
     from cowfs.patch import FilePatch
@@ -327,7 +327,8 @@ class Workspace:
         path = resolve_root(root, self.home)
         if argv:
             search = (os.environ if env is None else env).get("PATH")
-            sandbox.precheck(argv[0], sandbox.sandbox_cwd(_cwd(), path), path, search)
+            rootfs = self.rootfs(path)
+            sandbox.precheck(argv[0], sandbox.sandbox_cwd(_cwd(), path, rootfs), path, search, rootfs)
         return path
 
     def begin(
@@ -359,6 +360,32 @@ class Workspace:
             raise
         return record
 
+    def run_rules(self, tx: TxRecord | None = None) -> RunRules | None:
+        """The config's ``[run]`` rules for a run of ``tx`` (its rules,
+        journal.rules), else of a new transaction (those in force now); None
+        when there is no config at all."""
+        from journal.rules import decode
+
+        sources = self.sources() + ((decode(tx.rules) or []) if tx is not None else [])
+        if not any(s.text is not None for s in sources):  # no config: no import of journal.config
+            return None
+        return (self.rules(tx) if tx is not None else self.config()).run
+
+    def rootfs(
+        self, root: str, tx: TxRecord | None = None, writable: tuple[str, ...] | list[str] = (),
+    ) -> str | None:
+        """The ``[run] rootfs`` image a run over ``root`` (of ``tx``, else of a
+        new transaction) goes over, resolved and checked (cowfs.rootfs.check,
+        a usage error before anything runs); None: the host's ``/``."""
+        rules = self.run_rules(tx)
+        if rules is None or rules.rootfs is None:
+            return None
+        from cowfs.rootfs import check
+
+        rootfs = os.path.realpath(rules.rootfs)
+        check(rootfs, root, writable)
+        return rootfs
+
     def hidden(
         self, root: str, hide: tuple[str, ...] | list[str] = (), tx: TxRecord | None = None,
     ) -> tuple[Hidden, list[str]]:
@@ -367,13 +394,10 @@ class Workspace:
         now); and a warning for each of ``hide`` outside the root that does
         not exist. The state dir, always hidden, is not among them."""
         from cowfs import hide as hiding
-        from journal.rules import decode
 
         given = hiding.resolve(hide, root) if hide else hiding.Hidden(root, (), ())
-        sources = self.sources() + ((decode(tx.rules) or []) if tx is not None else [])
-        configured = ()
-        if any(s.text is not None for s in sources):  # no config: no import of journal.config
-            configured = (self.rules(tx) if tx is not None else self.config()).run.hide
+        rules = self.run_rules(tx)
+        configured = rules.hide if rules is not None else ()
         merged = given.merge(hiding.resolve(configured, root, option="[run] hide")) if configured else given
         state = os.path.realpath(self.home.path)
         merged = merged._replace(outside=tuple(p for p in merged.outside if not under(p, state)))
@@ -386,8 +410,12 @@ class Workspace:
         limits: sandbox.Limits | None = None, writable: tuple[str, ...] | list[str] = (),
         savepoint: Savepoint | None = None, pass_fds: tuple[int, ...] = (),
         hide: tuple[str, ...] | list[str] = (), stdio: tuple[int, int, int] = (0, 1, 2),
+        over_host: bool = False,
     ) -> RunResult:
-        """Run ``argv`` in the transaction's overlay. ``limits`` caps memory and
+        """Run ``argv`` in the transaction's overlay, over the config's ``[run]
+        rootfs`` (cowfs.rootfs) when it names one and ``over_host`` is False
+        (the plan applier, roscoe's own code, runs over the host's ``/``, whose
+        python it needs), else over the host's ``/``. ``limits`` caps memory and
         processes; ``writable`` paths outside the root are bound read-write;
         ``hide`` paths (and the config's ``[run] hide``) are hidden from it
         (cowfs.hide); ``pass_fds`` reach the command (no other fd of
@@ -408,11 +436,12 @@ class Workspace:
         binds = sandbox.writable_binds(tuple(writable), tx.root, self.home.path)
         hidden, hide_warnings = self.hidden(tx.root, hide, tx)
         hiding.check_writable(hidden, writable)
+        rootfs = None if over_host else self.rootfs(tx.root, tx, writable)
         env = dict(os.environ if env is None else env)  # none given: roscoe's own, as subprocess does
-        inner_cwd = sandbox.sandbox_cwd(_cwd() if cwd is None else cwd, tx.root)
+        inner_cwd = sandbox.sandbox_cwd(_cwd() if cwd is None else cwd, tx.root, rootfs)
         if not os.path.isdir(tx.root):
             raise RootError(root=tx.root, reason="no longer exists")
-        sandbox.precheck(argv[0], inner_cwd, tx.root, env.get("PATH"))
+        sandbox.precheck(argv[0], inner_cwd, tx.root, env.get("PATH"), rootfs)
         env["ROSCOE_TX"] = tx.id
         env["ROSCOE_ROOT"] = tx.root
         with self.locked(tx, exclusive=True) as tx:
@@ -442,7 +471,7 @@ class Workspace:
                         argv, root=tx.root, mount_args=stager.mount_args(), cwd=inner_cwd,
                         env=env, probe=tx.backend is None, network=network, timeout=timeout,
                         limits=limits, binds=binds, hidden=(os.path.realpath(self.home.path),), pass_fds=pass_fds, stdio=stdio,
-                        masks=masks, scratch=tx_dir, bwrap=self.settings.bwrap,
+                        masks=masks, scratch=tx_dir, bwrap=self.settings.bwrap, rootfs=rootfs,
                     )
                 except NoBackend as e:
                     failures.append(f"{name}: {e.fields.get('detail')}")
