@@ -457,10 +457,11 @@ def gc_cmd(
 
 
 @app.command("mcp")
-def mcp_cmd(ctx: typer.Context) -> int:
+def mcp_cmd(ctx: typer.Context, json_: JsonResultOpt = False) -> int:
     """A Model Context Protocol server on stdin and stdout: the agent's tools
     (begin, run, plan, diff, show, commit, wait, abort), each the roscoe
-    command of that name, whose --json object is the tool's result."""
+    command of that name, whose --json object is the tool's result. (Its
+    stdout speaks JSON-RPC; with --json, a failure to start is the error object.)"""
     from cli.mcp import serve
 
     try:
