@@ -120,3 +120,91 @@ def test_an_agent_in_a_container_gets_transactions_and_nothing_else(
     events = json.loads(served.operator()("audit", "--tx", tx, "--json").stdout)["events"]
     assert {(e["kind"], e["user"], e["uid"]) for e in events} >= {
         ("begin", "roscoe-test", uid), ("commit", "roscoe-test", uid)}
+
+
+# -- 2. the approver -----------------------------------------------------------------------
+
+APPROVER = "roscoe-approver"
+
+
+@pytest.fixture(scope="module")
+def approver_user() -> Iterator[str]:
+    """A second unprivileged user, made here when missing (removed after, then)."""
+    import pwd
+    import subprocess
+
+    try:
+        pwd.getpwnam(APPROVER)
+        made = False
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                        APPROVER], check=True, capture_output=True)
+        made = True
+    try:
+        yield APPROVER
+    finally:
+        if made:
+            subprocess.run(["userdel", APPROVER], check=True, capture_output=True)
+
+
+def test_an_approver_approves_through_the_service_and_a_rejection_holds(
+    tmp_path: Path, run_dir: Path, tree: Path, unprivileged: UserRoscoe, approver_user: str,
+) -> None:
+    import pwd
+
+    config = config_text(tree, approvers=f'"{approver_user}"', extra="[approval]\nwhen_deleting = true\n")
+    served = service(tmp_path, run_dir, config).start()
+    try:
+        src = Path(unprivileged.env["PYTHONPATH"])
+        agent, approver = served.agent(src), served.client_as(approver_user, src)
+        agent_uid, approver_uid = agent.user.pw_uid, pwd.getpwnam(approver_user).pw_uid
+        operator = served.operator()
+
+        tx = agent.begin(tree)
+        assert agent("tx", "run", "--tx", tx, "--", "sh", "-c", "rm case1/old.tmp").returncode == 0
+        h = json.loads(agent("tx", "diff", tx, "--json").stdout)["diff_hash"]
+        before = snapshot(tree)
+        held = agent("tx", "commit", tx, "--yes")
+        assert held.returncode == 4, held.stderr
+        assert error_of(held) == (
+            f"transaction {tx} needs an approval before it can be committed (deletes 1 path: case1/old.tmp"
+            f" (when_deleting)); nothing was written. A person approves this exact diff with:"
+            f" roscoe tx approve {tx} --hash {h}")
+        mine = agent("tx", "approve", tx, "--hash", h, "--by", "Jane Partner")
+        assert mine.returncode == 4
+        assert error_of(mine) == (f"roscoe-test (uid {agent_uid}) may not tx approve through the roscoe service"
+                                  " (roles: agent; see the config's [roles])")
+        assert snapshot(tree) == before
+
+        approved = approver("tx", "approve", tx, "--hash", h, "--by", "Jane Partner")
+        assert approved.returncode == 0, approved.stderr
+        [event] = [e for e in json.loads(operator("audit", "--tx", tx, "--json").stdout)["events"]
+                   if e["kind"] == "approve"]
+        assert (event["user"], event["uid"]) == (approver_user, approver_uid)
+        assert (event["detail"]["approver"], event["detail"]["uid"], event["detail"]["os_user"]) == (
+            "Jane Partner", approver_uid, approver_user)
+        done = agent("tx", "commit", tx, "--yes", "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["state"] == "committed"
+        assert not (tree / "case1" / "old.tmp").exists()
+
+        second = agent.begin(tree)
+        assert agent("tx", "run", "--tx", second, "--", "sh", "-c", "rm case1/notes.md").returncode == 0
+        h2 = json.loads(agent("tx", "diff", second, "--json").stdout)["diff_hash"]
+        rejected = approver("tx", "reject", second, "--by", "Jane Partner", "-m", "keep the notes")
+        assert rejected.returncode == 0, rejected.stderr
+        before = snapshot(tree)
+        for _ in range(2):
+            refused = agent("tx", "commit", second, "--yes")
+            assert refused.returncode == 4, refused.stderr
+            assert error_of(refused) == (
+                f"transaction {second} cannot be committed: its diff {h2} was rejected by Jane Partner:"
+                f' "keep the notes"; nothing was written; only a run that changes the diff lifts the rejection')
+        assert agent("tx", "approve", second, "--hash", h2, "--by", "Jane Partner").returncode == 4
+        assert snapshot(tree) == before
+        [event] = [e for e in json.loads(operator("audit", "--tx", second, "--json").stdout)["events"]
+                   if e["kind"] == "reject"]
+        assert (event["user"], event["uid"], event["detail"]["uid"]) == (approver_user, approver_uid, approver_uid)
+        assert json.loads(operator("tx", "show", second, "--json").stdout)["state"] == "open"
+    finally:
+        served.stop()
