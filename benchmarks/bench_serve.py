@@ -12,8 +12,11 @@ Part 1, N times each, interleaved round by round:
   local-new    ROSCOE_SOCKET=  roscoe tx run --root R -- true
   serve-tx     ROSCOE_SOCKET=S roscoe tx run --tx ID -- true    (an existing tx)
   local-tx     ROSCOE_SOCKET=  roscoe tx run --tx ID -- true
-  serve-list   ROSCOE_SOCKET=S roscoe tx list --json            (the client's own cost:
-  local-list   ROSCOE_SOCKET=  roscoe tx list --json             no sandbox)
+  serve-list   ROSCOE_SOCKET=S roscoe tx list --json            (a command with no sandbox;
+  local-list   ROSCOE_SOCKET=  roscoe tx list --json             typer's path, not a fast path)
+  serve-none   ROSCOE_SOCKET=S roscoe tx diff 000000000000 --json   (the CLI floor: exit 5
+  local-none   ROSCOE_SOCKET=  roscoe tx diff 000000000000 --json    after start-up and
+                                                                     the journal's open)
   python       VENV/bin/python -c pass                          (interpreter floor)
 
 Part 2, throughput: CLIENTS processes at once (default 8), each looping
@@ -47,6 +50,7 @@ import _benchlib as lib  # noqa: E402
 BUDGET_OF_LOCAL = 1.2
 WARMUP = 3
 START_SECONDS = 30.0
+NO_SUCH_TX = "000000000000"
 
 
 def make_root(root: str) -> None:
@@ -247,8 +251,10 @@ def main() -> int:
             cases[f"{where}-new"] = ([args.roscoe, "tx", "run", "--root", root, "--", "true"], envs[where])
             cases[f"{where}-tx"] = ([args.roscoe, "tx", "run", "--tx", tx_ids[where], "--", "true"], envs[where])
             cases[f"{where}-list"] = ([args.roscoe, "tx", "list", "--json"], envs[where])
+            cases[f"{where}-none"] = ([args.roscoe, "tx", "diff", NO_SUCH_TX, "--json"], envs[where])
         cases["python"] = ([args.python, "-c", "pass"], local_env)
-        order = ["serve-new", "local-new", "serve-tx", "local-tx", "serve-list", "local-list", "python"]
+        order = ["serve-new", "local-new", "serve-tx", "local-tx", "serve-list", "local-list",
+                 "serve-none", "local-none", "python"]
         labels = {
             "serve-new": "tx run --root R -- true, service  (new tx)",
             "local-new": "tx run --root R -- true, local    (new tx)",
@@ -256,14 +262,20 @@ def main() -> int:
             "local-tx": "tx run --tx ID -- true, local     (existing)",
             "serve-list": "tx list --json, service",
             "local-list": "tx list --json, local",
+            "serve-none": "tx diff NO-SUCH-TX --json, service",
+            "local-none": "tx diff NO-SUCH-TX --json, local",
             "python": "python -c pass  (interpreter floor)",
         }
         backends: set[str] = set()
 
         def once(name: str) -> float:
             argv, env = cases[name]
-            ms, p = lib.timed(argv, env=env, cwd=scratch, capture_stdout=name.endswith("-list"))
-            lib.check_ok(name, p)
+            ms, p = lib.timed(argv, env=env, cwd=scratch, capture_stdout=name.endswith(("-list", "-none")))
+            if name.endswith("-none"):
+                if p.returncode != 5 or json.loads(p.stdout)["error"]["kind"] != "no_such_tx":
+                    raise SystemExit(f"{name}: expected exit 5 (no_such_tx), got {p.returncode}: {p.stdout!r}")
+            else:
+                lib.check_ok(name, p)
             if name.endswith(("-new", "-tx")):
                 lines = p.stderr.decode(errors="replace").splitlines()
                 if not lines or not lines[0].startswith("roscoe: tx "):
@@ -284,9 +296,9 @@ def main() -> int:
 
         stats = {name: lib.summarize(s) for name, s in samples.items()}
         ratios = {f"serve/local {kind}": round(stats[f"serve-{kind}"]["median_ms"] / stats[f"local-{kind}"]["median_ms"], 2)
-                  for kind in ("new", "tx", "list")}
-        over = {f"{where}-list - python": round(stats[f"{where}-list"]["median_ms"] - stats["python"]["median_ms"], 1)
-                for where in ("serve", "local")}
+                  for kind in ("new", "tx", "list", "none")}
+        over = {f"{where}-{kind} - python": round(stats[f"{where}-{kind}"]["median_ms"] - stats["python"]["median_ms"], 1)
+                for kind in ("list", "none") for where in ("serve", "local")}
 
         # part 2
         rounds: list[dict] = []
