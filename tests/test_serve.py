@@ -258,3 +258,19 @@ def operator_argv() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "cli.main"]
+
+
+def test_a_client_without_its_service_says_so(tmp_path: Path, home: Path) -> None:
+    from tests.support.roscoe import Roscoe
+
+    gone = tmp_path / "gone.sock"
+    client = Roscoe(home, {"ROSCOE_SOCKET": str(gone)})
+    listed = client("tx", "list", "--json")
+    message = (f"cannot reach the roscoe service at {gone}: No such file or directory"
+               " (ROSCOE_SOCKET names another socket; empty: run locally)")
+    assert listed.returncode == 1
+    assert error_of(listed) == message
+    assert json.loads(listed.stdout) == {"error": {"code": 1, "kind": "error", "message": message, "paths": [str(gone)]}}
+    ran = client("tx", "run", "--root", tmp_path, "--", "true")
+    assert ran.returncode == 125 and error_of(ran) == message
+    assert not home.exists()  # nothing was done here
