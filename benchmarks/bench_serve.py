@@ -295,9 +295,10 @@ def main() -> int:
                 samples[name].append(once(name))
 
         stats = {name: lib.summarize(s) for name, s in samples.items()}
-        ratios = {f"serve/local {kind}": round(stats[f"serve-{kind}"]["median_ms"] / stats[f"local-{kind}"]["median_ms"], 2)
+        med = {name: s["median_ms"] for name, s in stats.items()}
+        ratios = {f"serve/local {kind}": round(med[f"serve-{kind}"] / med[f"local-{kind}"], 2)
                   for kind in ("new", "tx", "list", "none")}
-        over = {f"{where}-{kind} - python": round(stats[f"{where}-{kind}"]["median_ms"] - stats["python"]["median_ms"], 1)
+        over = {f"{where}-{kind} - python": round(med[f"{where}-{kind}"] - med["python"], 1)
                 for kind in ("list", "none") for where in ("serve", "local")}
 
         # part 2
