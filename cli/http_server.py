@@ -39,11 +39,11 @@ async def _serve(channel: socket.socket, sockets: list[socket.socket], token: st
     await asyncio.Event().wait()
 
 
-def answer(body: dict[str, Any], code: int, status: int | None = None) -> web.Response:
+def answer(body: Any, code: int, status: int | None = None) -> web.Response:
     """A JSON response: the command's exit code in its header, the status
     200 unless ``body`` is an error object (then its code's)."""
     if status is None:
-        status = api.status_of(code) if "error" in body else 200
+        status = api.status_of(code) if isinstance(body, dict) and "error" in body else 200
     return web.Response(text=json.dumps(body, indent=2) + "\n", status=status, content_type="application/json",
                         headers={api.EXIT_HEADER: str(code)})
 
@@ -110,10 +110,8 @@ def _handler(route: api.Route, channel: socket.socket):  # type: ignore[no-untyp
                                "stderr": err.decode(errors="replace"), "report": json.loads(report)}, code)
             return answer({"error": error} if error else api.output_error(code, err), code)
         try:
-            result = json.loads(out)
+            result = json.loads(out)  # (an object, or a list: tx list's, tx log's)
         except ValueError:
-            result = None
-        if not isinstance(result, dict):
             result = {"error": error} if error else api.output_error(code, err)
         return answer(result, code)
 

@@ -93,6 +93,7 @@ def serve(settings, socket_path: str | None, run, *, http_socket: str | None = N
         http_listeners.append(_listen(http_path, serving.socket_mode, serving.socket_group))
     if address is not None:
         http_listeners.append(_listen_tcp(address))
+    bound = http_listeners[-1].getsockname()[:2] if address is not None else None
     preload()
     helpers = _start_http(settings, run, listener, http_listeners, token) if http_listeners else []
     stopping = []
@@ -108,8 +109,8 @@ def serve(settings, socket_path: str | None, run, *, http_socket: str | None = N
     if http_path is not None:
         served["http_socket"] = http_path
         said += f", HTTP on {http_path}"
-    if address is not None:
-        host, port = http_listeners[-1].getsockname()[:2]
+    if bound is not None:
+        host, port = bound
         served["http"] = f"{host}:{port}"
         said += f", HTTP on {host}:{port} (bearer token)"
     say(said)
