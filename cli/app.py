@@ -161,7 +161,7 @@ def tx_shell(
     """
     try:
         return execute(RunArgs(
-            tx=tx, root=root, network=network, timeout=timeout, command=shell_command(),
+            tx=tx, root=root, network=network, timeout=timeout, command=shell_command(ctx.obj.env),
             memory=memory, pids=pids, env=env, clean_env=clean_env, writable=writable, hide=hide,
         ), ctx.obj, interactive=True)
     except RoscoeError as e:

@@ -41,8 +41,6 @@ def forward(argv: list[str], path: str, *, in_run: bool = False) -> int:
     import json
     import socket
 
-    from journal.errors import ServiceUnreachable
-
     fds = [0, 1, 2]
     opened: list[int] = []
     argv, plan_fd = _plan_from_file(argv)
@@ -68,7 +66,7 @@ def forward(argv: list[str], path: str, *, in_run: bool = False) -> int:
             conn.connect(path)
             send_frame(conn, body, fds)
         except OSError as e:
-            raise ServiceUnreachable(path=path, reason=e.strerror or str(e)) from None
+            raise unreachable(path, e.strerror or str(e)) from None
         for fd in opened:
             os.close(fd)
         opened.clear()
@@ -77,13 +75,13 @@ def forward(argv: list[str], path: str, *, in_run: bool = False) -> int:
         except KeyboardInterrupt:
             return 130  # (closing the socket ends the run on the service's side)
         except OSError as e:
-            raise ServiceUnreachable(path=path, reason=e.strerror or str(e)) from None
+            raise unreachable(path, e.strerror or str(e)) from None
     finally:
         conn.close()
         for fd in opened:
             os.close(fd)
     if answer is None:
-        raise ServiceUnreachable(path=path, reason="it closed the connection without an answer")
+        raise unreachable(path, "it closed the connection without an answer")
     reply = json.loads(answer)
     if reply.get("error"):
         from cli.errors import fail
@@ -98,6 +96,12 @@ def forward(argv: list[str], path: str, *, in_run: bool = False) -> int:
         if data:
             callerfile.write(report, data, "--report", {})
     return int(reply["exit"])
+
+
+def unreachable(path: str, reason: str) -> Exception:
+    from journal.errors import ServiceUnreachable
+
+    return ServiceUnreachable(path=path, reason=reason)
 
 
 def send_frame(conn, body: bytes, fds: list[int] | None = None) -> None:  # type: ignore[no-untyped-def]

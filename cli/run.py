@@ -151,7 +151,7 @@ def execute(args: RunArgs, settings, *, interactive: bool = False) -> int:  # ty
     network = parse_network(args.network)
     timeout = parse_timeout(args.timeout)
     limits = parse_limits(args)
-    env = run_env(args)
+    env = run_env(args, os.environ if settings.env is None else settings.env)
     with service(settings) as roscoe:
         # bad --writable, --hide and --report values fail before a transaction exists
         tx, root = roscoe.check_run(args.tx, args.root, args.command,
@@ -311,8 +311,9 @@ def write_report(where: CallerFile | int, report: dict[str, object], root: str, 
     callerfile.write(where, data, "--report", {"the root": root, "the state dir": home})
 
 
-def shell_command() -> list[str]:
-    shell = os.environ.get("SHELL") or "/bin/sh"
+def shell_command(env: dict[str, str] | None = None) -> list[str]:
+    """$SHELL of ``env`` (the command's environment; None: roscoe's own), interactive on a terminal."""
+    shell = (os.environ if env is None else env).get("SHELL") or "/bin/sh"
     return [shell, "-i"] if sys.stdin.isatty() else [shell]
 
 

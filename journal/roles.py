@@ -116,7 +116,7 @@ def authorize(
                         why=" (operators only)")
     if root is not None:
         if os.path.normpath(root) not in {os.path.normpath(r) for r in config.roots}:
-            raise Forbidden(who=caller.label(), what=f"open a transaction over {root}",
+            raise Forbidden(who=caller.label(), what=f"{command} over {root}",
                             why=": only the roots the config names ([roots.\"ROOT\"]) are served to agents")
         if target is not None and target != config.root(root).target:
             raise Forbidden(who=caller.label(), what=f"commit {root} to {target}",

@@ -145,14 +145,19 @@ class Service:
         """What could not be told (a notify command that failed): to be said, never fatal."""
         return list(self._ws.notices) if self._ws is not None else []
 
-    def allow(self, command: str, **named: object) -> None:
+    def allow(self, command: str, *, tx: str | None = None, **named: object) -> None:
         """Refuse (exit 4) what the caller may not do (``journal.roles``): a
-        client of ``roscoe serve``; a local command is the operator's."""
+        client of ``roscoe serve``; a local command is the operator's. A
+        transaction ``tx`` counts as a new one over its root would: an agent
+        touches none over a root the config does not serve."""
         if self.settings.caller is None:
             return
         from journal.roles import authorize
 
-        authorize(self.settings.caller, self.workspace().config(), command, **named)  # type: ignore[arg-type]
+        ws = self.workspace()
+        if tx is not None:
+            named["root"] = ws.get(tx).root
+        authorize(self.settings.caller, ws.config(), command, **named)  # type: ignore[arg-type]
 
     def default_root(self, root: str | os.PathLike[str] | None) -> str:
         """``root``, else the settings' (``$ROSCOE_ROOT``)."""
@@ -189,7 +194,10 @@ class Service:
         from cowfs.sandbox import writable_binds
 
         ws = self.workspace(root)
-        self.allow("tx run", root=None if tx else os.path.abspath(self.default_root(root)), writable=writable)
+        if tx:
+            self.allow("tx run", tx=tx, writable=writable)
+        else:
+            self.allow("tx run", root=os.path.abspath(self.default_root(root)), writable=writable)
         if tx:
             record = ws.get(tx)
             if root and os.path.realpath(root) != record.root:
@@ -210,7 +218,7 @@ class Service:
         stdio: tuple[int, int, int] = (0, 1, 2),
     ) -> RunResult:
         """Run ``argv`` in the transaction's overlay (``Workspace.run``)."""
-        self.allow("tx run", writable=writable)
+        self.allow("tx run", tx=ref, writable=writable)
         return self.workspace().run(
             ref, argv, cwd=cwd, env=env, network=network, timeout=timeout, limits=limits, writable=writable,
             savepoint=savepoint, pass_fds=pass_fds, hide=hide, stdio=stdio)
@@ -225,7 +233,10 @@ class Service:
         from journal import planning
 
         ws = self.workspace(root)
-        self.allow("tx plan", root=None if tx else os.path.abspath(self.default_root(root)))
+        if tx:
+            self.allow("tx plan", tx=tx)
+        else:
+            self.allow("tx plan", root=os.path.abspath(self.default_root(root)))
         return planning.stage(ws, plan, tx=tx, root=None if root is None else os.fspath(root), message=message,
                               on_begin=on_begin, hide=hide)
 
@@ -237,22 +248,25 @@ class Service:
         from journal import planning
 
         ws = self.workspace(root)
-        self.allow("tx plan", root=None if tx else os.path.abspath(self.default_root(root)))
+        if tx:
+            self.allow("tx plan", tx=tx)
+        else:
+            self.allow("tx plan", root=os.path.abspath(self.default_root(root)))
         return planning.dry_run(ws, plan, tx=tx if tx is None else ws.get(tx).id,
                                 root=None if root is None else os.fspath(root), hide=hide)
 
     def diff(self, ref: str) -> ChangeSet:
         """The transaction's hashed diff against the live tree."""
-        self.allow("tx diff")
+        self.allow("tx diff", tx=ref)
         return self.workspace().diff(ref)
 
     def patches(self, ref: str) -> list[FilePatch]:
         """Unified diffs of the transaction's changed text files."""
-        self.allow("tx diff")
+        self.allow("tx diff", tx=ref)
         return self.workspace().patches(ref)
 
     def show(self, ref: str) -> TxView:
-        self.allow("tx show")
+        self.allow("tx show", tx=ref)
         return self.workspace().show(ref)
 
     def list(self, state: str | None = None) -> Listing:
@@ -266,54 +280,54 @@ class Service:
     def approve(self, ref: str, diff_hash: str, by: str | None = None) -> ApprovalRecord:
         from journal.decisions import approve
 
-        self.allow("tx approve")
+        self.allow("tx approve", tx=ref)
         return approve(self.workspace(), ref, diff_hash, by)
 
     def reject(self, ref: str, by: str, reason: str | None = None) -> ApprovalRecord:
         from journal.decisions import reject
 
-        self.allow("tx reject")
+        self.allow("tx reject", tx=ref)
         return reject(self.workspace(), ref, by, reason)
 
     def wait(self, ref: str, timeout: float | None = None) -> WaitResult:
         from journal.waiting import wait
 
-        self.allow("tx wait")
+        self.allow("tx wait", tx=ref)
         return wait(self.workspace(), ref, timeout)
 
     def abort(self, ref: str) -> TxRecord:
         """Discard the transaction's staged changes (a state dir too full to
         open is given room first)."""
         ws = self.workspace(aborting=ref)
-        self.allow("tx abort")
+        self.allow("tx abort", tx=ref)
         return ws.abort(ref)
 
     def commit(self, ref: str, *, progress: Progress | None = None) -> TxRecord:
         """Commit the transaction atomically; its record, now committed."""
         from journal.protocol import commit
 
-        self.allow("tx commit")
+        self.allow("tx commit", tx=ref)
         return commit(self.workspace(), ref, progress=progress)
 
     def rollback(self, ref: str, *, force: bool = False, progress: Progress | None = None) -> TxRecord:
         """Roll back the committed transaction ``ref``; the rollback transaction, committed."""
         from journal.protocol import rollback
 
-        self.allow("tx rollback")
+        self.allow("tx rollback", tx=ref)
         return rollback(self.workspace(), ref, force=force, progress=progress)
 
     def rollback_dry_run(self, ref: str) -> RollbackDryRun:
         """What a rollback of ``ref`` would apply now; nothing is staged or written."""
         from journal.rollback import dry_run
 
-        self.allow("tx rollback --dry-run")
+        self.allow("tx rollback --dry-run", tx=ref)
         return dry_run(self.workspace(), ref)
 
     # -- history and upkeep -----------------------------------------------------------
 
     def entry(self, ref: str) -> LogEntry:
         """The transaction ``ref`` as ``log()`` lists it."""
-        self.allow("tx log")
+        self.allow("tx log", tx=ref)
         ws = self.workspace()
         record = ws.get(ref)
         return LogEntry(record, ws.journal.change_count(record.id), ws.journal.rolled_back_by().get(record.id))

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 
 class Settings(namedtuple(
-    "_Settings", "home configs debug backend bwrap root user faults bucket caller report_fd",
-    defaults=((), False, None, None, None, None, None, None, None, None),
+    "_Settings", "home configs debug backend bwrap root user faults bucket caller report_fd env",
+    defaults=((), False, None, None, None, None, None, None, None, None, None),
 )):
     """``home``: the state dir (absolute). ``configs``: config files named
     besides the state dir's own (``--config``, else ``$ROSCOE_CONFIG``).
@@ -36,7 +36,8 @@ class Settings(namedtuple(
     (journal.roles.Caller: its uid from the socket's peer credentials; None:
     a local command, whose caller is the operator). ``report_fd``: where
     ``tx run --report`` writes for a client of the service (an fd of a
-    regular file the client passed; None: the path given).
+    regular file the client passed; None: the path given). ``env``: the
+    environment a run's command starts from (a client's; None: roscoe's own).
 
     (The environment a run's command gets is not a setting: the caller
     passes it with the run, else the command inherits roscoe's.)"""

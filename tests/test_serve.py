@@ -91,7 +91,7 @@ def test_the_audit_trail_names_the_caller_the_kernel_names(served: Served, agent
      "roscoe-test (uid {uid}) may not name a config file or a state dir (--home, --config) through the roscoe"
      " service: the service's own are in force"),
     (("tx", "begin", "--root", "/etc"),
-     "roscoe-test (uid {uid}) may not open a transaction over /etc through the roscoe service: only the roots"
+     "roscoe-test (uid {uid}) may not tx begin over /etc through the roscoe service: only the roots"
      ' the config names ([roots."ROOT"]) are served to agents'),
     (("gc", "--keep-days", "0"),
      "roscoe-test (uid {uid}) may not gc through the roscoe service (roles: agent; see the config's [roles])"),
@@ -133,6 +133,25 @@ def test_an_agent_cannot_approve_roll_back_or_write_outside_the_root(
     rollback = agent("tx", "rollback", tx, "--yes")
     assert rollback.returncode == 4
     assert snapshot(tree) == before
+
+
+def test_an_agent_touches_no_transaction_over_a_root_the_config_does_not_serve(
+    served: Served, agent: UserRoscoe, tmp_path: Path,
+) -> None:
+    other = make_tree(tmp_path / "other")
+    tx = served.operator().begin(other)
+    assert served.operator()("tx", "run", "--tx", tx, "--", "sh", "-c", "echo x > case1/x.txt").returncode == 0
+    before = snapshot(other)
+    uid = agent.user.pw_uid
+    for args in (("tx", "commit", tx, "--yes"), ("tx", "run", "--tx", tx, "--", "true"), ("tx", "diff", tx),
+                 ("tx", "abort", tx)):
+        done = agent(*args)
+        assert done.returncode == (125 if args[1] == "run" else 4), (args, done.stderr)
+        command = " ".join(args[:2])
+        assert error_of(done) == (f"roscoe-test (uid {uid}) may not {command} over {other} through the"
+                                  ' roscoe service: only the roots the config names ([roots."ROOT"]) are served to agents')
+    assert snapshot(other) == before
+    assert json.loads(served.operator()("tx", "show", tx, "--json").stdout)["state"] == "open"
 
 
 def test_a_plan_file_is_opened_by_the_client_not_the_service(
@@ -239,3 +258,19 @@ def operator_argv() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "cli.main"]
+
+
+def test_a_client_without_its_service_says_so(tmp_path: Path, home: Path) -> None:
+    from tests.support.roscoe import Roscoe
+
+    gone = tmp_path / "gone.sock"
+    client = Roscoe(home, {"ROSCOE_SOCKET": str(gone)})
+    listed = client("tx", "list", "--json")
+    message = (f"cannot reach the roscoe service at {gone}: No such file or directory"
+               " (ROSCOE_SOCKET names another socket; empty: run locally)")
+    assert listed.returncode == 1
+    assert error_of(listed) == message
+    assert json.loads(listed.stdout) == {"error": {"code": 1, "kind": "error", "message": message, "paths": [str(gone)]}}
+    ran = client("tx", "run", "--root", tmp_path, "--", "true")
+    assert ran.returncode == 125 and error_of(ran) == message
+    assert not home.exists()  # nothing was done here
