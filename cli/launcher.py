@@ -12,8 +12,9 @@ A request is one datagram: JSON ``{"argv": [...], "peer": [pid, uid, gid]}``
 agent with no uid, ``journal.roles``), with five fds: the command's stdin,
 stdout and stderr, a scratch file for ``tx run``'s report, and the socket
 the answer goes on: one frame ``{"exit": N, "error": {...} or null}``, the
-error object of what the command raised. The child trusts nothing of its
-environment: it runs with the service's settings and ``RUN_ENV``.
+error object of what the command raised. The child runs with the
+service's settings (and roscoe with the service's environment); a run's
+command starts from ``RUN_ENV`` (Settings.env), never the service's.
 """
 
 from __future__ import annotations
@@ -92,8 +93,6 @@ def child(data: bytes, fds: list[int], settings, run) -> int:  # type: ignore[no
     for fd, std in ((stdin, 0), (stdout, 1), (stderr, 2)):
         os.dup2(fd, std)
         os.close(fd)
-    os.environ.clear()
-    os.environ.update(RUN_ENV)
     os.chdir("/proc")  # (a run starts at its root: cli.serve._working_dir)
     request = json.loads(data)
     argv = request["argv"]
@@ -110,7 +109,7 @@ def child(data: bytes, fds: list[int], settings, run) -> int:  # type: ignore[no
     error = None
     try:
         code = run(argv, settings._replace(caller=caller, user=caller.user, report_fd=report if in_run else None,
-                                           debug=False))
+                                           debug=False, env=dict(RUN_ENV)))
     except (Exception, KeyboardInterrupt) as e:
         error = describe(e)["error"]
         code = fail(e)

@@ -69,11 +69,11 @@ def test_the_agent_loop_over_http(served: Served, tree: Path) -> None:
     assert (begun["body"]["state"], begun["body"]["message"], begun["body"]["user"]) == ("open", "over http",
                                                                                          "roscoe-test")
     ran = http(sock, "POST", f"/v1/tx/{tx}/run", {
-        "argv": ["sh", "-c", "echo out $CASE; echo err >&2; printf 'filed\\n' > case1/new.txt; exit 7"],
+        "argv": ["sh", "-c", "echo out $CASE [$ROSCOE_HOME]; echo err >&2; printf 'filed\\n' > case1/new.txt; exit 7"],
         "env": {"CASE": "c1"}, "network": False, "timeout": 60}, user=uid)
     assert (ran["status"], ran["headers"]["Roscoe-Exit-Code"]) == (200, "7"), ran
     assert ran["body"]["exit_code"] == 7
-    assert ran["body"]["stdout"] == "out c1\n"
+    assert ran["body"]["stdout"] == "out c1 []\n"  # (the body's env; never the service's)
     assert ran["body"]["stderr"].splitlines()[:2] == [f"roscoe: tx {tx}", "err"]
     assert (ran["body"]["report"]["tx"], ran["body"]["report"]["exit_code"]) == (tx, 7)
     assert snapshot(tree) == before
