@@ -54,12 +54,12 @@ def loop(channel: socket.socket, settings, run) -> int:  # type: ignore[no-untyp
     """Fork a child per request until the HTTP side closes the channel."""
     import array
 
-    from cli.serve import _die_with_parent, _reap
+    from cli.children import die_with_parent, reap
 
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: _reap())
+    signal.signal(signal.SIGCHLD, lambda signum, frame: reap())
     while True:
         fds = array.array("i")
         data, ancillary, _, _ = channel.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(FDS * fds.itemsize))
@@ -83,10 +83,10 @@ def child(data: bytes, fds: list[int], settings, run) -> int:  # type: ignore[no
     """One request's command, run for its caller; its exit status."""
     from cli.client import send_frame
     from cli.errors import describe, fail, json_requested, use_json
-    from cli.serve import _die_with_parent, _end_with_client
+    from cli.children import die_with_parent, end_with_client
     from journal.roles import Caller
 
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     stdin, stdout, stderr, report, answer = fds
     conn = socket.socket(fileno=answer)
@@ -105,7 +105,7 @@ def child(data: bytes, fds: list[int], settings, run) -> int:  # type: ignore[no
     in_run = argv[:2] == ["tx", "run"]
     use_json(json_requested(argv))
     if in_run:
-        _end_with_client(conn)
+        end_with_client(conn)
     error = None
     try:
         code = run(argv, settings._replace(caller=caller, user=caller.user, report_fd=report if in_run else None,

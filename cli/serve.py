@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 
+from cli.children import die_with_parent, end_with_client, reap
 from cli.client import MAX_FRAME, send_frame
 from cli.errors import say
 
@@ -134,7 +135,7 @@ def serve(settings, socket_path: str | None, run, *, http_socket: str | None = N
                 finally:
                     os._exit(code)
             conn.close()
-            _reap()
+            reap()
     finally:
         _stop_http(helpers)
         for gone in (path, http_path):
@@ -220,7 +221,7 @@ def _start_http(settings, run, listener: socket.socket, http_listeners: list[soc
         code = 1
         try:
             listener.close()
-            _die_with_parent()
+            die_with_parent()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
             from cli.http_server import serve as serve_http
@@ -268,18 +269,10 @@ def _listen(path: str, mode: int, group: str | None) -> socket.socket:
         os.chown(path, -1, grp.getgrnam(group).gr_gid)
     os.chmod(path, mode)
     listener.listen(64)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: _reap())
+    signal.signal(signal.SIGCHLD, lambda signum, frame: reap())
     return listener
 
 
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def preload() -> None:
@@ -300,7 +293,7 @@ def preload() -> None:
 
 def handle(conn: socket.socket, settings, run) -> int:  # type: ignore[no-untyped-def]
     """In the child: one client's request, start to answer. Its exit status."""
-    _die_with_parent()
+    die_with_parent()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     from journal.roles import Caller
@@ -372,36 +365,12 @@ def run_for(run, caller, argv: list[str], given, conn: socket.socket) -> int:  #
 
             raise UsageError(detail=f"{' '.join(rest[:1]) or 'no command'}: not a command the roscoe service runs")
         if in_run:
-            _end_with_client(conn)
+            end_with_client(conn)
         return run(rest, given._replace(debug=g.debug))
     except (Exception, KeyboardInterrupt) as e:
         return fail(e, in_run=in_run)
 
 
-def _end_with_client(conn: socket.socket) -> None:
-    """When the client hangs up in the middle of its run, end this process as
-    a killed local roscoe ends: at once, its sandbox with it."""
-    import threading
-
-    def watch() -> None:
-        import select
-
-        poller = select.poll()
-        poller.register(conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLRDHUP)
-        while True:
-            events = poller.poll()
-            if any(e & (select.POLLHUP | select.POLLRDHUP | select.POLLERR) for _, e in events):
-                os.kill(os.getpid(), signal.SIGKILL)
-            try:
-                if not conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                    os.kill(os.getpid(), signal.SIGKILL)
-            except BlockingIOError:
-                continue
-            except OSError:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return  # (a client sends nothing after its request; whatever it sends is ignored)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def peer(conn: socket.socket) -> tuple[int, int, int]:
@@ -461,11 +430,3 @@ def _refuse(conn: socket.socket, code: int, kind: str, message: str) -> int:
     except OSError:
         pass
     return code
-
-
-def _die_with_parent() -> None:
-    """This child ends when the service does (PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
