@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from cli import http_routes as api
-from cli.launcher import FDS, MAX_REQUEST
+from cli.launcher import MAX_REQUEST
 
 MAX_BODY = 1 << 20
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.service import Served, config_text, http
+from tests.support.service import Served, config_text, http, serving
 from tests.support.system import REPO, lookup_test_user
 from tests.support.trees import make_tree, snapshot
 
@@ -31,20 +29,12 @@ def tree(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def served(tmp_path: Path, tree: Path) -> Iterator[Served]:
-    run = Path(tempfile.mkdtemp(prefix="roscoe-run-", dir="/tmp"))
-    os.chmod(run, 0o755)
     token = tmp_path / "http.token"
     token.write_text(f"  {TOKEN}\n")
     os.chmod(token, 0o600)
     config = config_text(tree).replace("[serve]\n", f'[serve]\nhttp_token_file = "{token}"\n')
-    service = Served(tmp_path / "home", run / "roscoe.sock", config, tmp_path / "serve.log",
-                     ("--http-socket", str(run / "http.sock"), "--http", "127.0.0.1:0"))
-    service.start()
-    try:
+    with serving(tmp_path, config, ("--http-socket", "{run}/http.sock", "--http", "127.0.0.1:0")) as service:
         yield service
-    finally:
-        service.stop()
-        shutil.rmtree(run, ignore_errors=True)
 
 
 def http_socket(served: Served) -> Path:

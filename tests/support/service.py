@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.roscoe import Roscoe, UserRoscoe
@@ -122,3 +126,21 @@ class Served:
         client = UserRoscoe(Path("/nonexistent"), src)
         client.env["ROSCOE_SOCKET"] = str(self.socket)
         return client
+
+
+@contextmanager
+def serving(tmp_path: Path, config: str, args: tuple[str, ...] = ()) -> Iterator[Served]:
+    """A running service over ``tmp_path/home`` with ``config``, its sockets in
+    a fresh dir under /tmp that every user can reach (as /run/roscoe is);
+    stopped and its dir removed at the end. ``args`` go to ``roscoe serve``
+    (``{run}`` in them is that dir)."""
+    run = Path(tempfile.mkdtemp(prefix="roscoe-run-", dir="/tmp"))
+    os.chmod(run, 0o755)
+    service = Served(tmp_path / "home", run / "roscoe.sock", config, tmp_path / "serve.log",
+                     tuple(a.replace("{run}", str(run)) for a in args))
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(run, ignore_errors=True)
