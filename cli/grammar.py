@@ -55,6 +55,12 @@ GLOBAL = (
 SERVE = (
     value("--socket", "socket", "PATH",
           "The unix socket to listen on (default: the config's [serve] socket, else /run/roscoe/roscoe.sock)."),
+    value("--http-socket", "http_socket", "PATH",
+          "Also answer HTTP/JSON on this unix socket (default: the config's [serve] http_socket; its default,"
+          " /run/roscoe/http.sock, only when the main socket is in /run/roscoe)."),
+    value("--http", "http", "HOST:PORT",
+          "Also answer HTTP/JSON on this loopback TCP address; every request needs the bearer token of the"
+          " config's [serve] http_token_file."),
     flag("--json", "json_", "When it stops, print what it served as one JSON object."),
 )
 

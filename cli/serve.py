@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 
+from cli.children import die_with_parent, end_with_client, reap
 from cli.client import MAX_FRAME, send_frame
 from cli.errors import say
 
@@ -37,7 +38,8 @@ REQUEST_SECONDS = 10.0
 DROPPED_ENV = ("ROSCOE_",)
 
 
-USAGE = "usage: roscoe [--home DIR] [--config FILE] serve [--socket PATH] [--json]"
+USAGE = ("usage: roscoe [--home DIR] [--config FILE] serve [--socket PATH] [--http-socket PATH]"
+         " [--http HOST:PORT] [--json]")
 
 
 def main(args: list[str], settings, run) -> int:  # type: ignore[no-untyped-def]
@@ -64,7 +66,7 @@ def main(args: list[str], settings, run) -> int:  # type: ignore[no-untyped-def]
             i += 1
         given[option.attr] = value if option.value else True
         i += 1
-    served = serve(settings, given.get("socket"), run)
+    served = serve(settings, given.get("socket"), run, http_socket=given.get("http_socket"), http=given.get("http"))
     if given.get("json_"):
         write_json(served)
     return 0
@@ -74,16 +76,28 @@ class BadRequest(Exception):
     """A request the service cannot take; its message goes back to the client."""
 
 
-def serve(settings, socket_path: str | None, run) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    """Serve until SIGTERM or SIGINT; what was served."""
+def serve(settings, socket_path: str | None, run, *, http_socket: str | None = None,  # type: ignore[no-untyped-def]
+          http: str | None = None) -> dict[str, object]:
+    """Serve until SIGTERM or SIGINT; what was served. HTTP/JSON too
+    (cli.http_server) on ``http_socket`` and on ``http`` (HOST:PORT)."""
     from cli.state import service
 
+    address = loopback(http) if http is not None else None
     with service(settings) as roscoe:  # (recovery first)
         serving = roscoe.workspace().config().serve
         home = roscoe.home
     path = socket_path or serving.socket
+    http_path = http_socket or http_socket_of(path, serving.http_socket)
+    token = bearer_token(serving.http_token_file) if address is not None else None
     listener = _listen(path, serving.socket_mode, serving.socket_group)
+    http_listeners = []
+    if http_path is not None:
+        http_listeners.append(_listen(http_path, serving.socket_mode, serving.socket_group))
+    if address is not None:
+        http_listeners.append(_listen_tcp(address))
+    bound = http_listeners[-1].getsockname()[:2] if address is not None else None
     preload()
+    helpers = _start_http(settings, run, listener, http_listeners, token) if http_listeners else []
     stopping = []
 
     def stop(signum: int, frame: object) -> None:
@@ -92,7 +106,16 @@ def serve(settings, socket_path: str | None, run) -> dict[str, object]:  # type:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    say(f"serving {home} on {path}")
+    served: dict[str, object] = {"home": home, "socket": path}
+    said = f"serving {home} on {path}"
+    if http_path is not None:
+        served["http_socket"] = http_path
+        said += f", HTTP on {http_path}"
+    if bound is not None:
+        host, port = bound
+        served["http"] = f"{host}:{port}"
+        said += f", HTTP on {host}:{port} (bearer token)"
+    say(said)
     accepted = 0
     try:
         while not stopping:
@@ -112,14 +135,115 @@ def serve(settings, socket_path: str | None, run) -> dict[str, object]:  # type:
                 finally:
                     os._exit(code)
             conn.close()
-            _reap()
+            reap()
     finally:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        _stop_http(helpers)
+        for gone in (path, http_path):
+            try:
+                if gone is not None:
+                    os.unlink(gone)
+            except FileNotFoundError:
+                pass
     say("stopped")
-    return {"home": home, "socket": path, "connections": accepted}
+    return dict(served, connections=accepted)
+
+
+def http_socket_of(socket_path: str, configured: str) -> str | None:
+    """The HTTP socket when ``--http-socket`` names none: the config's
+    ``[serve] http_socket`` when it names one other than the default, else
+    the default (/run/roscoe/http.sock) only when the main socket is in the
+    default's directory: a service listening elsewhere (a second one, a
+    test's) leaves /run/roscoe to the one there."""
+    from journal.config import DEFAULT_HTTP_SOCKET
+
+    if configured != DEFAULT_HTTP_SOCKET:
+        return configured
+    same = os.path.dirname(os.path.abspath(socket_path)) == os.path.dirname(DEFAULT_HTTP_SOCKET)
+    return DEFAULT_HTTP_SOCKET if same else None
+
+
+def loopback(address: str) -> tuple[str, int]:
+    """``--http HOST:PORT``'s host and port; a usage error unless HOST is a
+    loopback address (127.0.0.1, ::1, localhost) and PORT a port."""
+    import ipaddress
+
+    from cowfs.errors import UsageError
+
+    host, colon, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        if not colon or not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(host)
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise ValueError(port)
+    except ValueError:
+        raise UsageError(detail=f"--http {address}: expected a loopback HOST:PORT such as 127.0.0.1:8421"
+                                " (other hosts are refused: use --http-socket, or a proxy)") from None
+    return host, number
+
+
+def bearer_token(path: str | None) -> str:
+    """The token every ``--http`` request must carry: the content of
+    ``[serve] http_token_file``, stripped."""
+    from cowfs.errors import UsageError
+
+    if path is None:
+        raise UsageError(detail="--http needs a bearer token: set [serve] http_token_file in the config")
+    with open(path, encoding="utf-8") as f:
+        token = f.read().strip()
+    if not token:
+        raise UsageError(detail=f"--http: the token file {path} is empty", path=path)
+    return token
+
+
+def _listen_tcp(address: tuple[str, int]) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(address)
+    listener.listen(64)
+    return listener
+
+
+def _start_http(settings, run, listener: socket.socket, http_listeners: list[socket.socket],  # type: ignore[no-untyped-def]
+                token: str | None) -> list[int]:
+    """Fork the launcher (cli.launcher) and the HTTP server (cli.http_server,
+    which imports aiohttp in its own process); their pids. The HTTP
+    listeners are theirs from now on."""
+    from cli import launcher
+
+    channel, launcher_pid = launcher.start(settings, run, [listener, *http_listeners])
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            listener.close()
+            die_with_parent()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(signum, signal.SIG_DFL)
+            from cli.http_server import serve as serve_http
+
+            serve_http(channel, http_listeners, token)
+        except BaseException as e:  # noqa: BLE001 (said, then this process ends; the main socket serves on)
+            say(f"error: the HTTP server stopped: {type(e).__name__}: {e}")
+        finally:
+            os._exit(code)
+    channel.close()
+    for s in http_listeners:
+        s.close()
+    return [pid, launcher_pid]
+
+
+def _stop_http(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
 
 def _listen(path: str, mode: int, group: str | None) -> socket.socket:
@@ -145,18 +269,10 @@ def _listen(path: str, mode: int, group: str | None) -> socket.socket:
         os.chown(path, -1, grp.getgrnam(group).gr_gid)
     os.chmod(path, mode)
     listener.listen(64)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: _reap())
+    signal.signal(signal.SIGCHLD, lambda signum, frame: reap())
     return listener
 
 
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def preload() -> None:
@@ -177,7 +293,7 @@ def preload() -> None:
 
 def handle(conn: socket.socket, settings, run) -> int:  # type: ignore[no-untyped-def]
     """In the child: one client's request, start to answer. Its exit status."""
-    _die_with_parent()
+    die_with_parent()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     from journal.roles import Caller
@@ -249,36 +365,12 @@ def run_for(run, caller, argv: list[str], given, conn: socket.socket) -> int:  #
 
             raise UsageError(detail=f"{' '.join(rest[:1]) or 'no command'}: not a command the roscoe service runs")
         if in_run:
-            _end_with_client(conn)
+            end_with_client(conn)
         return run(rest, given._replace(debug=g.debug))
     except (Exception, KeyboardInterrupt) as e:
         return fail(e, in_run=in_run)
 
 
-def _end_with_client(conn: socket.socket) -> None:
-    """When the client hangs up in the middle of its run, end this process as
-    a killed local roscoe ends: at once, its sandbox with it."""
-    import threading
-
-    def watch() -> None:
-        import select
-
-        poller = select.poll()
-        poller.register(conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLRDHUP)
-        while True:
-            events = poller.poll()
-            if any(e & (select.POLLHUP | select.POLLRDHUP | select.POLLERR) for _, e in events):
-                os.kill(os.getpid(), signal.SIGKILL)
-            try:
-                if not conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                    os.kill(os.getpid(), signal.SIGKILL)
-            except BlockingIOError:
-                continue
-            except OSError:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return  # (a client sends nothing after its request; whatever it sends is ignored)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def peer(conn: socket.socket) -> tuple[int, int, int]:
@@ -338,11 +430,3 @@ def _refuse(conn: socket.socket, code: int, kind: str, message: str) -> int:
     except OSError:
         pass
     return code
-
-
-def _die_with_parent() -> None:
-    """This child ends when the service does (PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

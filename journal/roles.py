@@ -79,8 +79,12 @@ class Caller(namedtuple("_Caller", "uid gid pid user groups")):
 
 def roles_of(caller: Caller, config: Config) -> set[str]:
     """The caller's roles under ``config``: an operator is also an approver
-    and an agent; an approver is also an agent."""
+    and an agent; an approver is also an agent. A caller with no uid of its
+    own (uid -1: a bearer of ``roscoe serve --http``'s token) is an agent and
+    never more, whatever ``[roles]`` names."""
     roles = config.roles
+    if caller.uid < 0:
+        return {AGENT}  # (no uid of its own: HTTP's bearer token, which proves no person)
     if caller.uid == 0 or caller.named(roles.operators):
         return {AGENT, APPROVER, OPERATOR}
     if caller.named(roles.approvers):

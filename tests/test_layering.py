@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.support.system import REPO
 
-HEAVY = ("typer", "rich", "click", "gcsfs", "sqlite_utils", "dataclasses", "typing", "pathlib", "subprocess")
+HEAVY = ("typer", "rich", "click", "gcsfs", "aiohttp", "sqlite_utils", "dataclasses", "typing", "pathlib", "subprocess")
 
 
 def loaded_after(code: str, env: dict[str, str] | None = None) -> set[str]:
@@ -26,6 +26,13 @@ def loaded_after(code: str, env: dict[str, str] | None = None) -> set[str]:
 def test_libraries_do_not_import_the_cli_stack() -> None:
     modules = loaded_after("import cowfs, journal, cowfs.stagers, cowfs.sandbox, journal.workspace")
     assert {"typer", "rich", "click", "cli"} & modules == set()
+
+
+def test_only_the_http_server_imports_aiohttp() -> None:
+    """roscoe serve's HTTP side (cli.http_server) runs in a process of its
+    own: the service's other modules and the typer app never load aiohttp."""
+    modules = loaded_after("import cli.main, cli.app, cli.serve, cli.launcher, cli.http_routes, cli.client")
+    assert {m.split(".")[0] for m in modules} & {"aiohttp", "yarl", "multidict"} == set()
 
 
 def test_tx_run_path_stays_light(tmp_path: Path) -> None:

@@ -260,6 +260,20 @@ def test_every_option_is_in_the_synopsis(path, command):
             assert any(re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", entry) for n in names), (names, entry)
 
 
+def test_every_serve_option_is_documented():
+    """roscoe serve parses its own options (cli.grammar.SERVE, no typer):
+    each is in its synopsis line and in SERVICE."""
+    from cli.grammar import SERVE
+
+    lines = read_page(page_of(()))
+    [entry] = [e for e in synopsis_entries(lines) if re.search(r"\bserve\b", e)]
+    service = plain_text(section(lines, "SERVICE"))
+    for opt in SERVE:
+        for name in opt.names:
+            assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", entry), (name, entry)
+            assert name in service, name
+
+
 def test_the_exit_codes_are_the_contract_codes():
     lines = read_page(page_of(()))
     codes = [int(t) for t in tags(section(lines, "EXIT STATUS"))]

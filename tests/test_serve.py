@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.service import Served, config_text
+from tests.support.service import Served, config_text, serving
 from tests.support.trees import make_tree, snapshot
 from tests.support.roscoe import UserRoscoe
 
@@ -31,15 +29,8 @@ def tree(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def served(tmp_path: Path, tree: Path) -> Iterator[Served]:
-    run = Path(tempfile.mkdtemp(prefix="roscoe-run-", dir="/tmp"))  # (reachable by the agent, as /run/roscoe is)
-    os.chmod(run, 0o755)
-    service = Served(tmp_path / "home", run / "roscoe.sock", config_text(tree), tmp_path / "serve.log")
-    service.start()
-    try:
+    with serving(tmp_path, config_text(tree)) as service:
         yield service
-    finally:
-        service.stop()
-        shutil.rmtree(run, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.roscoe import UserRoscoe
-from tests.support.service import Contained, Served, config_text
+from tests.support.service import Contained, Served, config_text, serving
 from tests.support.trees import make_tree, snapshot
 
 
@@ -26,26 +24,9 @@ def tree(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def run_dir() -> Iterator[Path]:
-    run = Path(tempfile.mkdtemp(prefix="roscoe-run-", dir="/tmp"))  # (reachable by the agent, as /run/roscoe is)
-    os.chmod(run, 0o755)
-    try:
-        yield run
-    finally:
-        shutil.rmtree(run, ignore_errors=True)
-
-
-def service(tmp_path: Path, run_dir: Path, config: str) -> Served:
-    return Served(tmp_path / "home", run_dir / "roscoe.sock", config, tmp_path / "serve.log")
-
-
-@pytest.fixture
-def served(tmp_path: Path, run_dir: Path, tree: Path) -> Iterator[Served]:
-    running = service(tmp_path, run_dir, config_text(tree)).start()
-    try:
-        yield running
-    finally:
-        running.stop()
+def served(tmp_path: Path, tree: Path) -> Iterator[Served]:
+    with serving(tmp_path, config_text(tree)) as service:
+        yield service
 
 
 def error_of(done) -> str:  # type: ignore[no-untyped-def]
@@ -148,13 +129,12 @@ def approver_user() -> Iterator[str]:
 
 
 def test_an_approver_approves_through_the_service_and_a_rejection_holds(
-    tmp_path: Path, run_dir: Path, tree: Path, unprivileged: UserRoscoe, approver_user: str,
+    tmp_path: Path, tree: Path, unprivileged: UserRoscoe, approver_user: str,
 ) -> None:
     import pwd
 
     config = config_text(tree, approvers=f'"{approver_user}"', extra="[approval]\nwhen_deleting = true\n")
-    served = service(tmp_path, run_dir, config).start()
-    try:
+    with serving(tmp_path, config) as served:
         src = Path(unprivileged.env["PYTHONPATH"])
         agent, approver = served.agent(src), served.client_as(approver_user, src)
         agent_uid, approver_uid = agent.user.pw_uid, pwd.getpwnam(approver_user).pw_uid
@@ -206,8 +186,6 @@ def test_an_approver_approves_through_the_service_and_a_rejection_holds(
                    if e["kind"] == "reject"]
         assert (event["user"], event["uid"], event["detail"]["uid"]) == (approver_user, approver_uid, approver_uid)
         assert json.loads(operator("tx", "show", second, "--json").stdout)["state"] == "open"
-    finally:
-        served.stop()
 
 
 # -- 3. eight clients at once --------------------------------------------------------------
@@ -222,7 +200,7 @@ def test_eight_clients_at_once_over_one_root_commit_whole_or_conflict(served: Se
     (exit 3) is aborted. Every commit lands whole or exits 3; afterwards
     verify is clean, every transaction is committed or aborted with its run
     ended, and the tree holds the last committed writes. (About 1600 CLI
-    calls: 97 s on a 2-core machine; 3.3 minutes before the service
+    calls: 83-97 s on a 2-core machine; 3.3 minutes before the service
     preloaded the typer app for its children.)"""
     import threading
 
@@ -302,45 +280,39 @@ def stopped_child(parent: int, timeout: float = 60) -> int:
     raise AssertionError(f"no child of {parent} stopped in {timeout}s")
 
 
-def test_the_service_killed_mid_commit_and_restarted_leaves_the_tree_all_old(
-    tmp_path: Path, run_dir: Path, tree: Path,
-) -> None:
+def test_the_service_killed_mid_commit_and_restarted_leaves_the_tree_all_old(served: Served, tree: Path) -> None:
     import subprocess
     import sys
 
-    served = service(tmp_path, run_dir, config_text(tree))
+    served.stop()
     served.start({"ROSCOE_FAULT": "apply#2", "ROSCOE_FAULT_ACTION": "stop"})  # (the service's own environment)
-    try:
-        operator = served.operator()
-        tx = operator.begin(tree)
-        script = ("rm case1/old.tmp && echo new > case1/new.txt && echo more >> case1/notes.md"
-                  " && mkdir case3 && echo x > case3/x.txt")
-        assert operator("tx", "run", "--tx", tx, "--", "sh", "-c", script).returncode == 0
-        before = snapshot(tree)
-        commit = subprocess.Popen([sys.executable, "-m", "cli.main", "tx", "commit", tx, "--yes"], env=operator.env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert served.proc is not None
-        stopped_child(served.proc.pid)
-        assert snapshot(tree) != before  # stopped in the middle of applying
-        served.kill()
-        out, err = commit.communicate(timeout=30)
-        assert commit.returncode == 1, err
-        assert err.decode().splitlines()[-1] == (
-            f"roscoe: error: cannot reach the roscoe service at {served.socket}: it closed the connection without"
-            " an answer (ROSCOE_SOCKET names another socket; empty: run locally)")
+    operator = served.operator()
+    tx = operator.begin(tree)
+    script = ("rm case1/old.tmp && echo new > case1/new.txt && echo more >> case1/notes.md"
+              " && mkdir case3 && echo x > case3/x.txt")
+    assert operator("tx", "run", "--tx", tx, "--", "sh", "-c", script).returncode == 0
+    before = snapshot(tree)
+    commit = subprocess.Popen([sys.executable, "-m", "cli.main", "tx", "commit", tx, "--yes"], env=operator.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert served.proc is not None
+    stopped_child(served.proc.pid)
+    assert snapshot(tree) != before  # stopped in the middle of applying
+    served.kill()
+    out, err = commit.communicate(timeout=30)
+    assert commit.returncode == 1, err
+    assert err.decode().splitlines()[-1] == (
+        f"roscoe: error: cannot reach the roscoe service at {served.socket}: it closed the connection without"
+        " an answer (ROSCOE_SOCKET names another socket; empty: run locally)")
 
-        served.start()  # recovery runs first
-        assert snapshot(tree) == before
-        verified = operator("verify")
-        assert verified.returncode == 0, verified.stdout + verified.stderr
-        assert json.loads(operator("tx", "show", tx, "--json").stdout)["state"] == "open"
-        done = operator("tx", "commit", tx, "--yes")  # and it commits whole, now
-        assert done.returncode == 0, done.stderr
-        assert not (tree / "case1" / "old.tmp").exists()
-        assert (tree / "case3" / "x.txt").read_text() == "x\n"
-    finally:
-        if served.proc is not None and served.proc.poll() is None:
-            served.stop()
+    served.start()  # recovery runs first
+    assert snapshot(tree) == before
+    verified = operator("verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert json.loads(operator("tx", "show", tx, "--json").stdout)["state"] == "open"
+    done = operator("tx", "commit", tx, "--yes")  # and it commits whole, now
+    assert done.returncode == 0, done.stderr
+    assert not (tree / "case1" / "old.tmp").exists()
+    assert (tree / "case3" / "x.txt").read_text() == "x\n"
 
 
 # -- 5. roscoe mcp through the service ------------------------------------------------------

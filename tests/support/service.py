@@ -9,15 +9,65 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import socket as sockets
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.roscoe import Roscoe, UserRoscoe
 from tests.support.system import REPO, TEST_VENV
+
+# An HTTP client (standard library) over a unix socket or TCP, run as a
+# process of its own (so as the agent's uid too): argv is SOCKET-or-HOST:PORT,
+# METHOD, PATH, AUTHORIZATION, stdin the body; it prints {"status", "headers", "body"}.
+HTTP_CLIENT = """
+import http.client, json, socket, sys
+where, method, path, auth = sys.argv[1:5]
+body = sys.stdin.read()
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(where)
+if where.startswith("/"):
+    conn = Unix("localhost", timeout=120)
+else:
+    host, port = where.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+headers = {"Authorization": auth} if auth else {}
+conn.request(method, path, body=body.encode() if body else None, headers=headers)
+got = conn.getresponse()
+raw = got.read()
+try:
+    data = json.loads(raw)
+except ValueError:
+    data = raw.decode(errors="replace")
+print(json.dumps({"status": got.status, "headers": dict(got.getheaders()), "body": data}))
+"""
+
+
+def http(where: str | Path, method: str, path: str, body: object = None, *, raw: str | None = None,
+         auth: str = "", user: int | None = None) -> dict:  # type: ignore[type-arg]
+    """One HTTP request to ``where`` (a unix socket, or HOST:PORT): its status,
+    headers and JSON body; as ``user`` (a uid) when given, else as root."""
+    import json
+    import pwd
+
+    text = raw if raw is not None else ("" if body is None else json.dumps(body))
+    python = str(TEST_VENV / "bin" / "python") if user is not None else sys.executable
+    extra: dict[str, object] = {}
+    if user is not None:
+        extra = {"user": user, "group": pwd.getpwuid(user).pw_gid, "extra_groups": []}
+    done = subprocess.run([python, "-c", HTTP_CLIENT, str(where), method, path, auth],
+                          input=text, capture_output=True, text=True, timeout=180, env={"PATH": os.environ["PATH"]},
+                          cwd="/", **extra)  # type: ignore[call-overload]
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
 def config_text(root: Path, *, agents: str = '"roscoe-test"', approvers: str = "", extra: str = "") -> str:
@@ -28,8 +78,8 @@ def config_text(root: Path, *, agents: str = '"roscoe-test"', approvers: str = "
 class Served:
     """A running ``roscoe serve`` over ``home`` on ``socket``."""
 
-    def __init__(self, home: Path, socket: Path, config: str, log: Path) -> None:
-        self.home, self.socket, self.log = home, socket, log
+    def __init__(self, home: Path, socket: Path, config: str, log: Path, args: tuple[str, ...] = ()) -> None:
+        self.home, self.socket, self.log, self.args = home, socket, log, args
         home.mkdir(parents=True, exist_ok=True)
         os.chmod(home, 0o700)
         (home / "config.toml").write_text(config)
@@ -42,14 +92,19 @@ class Served:
         for name in ("ROSCOE_ROOT", "ROSCOE_CONFIG", "ROSCOE_BACKEND", "ROSCOE_FAULT", "ROSCOE_FAULT_ACTION"):
             environ.pop(name, None)
         environ.update(env or {})
+        said = self.log.stat().st_size if self.log.exists() else 0  # (what an earlier start said)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "serve", "--socket", str(self.socket)],
+                [sys.executable, "-m", "cli.main", "serve", "--socket", str(self.socket), *self.args],
                 env=environ, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 20
         while not self.listening():
             assert self.proc.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, f"roscoe serve never listened: {self.log.read_text()}"
+            time.sleep(0.05)
+        while "roscoe: serving " not in self.log.read_text()[said:]:  # (said once every listener is up)
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, f"roscoe serve never said it serves: {self.log.read_text()}"
             time.sleep(0.05)
         return self
 
@@ -169,3 +224,20 @@ def dirs(*paths: str) -> list[str]:
         for d in reversed(chain):
             made.append(d)
     return [arg for d in made for arg in ("--perms", "0755", "--dir", d)]
+
+@contextmanager
+def serving(tmp_path: Path, config: str, args: tuple[str, ...] = ()) -> Iterator[Served]:
+    """A running service over ``tmp_path/home`` with ``config``, its sockets in
+    a fresh dir under /tmp that every user can reach (as /run/roscoe is);
+    stopped and its dir removed at the end. ``args`` go to ``roscoe serve``
+    (``{run}`` in them is that dir)."""
+    run = Path(tempfile.mkdtemp(prefix="roscoe-run-", dir="/tmp"))
+    os.chmod(run, 0o755)
+    service = Served(tmp_path / "home", run / "roscoe.sock", config, tmp_path / "serve.log",
+                     tuple(a.replace("{run}", str(run)) for a in args))
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(run, ignore_errors=True)
