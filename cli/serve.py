@@ -86,13 +86,18 @@ def serve(settings, socket_path: str | None, run, *, http_socket: str | None = N
     with service(settings) as roscoe:  # (recovery first)
         serving = roscoe.workspace().config().serve
         home = roscoe.home
-    path = socket_path or serving.socket
-    http_path = http_socket or http_socket_of(path, serving.http_socket)
+    handed = systemd_sockets(os.environ)  # (socket activation: systemd made them, and keeps them)
+    if handed:  # (the socket unit says where they are: nothing else is listened on but --http)
+        path = handed["roscoe"].getsockname() if "roscoe" in handed else socket_path or serving.socket
+        http_path = handed["http"].getsockname() if "http" in handed else http_socket
+    else:
+        path = socket_path or serving.socket
+        http_path = http_socket or http_socket_of(path, serving.http_socket)
     token = bearer_token(serving.http_token_file) if address is not None else None
-    listener = _listen(path, serving.socket_mode, serving.socket_group)
+    listener = handed.get("roscoe") or _listen(path, serving.socket_mode, serving.socket_group)
     http_listeners = []
     if http_path is not None:
-        http_listeners.append(_listen(http_path, serving.socket_mode, serving.socket_group))
+        http_listeners.append(handed.get("http") or _listen(http_path, serving.socket_mode, serving.socket_group))
     if address is not None:
         http_listeners.append(_listen_tcp(address))
     bound = http_listeners[-1].getsockname()[:2] if address is not None else None
@@ -138,9 +143,9 @@ def serve(settings, socket_path: str | None, run, *, http_socket: str | None = N
             reap()
     finally:
         _stop_http(helpers)
-        for gone in (path, http_path):
+        for name, gone in (("roscoe", path), ("http", http_path)):
             try:
-                if gone is not None:
+                if gone is not None and name not in handed:
                     os.unlink(gone)
             except FileNotFoundError:
                 pass
@@ -244,6 +249,23 @@ def _stop_http(pids: list[int]) -> None:
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+
+def systemd_sockets(environ: os._Environ[str] | dict[str, str]) -> dict[str, socket.socket]:
+    """The listening sockets systemd passed this process (sd_listen_fds(3):
+    fds from 3 on, named by ``FileDescriptorName=`` in roscoe.socket: ``roscoe``
+    for the main socket, ``http`` for HTTP/JSON), by name; none when it passed none."""
+    if environ.get("LISTEN_PID") != str(os.getpid()):
+        return {}
+    names = (environ.get("LISTEN_FDNAMES") or "").split(":")
+    count = int(environ.get("LISTEN_FDS") or 0)
+    handed = {}
+    for i in range(count):
+        name = names[i] if i < len(names) and names[i] else ("roscoe" if i == 0 else f"fd{3 + i}")
+        os.set_inheritable(3 + i, False)
+        handed[name] = socket.socket(fileno=3 + i)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: reap())
+    return handed
 
 
 def _listen(path: str, mode: int, group: str | None) -> socket.socket:

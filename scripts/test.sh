@@ -12,9 +12,10 @@ source scripts/lib.sh
 # (runuser, unshare), sqlite3 (the journal is checked with the sqlite3 CLI),
 # chromium (the browser Playwright drives in tests/test_workloads.py; Playwright's
 # own browser download is not reachable), procps (pgrep, in the sandbox tests), jq (the README's agent loop, tests/test_readme_loop.py),
-# busybox-static (a static busybox makes the container image [run] rootfs runs over, tests/test_rootfs.py).
+# busybox-static (a static busybox makes the container image [run] rootfs runs over, tests/test_rootfs.py),
+# systemd (systemd-analyze verifies the units in dist/systemd, tests/test_dist.py).
 APT_PACKAGES=(fuse-overlayfs fuse3 bindfs attr rclone python3-venv util-linux sqlite3 groff-base chromium procps jq
-    busybox-static)
+    busybox-static systemd)
 # Tests that run roscoe as an ordinary user use this account and this venv:
 # the default python3 may live under /root (mode 700), out of that user's reach.
 TEST_USER=roscoe-test

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.system import REPO
+from tests.support.system import REPO, missing
 
 SYSTEMD = REPO / "dist" / "systemd"
 SERVICE = SYSTEMD / "roscoe.service"
@@ -23,8 +23,10 @@ BREAKS_ROSCOE = (
 )
 
 
-def unit(path: Path) -> configparser.RawConfigParser:
-    parser = configparser.RawConfigParser(strict=True, comment_prefixes=("#", ";"), interpolation=None)
+def unit(path: Path, *, strict: bool = True) -> configparser.RawConfigParser:
+    """The unit's sections and keys (``strict``: no key twice; a socket unit
+    repeats ListenStream=, whose last value this keeps)."""
+    parser = configparser.RawConfigParser(strict=strict, comment_prefixes=("#", ";"), interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
     parser.read_string(path.read_text())
     return parser
@@ -44,19 +46,28 @@ def test_the_service_runs_roscoe_serve_as_root_owning_its_dirs():
     assert service["Install"]["WantedBy"] == "multi-user.target"
 
 
-def test_only_the_service_unit_is_shipped():
-    # roscoe serve binds its own sockets ([serve] keys): no roscoe.socket
-    assert sorted(p.name for p in SYSTEMD.iterdir()) == ["roscoe.service"]
+def test_the_socket_unit_hands_both_sockets_to_the_service():
+    assert sorted(p.name for p in SYSTEMD.iterdir()) == ["roscoe.service", "roscoe.socket"]
+    s = unit(SYSTEMD / "roscoe.socket", strict=False)
+    assert s.sections() == ["Unit", "Socket", "Install"]
+    # (configparser keeps the last of repeated keys: read the pairs in order)
+    lines = [line.split("=", 1) for line in (SYSTEMD / "roscoe.socket").read_text().splitlines()
+             if line and not line.startswith("#") and "=" in line]
+    pairs = [(k, v) for k, v in lines if k in ("ListenStream", "FileDescriptorName")]
+    assert pairs == [("ListenStream", "/run/roscoe/roscoe.sock"), ("FileDescriptorName", "roscoe"),
+                     ("ListenStream", "/run/roscoe/http.sock"), ("FileDescriptorName", "http")]
+    assert s["Socket"]["Service"] == "roscoe.service"
 
 
 def test_systemd_analyze_verifies_the_unit(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed here; the unit's keys are checked by the test above")
+        missing("systemd-analyze")
     # verify checks that ExecStart's binary exists: point a copy at one that
     # does (the real path is asserted above); everything else is as shipped
     copy = tmp_path / "roscoe.service"
     copy.write_text(SERVICE.read_text().replace("ExecStart=/usr/local/bin/roscoe ", "ExecStart=/bin/true "))
-    done = subprocess.run([analyze, "verify", "--man=no", "--generators=no", str(copy)],
+    shutil.copy(SYSTEMD / "roscoe.socket", tmp_path / "roscoe.socket")
+    done = subprocess.run([analyze, "verify", "--man=no", "--generators=no", str(copy), str(tmp_path / "roscoe.socket")],
                           capture_output=True, text=True)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

@@ -265,3 +265,62 @@ def test_a_client_without_its_service_says_so(tmp_path: Path, home: Path) -> Non
     ran = client("tx", "run", "--root", tmp_path, "--", "true")
     assert ran.returncode == 125 and error_of(ran) == message
     assert not home.exists()  # nothing was done here
+
+
+def test_a_shell_through_the_service_works_at_a_terminal(served: Served, tree: Path) -> None:
+    import sys
+
+    pexpect = pytest.importorskip("pexpect") if os.environ.get("CI") != "true" else __import__("pexpect")
+    operator = served.operator()
+    child = pexpect.spawn(
+        sys.executable, ["-m", "cli.main", "tx", "shell", "--root", str(tree)],
+        env=dict(operator.env, SHELL="/bin/sh", TERM="dumb"), cwd=str(tree), timeout=30, encoding="utf-8")
+    child.expect(r"roscoe: tx ([0-9a-f]{12})\r\n")
+    tx = child.match.group(1)
+    child.expect(r"roscoe:[0-9a-f]{12}\$ ")
+    child.sendline("test -t 0 && test -t 1 && echo on-a-terminal; echo typed > case1/typed.txt")
+    child.expect("on-a-terminal\r\n")
+    child.expect(r"roscoe:[0-9a-f]{12}\$ ")
+    child.sendline("exit 5")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 5
+    diff = json.loads(operator("tx", "diff", tx, "--json").stdout)
+    assert [c["path"] for c in diff["changes"]] == ["case1/typed.txt"]
+
+
+def test_the_service_takes_the_sockets_systemd_hands_it(tmp_path: Path, tree: Path) -> None:
+    # socket activation (dist/systemd/roscoe.socket): the listening socket is
+    # made before the service runs and passed as fd 3, named by LISTEN_FDNAMES
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "config.toml").write_text(config_text(tree))
+    path = tmp_path / "activated.sock"
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(path))
+    listening.listen(8)
+
+    env = dict(os.environ, ROSCOE_HOME=str(home), ROSCOE_SOCKET="", LISTEN_FDS="1", LISTEN_FDNAMES="roscoe",
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    service = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid());"
+         " os.execv(sys.executable, [sys.executable, '-m', 'cli.main', 'serve', '--json'])", str(listening.fileno())],
+        env=env, pass_fds=(listening.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    listening.close()
+    try:
+        from tests.support.roscoe import Roscoe
+
+        client = Roscoe(home, {"ROSCOE_SOCKET": str(path)})
+        deadline = time.monotonic() + 20
+        while (listed := client("tx", "list", "--json")).returncode != 0:
+            assert time.monotonic() < deadline and service.poll() is None, (listed.stderr, service.stderr.read() if service.poll() is not None else "")
+            time.sleep(0.1)
+        assert json.loads(listed.stdout) == []
+    finally:
+        service.send_signal(signal.SIGTERM)
+        out, err = service.communicate(timeout=20)
+    assert service.returncode == 0, err
+    assert json.loads(out) == {"home": str(home), "socket": str(path), "connections": 1}, err
+    assert path.exists()  # systemd's socket: the service leaves it in place
