@@ -49,7 +49,9 @@ phase "Venv for unprivileged runs at $TEST_VENV (roscoe's runtime dependencies)"
 runtime_deps=$(.venv/bin/python -c '
 import tomllib
 with open("pyproject.toml", "rb") as f:
-    print("\n".join(sorted(tomllib.load(f)["project"].get("dependencies", []))))')
+    project = tomllib.load(f)["project"]
+# and the mcp extra: roscoe mcp runs as that user too (tests/test_serve_attacks.py)
+print("\n".join(sorted(project.get("dependencies", []) + project["optional-dependencies"]["mcp"])))')
 [ -n "$runtime_deps" ] || runtime_deps=$'rich\ntyper\nxxhash'
 deps_stamp=$TEST_VENV/.roscoe-deps
 if [ "$(cat "$deps_stamp" 2>/dev/null)" = "$runtime_deps" ] &&
