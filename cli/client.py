@@ -55,11 +55,15 @@ def forward(argv: list[str], path: str, *, in_run: bool = False) -> int:
         scratch = tempfile.TemporaryFile()
         fds.append(scratch.fileno())
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROSCOE_") or k == "ROSCOE_ROOT"}
+    # At a terminal, the run gets a terminal of its own on the service's side
+    # (cli.serve): this one goes raw, and every key, ^C included, is relayed.
+    terminal = _raw_terminal() if in_run else None
     try:
         cwd: str | None = os.getcwd()
     except FileNotFoundError:
         cwd = None
-    body = json.dumps({"v": 1, "argv": argv, "cwd": cwd, "env": env, "report": report is not None}).encode()
+    body = json.dumps({"v": 1, "argv": argv, "cwd": cwd, "env": env, "report": report is not None,
+                       "tty": terminal is not None}).encode()
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
@@ -80,6 +84,10 @@ def forward(argv: list[str], path: str, *, in_run: bool = False) -> int:
         conn.close()
         for fd in opened:
             os.close(fd)
+        if terminal is not None:
+            import termios
+
+            termios.tcsetattr(0, termios.TCSADRAIN, terminal)
     if answer is None:
         raise unreachable(path, "it closed the connection without an answer")
     reply = json.loads(answer)
@@ -96,6 +104,19 @@ def forward(argv: list[str], path: str, *, in_run: bool = False) -> int:
         if data:
             callerfile.write(report, data, "--report", {})
     return int(reply["exit"])
+
+
+def _raw_terminal() -> list[object] | None:
+    """When stdin and stdout are a terminal: put it in raw mode, and return
+    its settings to put back; else None."""
+    if not (os.isatty(0) and os.isatty(1)):
+        return None
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(0)
+    tty.setraw(0, termios.TCSADRAIN)
+    return saved
 
 
 def unreachable(path: str, reason: str) -> Exception:

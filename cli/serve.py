@@ -328,12 +328,16 @@ def handle(conn: socket.socket, settings, run) -> int:  # type: ignore[no-untype
     except (BadRequest, OSError, ValueError) as e:
         return _refuse(conn, 2, "usage", f"bad request to the roscoe service: {e}")
     conn.settimeout(None)
-    os.dup2(fds[0], 0)
-    os.dup2(fds[1], 1)
-    os.dup2(fds[2], 2)
+    relay = None
+    if request.get("tty") is True and os.isatty(fds[0]) and os.isatty(fds[1]):
+        relay = Terminal(fds[0], fds[1])
+    else:
+        os.dup2(fds[0], 0)
+        os.dup2(fds[1], 1)
+        os.dup2(fds[2], 2)
     report_fd = fds[3] if len(fds) > 3 else None
     for fd in fds[:3]:
-        if fd > 2:
+        if fd > 2 and relay is None:
             os.close(fd)
     os.chdir(_working_dir(request.get("cwd"), settings))
     code = run_for(run, caller, request["argv"], settings._replace(
@@ -346,11 +350,79 @@ def handle(conn: socket.socket, settings, run) -> int:  # type: ignore[no-untype
         sys.stderr.flush()
     except OSError:
         pass
+    if relay is not None:
+        relay.drain()
     try:
         send_frame(conn, json.dumps({"exit": code}).encode())
     except OSError:
         pass
     return code
+
+
+class Terminal:
+    """A terminal of the run's own, for a client at one: a pty whose slave is
+    this child's stdin, stdout and stderr and its controlling terminal (this
+    child leads a session of its own), so that the run's shell does job
+    control and a ^C reaches the command in the foreground, as at a local
+    terminal. A thread relays bytes between it and the client's terminal
+    (raw on the client's side: cli.client), and its window size."""
+
+    def __init__(self, client_in: int, client_out: int) -> None:
+        import fcntl
+        import termios
+        import threading
+
+        self.client_in, self.client_out = client_in, client_out
+        self.master, slave = os.openpty()
+        self._size()
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        os.close(slave)
+        sys.stdin = open(0, "r", closefd=False)  # (isatty and the rest see the new fds)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._relay, daemon=True)
+        self.thread.start()
+
+    def _size(self) -> None:
+        import fcntl
+        import termios
+
+        try:
+            size = fcntl.ioctl(self.client_out, termios.TIOCGWINSZ, b"\0" * 8)
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
+        except OSError:
+            pass
+
+    def _relay(self) -> None:
+        import select
+
+        open_in = True
+        while True:
+            ready, _, _ = select.select([self.master] + ([self.client_in] if open_in else []), [], [], 0.5)
+            self._size()
+            if self.client_in in ready:
+                data = os.read(self.client_in, 65536)
+                if not data:
+                    open_in = False
+                else:
+                    os.write(self.master, data)
+            if self.master in ready:
+                try:
+                    data = os.read(self.master, 65536)
+                except OSError:  # EIO: every slave fd is closed, the run is over
+                    data = b""
+                if not data:
+                    self.done.set()
+                    return
+                os.write(self.client_out, data)
+
+    def drain(self) -> None:
+        """Once the command is done: let what it wrote reach the client."""
+        for fd in (0, 1, 2):
+            os.close(fd)
+        self.done.wait(5)
 
 
 def _working_dir(cwd: object, settings) -> str:  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.service import Served, config_text, serving
+from tests.support.terminal import wait_for_foreground
 from tests.support.trees import make_tree, snapshot
 from tests.support.roscoe import UserRoscoe
 
@@ -280,6 +281,14 @@ def test_a_shell_through_the_service_works_at_a_terminal(served: Served, tree: P
     child.expect(r"roscoe:[0-9a-f]{12}\$ ")
     child.sendline("test -t 0 && test -t 1 && echo on-a-terminal; echo typed > case1/typed.txt")
     child.expect("on-a-terminal\r\n")
+    child.expect(r"roscoe:[0-9a-f]{12}\$ ")
+    # ^C stops the command in the foreground, not the shell, the client or the run
+    child.sendline("sleep 61.5")
+    wait_for_foreground(["sleep", "61.5"])
+    child.sendintr()
+    child.expect(r"roscoe:[0-9a-f]{12}\$ ")
+    child.sendline("echo still-here")
+    child.expect("still-here\r\n")
     child.expect(r"roscoe:[0-9a-f]{12}\$ ")
     child.sendline("exit 5")
     child.expect(pexpect.EOF)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.roscoe import Roscoe
+from tests.support.terminal import wait_for_foreground
 
 if os.environ.get("CI") == "true":
     import pexpect
@@ -28,26 +28,6 @@ def spawn_shell(roscoe: Roscoe, shell: str, root: Path, *options: str):  # type:
         sys.executable, ["-m", "cli.main", "tx", "shell", "--root", str(root), *options],
         env=env, cwd=str(root), timeout=30, encoding="utf-8", dimensions=(24, 200),
     )
-
-
-def wait_for_foreground(argv: list[str]) -> None:
-    """Wait (up to 20 s) until a process runs ``argv`` in the foreground of its terminal."""
-    want = ("\0".join(argv) + "\0").encode()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read() != want:
-                        continue
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if fields[2] == fields[5]:  # its process group is the terminal's foreground group
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"{argv} never ran in the foreground")
 
 
 @pytest.mark.parametrize("shell", ["/bin/bash", "/bin/sh"])
