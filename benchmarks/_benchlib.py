@@ -206,3 +206,17 @@ def write_json(path: str, data: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
+
+
+def make_root(root: str, label: str) -> None:
+    """A small tree: 3 dirs of 10 small files and a README naming ``label``
+    (bench_run's and bench_serve's root)."""
+    os.makedirs(root)
+    with open(os.path.join(root, "README.txt"), "w") as f:
+        f.write(f"roscoe {label} root\n")
+    for d in range(3):
+        sub = os.path.join(root, f"case{d}")
+        os.mkdir(sub)
+        for i in range(10):
+            with open(os.path.join(sub, f"doc{i:02d}.txt"), "w") as f:
+                f.write(f"case {d} document {i}\n")

@@ -39,18 +39,6 @@ TRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vendor", "try", 
 WARMUP = 3
 
 
-def make_root(root: str) -> None:
-    """A small tree: 3 dirs of 10 small files and a README."""
-    os.makedirs(root)
-    with open(os.path.join(root, "README.txt"), "w") as f:
-        f.write("roscoe bench_run root\n")
-    for d in range(3):
-        sub = os.path.join(root, f"case{d}")
-        os.mkdir(sub)
-        for i in range(10):
-            with open(os.path.join(sub, f"doc{i:02d}.txt"), "w") as f:
-                f.write(f"case {d} document {i}\n")
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +63,7 @@ def main() -> int:
         home = os.path.join(scratch, "home")
         upper = os.path.join(scratch, "floor", "upper")
         work = os.path.join(scratch, "floor", "work")
-        make_root(root)
+        lib.make_root(root, "bench_run")
         os.makedirs(upper)
         os.makedirs(work)
         env = lib.scratch_env(home)

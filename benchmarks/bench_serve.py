@@ -53,18 +53,6 @@ START_SECONDS = 30.0
 NO_SUCH_TX = "000000000000"
 
 
-def make_root(root: str) -> None:
-    """A small tree: 3 dirs of 10 small files and a README (bench_run's)."""
-    os.makedirs(root)
-    with open(os.path.join(root, "README.txt"), "w") as f:
-        f.write("roscoe bench_serve root\n")
-    for d in range(3):
-        sub = os.path.join(root, f"case{d}")
-        os.mkdir(sub)
-        for i in range(10):
-            with open(os.path.join(sub, f"doc{i:02d}.txt"), "w") as f:
-                f.write(f"case {d} document {i}\n")
-
 
 def config_text(roots: list[str]) -> str:
     """Roles (root is an operator anyway), a private socket, the roots served."""
@@ -226,8 +214,8 @@ def main() -> int:
     try:
         root = os.path.join(scratch, "root")
         shared = os.path.join(scratch, "shared")  # part 2's root
-        make_root(root)
-        make_root(shared)
+        lib.make_root(root, "bench_serve")
+        lib.make_root(shared, "bench_serve")
         config = config_text([root, shared])
         served_home = os.path.join(scratch, "served-home")
         local_home = os.path.join(scratch, "local-home")

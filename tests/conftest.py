@@ -16,6 +16,7 @@ import pytest
 from cowfs.stagers import remove_tree
 from tests.support.gcs import Bucket, FakeGcs, fake_gcs, seeded_bucket
 from tests.support.roscoe import Roscoe, UserRoscoe
+from tests.support.service import Served, config_text, serving
 from tests.support.system import REPO, TEST_VENV, lookup_test_user
 from tests.support.transactions import CLERK
 from tests.support.trees import chown_tree, make_tree
@@ -111,3 +112,18 @@ def gcs_env(server: FakeGcs) -> dict[str, str]:
 def groscoe(home: Path, gcs_env: dict[str, str]) -> Roscoe:
     """roscoe pointed at the module's fake-gcs-server."""
     return Roscoe(home, gcs_env)
+
+
+# -- a roscoe service -----------------------------------------------------------------
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """The case tree a service serves (tests/support/trees.make_tree)."""
+    return make_tree(tmp_path / "root")
+
+
+@pytest.fixture
+def served(tmp_path: Path, tree: Path) -> Iterator[Served]:
+    """``roscoe serve`` over ``tree``, roscoe-test its agent (tests/support/service)."""
+    with serving(tmp_path, config_text(tree)) as service:
+        yield service

@@ -18,6 +18,7 @@ bytes and metadata (generations aside: every write makes a new one).
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import signal
@@ -38,7 +39,7 @@ AFTER = {  # the files SCRIPT leaves, by path
 STEPS = ("before-images", "after-images", "after-intent", "apply#1", "before-record", "after-record")
 
 
-class Place:
+class Place(abc.ABC):
     """Where a change set lands: its root (where runs see it), how to begin a
     transaction of it, its exact state, and a way to change it from outside."""
 
@@ -46,21 +47,25 @@ class Place:
     root: Path
     roscoe: Roscoe
 
+    @abc.abstractmethod
     def begin(self) -> str:
-        raise NotImplementedError
+        """A new transaction over the place; its id."""
 
+    @abc.abstractmethod
     def state(self) -> object:
-        raise NotImplementedError
+        """The place's own truth, to compare exactly."""
 
+    @abc.abstractmethod
     def files(self) -> dict[str, bytes]:
-        raise NotImplementedError
+        """The regular files, by path, with their bytes."""
 
+    @abc.abstractmethod
     def link(self, path: str) -> str:
         """The target of the symlink at ``path``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def write_outside(self, path: str, data: bytes) -> None:
-        raise NotImplementedError
+        """Write ``path`` as someone other than roscoe would."""
 
 
 class LocalPlace(Place):

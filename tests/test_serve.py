@@ -12,37 +12,19 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.service import Served, config_text, serving
+from tests.support.service import Served, config_text, error_of
 from tests.support.terminal import wait_for_foreground
 from tests.support.trees import make_tree, snapshot
 from tests.support.roscoe import UserRoscoe
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    return make_tree(tmp_path / "root")
-
-
-@pytest.fixture
-def served(tmp_path: Path, tree: Path) -> Iterator[Served]:
-    with serving(tmp_path, config_text(tree)) as service:
-        yield service
-
-
-@pytest.fixture
 def agent(served: Served, unprivileged: UserRoscoe) -> UserRoscoe:
     return served.agent(Path(unprivileged.env["PYTHONPATH"]))
-
-
-def error_of(done: subprocess.CompletedProcess[bytes]) -> str:
-    lines = done.stderr.decode().splitlines()
-    assert lines and lines[-1].startswith("roscoe: error: "), done.stderr
-    return lines[-1].removeprefix("roscoe: error: ")
 
 
 def test_the_agent_loop_goes_through_the_service(served: Served, agent: UserRoscoe, tree: Path) -> None:

@@ -14,25 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.roscoe import UserRoscoe
-from tests.support.service import Contained, Served, config_text, serving
-from tests.support.trees import make_tree, snapshot
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    return make_tree(tmp_path / "root")
-
-
-@pytest.fixture
-def served(tmp_path: Path, tree: Path) -> Iterator[Served]:
-    with serving(tmp_path, config_text(tree)) as service:
-        yield service
-
-
-def error_of(done) -> str:  # type: ignore[no-untyped-def]
-    lines = done.stderr.decode().splitlines()
-    assert lines and lines[-1].startswith("roscoe: error: "), done.stderr
-    return lines[-1].removeprefix("roscoe: error: ")
+from tests.support.service import Contained, Served, config_text, serving, error_of
+from tests.support.trees import snapshot
 
 
 # -- 1. an agent in a container ------------------------------------------------------------

@@ -241,3 +241,10 @@ def serving(tmp_path: Path, config: str, args: tuple[str, ...] = ()) -> Iterator
     finally:
         service.stop()
         shutil.rmtree(run, ignore_errors=True)
+
+
+def error_of(done: subprocess.CompletedProcess[bytes]) -> str:
+    """The one ``roscoe: error:`` line a client ended with, without its prefix."""
+    lines = done.stderr.decode().splitlines()
+    assert lines and lines[-1].startswith("roscoe: error: "), done.stderr
+    return lines[-1].removeprefix("roscoe: error: ")
