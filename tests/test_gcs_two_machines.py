@@ -160,3 +160,38 @@ def test_pre_images_of_100_modified_objects_move_no_bytes_through_the_machine(
     assert kept == sorted(bytes([i]) * size for i in range(100))
     blobs = sum(f.stat().st_size for f in (tmp_path / "home-a" / "blobs").rglob("*") if f.is_file())
     assert blobs < size, blobs  # and none of them in the state dir
+
+
+def test_moves_land_server_side_and_another_machine_rolls_them_back(
+    server: FakeGcs, bucket: Bucket, tmp_path: Path, gcs_env: dict[str, str],
+) -> None:
+    size = 1024 * 1024
+    for i in range(5):
+        bucket.put(f"projects/scans/s{i}.pdf", bytes([65 + i]) * size)
+    bucket.settle("scans/s4.pdf", bytes([69]) * size)
+    before = contents(bucket)
+    a, b = Roscoe(tmp_path / "home-a", gcs_env), Roscoe(tmp_path / "home-b", gcs_env)
+    tx = begin_and_run(a, bucket, "mkdir -p filed/2024 && for i in 0 1 2 3 4; do mv scans/s$i.pdf filed/2024/; done")
+    diff = json.loads(a("tx", "diff", tx, "--json").stdout)
+    assert diff["summary"]["moved"] == 5
+    with proxied(server.port) as proxy:
+        done = a("tx", "commit", tx, "--yes", env={"STORAGE_EMULATOR_HOST": proxy.url})
+        assert done.returncode == 0, done.stderr
+        down, up = proxy.down, proxy.up
+    assert (down < size, up < size) == (True, True), (down, up)  # no object's bytes either way
+    got = contents(bucket)
+    for i in range(5):
+        assert f"projects/scans/s{i}.pdf" not in got
+        data, metadata, content_type = got[f"projects/filed/2024/s{i}.pdf"]
+        old_data, old_metadata, old_type = before[f"projects/scans/s{i}.pdf"]
+        assert (data, content_type) == (old_data, old_type)
+        assert metadata["mtime"] == old_metadata["mtime"]
+    # A move keeps no image of its own: the moved object is its source's.
+    assert [k for k in journal_keys(bucket) if "/pre/" in k] == []
+    assert a("verify").returncode == 0
+    shutil.rmtree(tmp_path / "home-a")
+    assert b("verify", "--target", bucket.url).returncode == 0
+    done = b("tx", "rollback", tx, "--yes")
+    assert done.returncode == 0, done.stderr
+    after = contents(bucket)
+    assert after == before

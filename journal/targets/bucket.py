@@ -139,6 +139,22 @@ def plan(target: GcsTarget, c: Change, current: dict[str, dict[str, Any] | None]
     return ops
 
 
+def moves_in(
+    target: GcsTarget, changes: ChangeSet, current: dict[str, dict[str, Any] | None],
+) -> dict[str, dict[str, Any]]:
+    """The moves of ``changes`` that can land server side: by added path, its
+    source's key and object state (a file object there now)."""
+    found = {}
+    for m in changes.moves():
+        if m.added.new is None or m.added.new.type != FILE:
+            continue
+        key = target.key(m.deleted.path)
+        old = current.get(key)
+        if old is not None and old["kind"] == "file" and old.get("md5"):
+            found[m.added.path] = {"key": key, "old": old, "op": {}}
+    return found
+
+
 def moved_objects(
     changes: ChangeSet, target: GcsTarget, bases: dict[str, dict[str, int] | None],
     current: dict[str, dict[str, Any] | None],
@@ -314,10 +330,18 @@ class Bucket(Target):
         self.ctx.faults.checkpoint("before-images")
         with images_linked(blobs, self.ctx.home.linked_images(tx.id), stager, changes):
             rows: list[ChangeRow] = []
+            moved = moves_in(self.gcs, changes, self._current)
             for seq, c in enumerate(changes.changes):
                 ops = plan(self.gcs, c, self._current)
                 new_blob = None
-                if c.new is not None and c.new.type == FILE:
+                if c.path in moved:  # (a move: server side from its source, which serves as its own image)
+                    source = moved[c.path]
+                    for op in ops:
+                        op["new"] = new_state(c.path, c.new, source["old"]) if op["new"] else None
+                        op["new"]["md5"] = source["old"]["md5"]
+                        op["source"] = {"key": source["key"], "generation": source["old"]["generation"]}
+                        source["dest"] = op["key"]
+                elif c.new is not None and c.new.type == FILE:
                     new_blob = store_new(blobs, stager, c.path, c.new)
                     for op in ops:
                         if op["new"] is not None and op["new"]["kind"] == "file":
@@ -326,7 +350,12 @@ class Bucket(Target):
                     if op["old"] is not None and op["old"]["kind"] == "file" and (
                             c.old is None or c.old.type != FILE or c.old.hash is None):
                         raise self.logged(Conflict(what="commit refused", tx=tx.id, paths=[c.path]))
+                    for m in moved.values():
+                        if m["key"] == op["key"] and op["new"] is None:
+                            m["op"] = op  # (its image is the object it is moved to)
                 rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, None, new_blob, ops, {}))
+            for m in moved.values():  # (the source's image is the object it is moved to)
+                m["op"]["image"] = {"key": m["dest"], "generation": 0}
             blobs.sync()
             self.keep_images(tx, rows, changes.diff_hash)
             yield rows
@@ -399,10 +428,12 @@ class Bucket(Target):
         target, journal, faults = self.gcs, self.ctx.journal, self.ctx.faults
         faults.pause("after-intent")
         batch = self.ctx.bucket.batch
-        phases: list[list[tuple[ChangeRow, dict[str, Any]]]] = [[], [], []]
+        # Moves (server-side copies from objects this commit deletes) first, then
+        # deletes, directory placeholders, files and symlinks.
+        phases: list[list[tuple[ChangeRow, dict[str, Any]]]] = [[], [], [], []]
         for r in rows:
             for op in r.objects or []:
-                phase = 0 if op["new"] is None else 1 if op["new"]["kind"] == "dir" else 2
+                phase = 1 if op["new"] is None else 0 if op.get("source") else 2 if op["new"]["kind"] == "dir" else 3
                 phases[phase].append((r, op))
         for phase in phases:
             for start in range(0, len(phase), batch):
@@ -446,7 +477,13 @@ class Bucket(Target):
         image) when there is one, else uploaded (a file from the blob store)."""
         target = self.gcs
         if source is not None and state["kind"] == "file":
-            done = await target.rewrite(source["key"], source["generation"], key, if_generation=if_generation,
+            generation = source["generation"]
+            if not generation:  # (a moved object as its source's image: whatever generation holds its bytes)
+                there = await target.stat(source["key"])
+                if there is None or there.get("md5") != state.get("md5"):
+                    raise PreconditionFailed(source["key"], 0)
+                generation = there["generation"]
+            done = await target.rewrite(source["key"], generation, key, if_generation=if_generation,
                                         content_type=state["content_type"], metadata=state["metadata"])
             return int(done["generation"])
         if state["kind"] == "file":
@@ -462,6 +499,11 @@ class Bucket(Target):
         (ifGenerationMatch=0), while the lease is surely still this commit's."""
         journal = self.ctx.journal
         rows = journal.changes(tx.id)
+        written = {k: g for r in rows for k, g in (r.results or {}).items()}
+        for r in rows:  # (a moved object's source: its image is the generation the move wrote)
+            for op in r.objects or []:
+                if op.get("image") and not op["image"]["generation"] and op["image"]["key"] in written:
+                    op["image"]["generation"] = written[op["image"]["key"]]
         current = journal.get_tx(tx.id) or tx
         lease = self._lease
         if lease is not None:
@@ -639,7 +681,7 @@ class Bucket(Target):
         rows = [r for r in all_rows if r.path in wrote]
         expect = {(r.path, op["key"]): (r.results or {}).get(op["key"]) for r in rows for op in r.objects or []}
         images = {(r.path, op["image"]["key"]): op["image"]["generation"]
-                  for r in all_rows for op in r.objects or [] if op.get("image")}
+                  for r in all_rows for op in r.objects or [] if op.get("image") and op["image"]["generation"]}
         try:
             now = self.gcs.stat_many([k for _, k in expect] + [k for _, k in images])
         except RoscoeError as e:
