@@ -124,3 +124,13 @@ def recover_target(ws: Workspace, url: str) -> Any:
         # (its manifest there: it had landed and is only finished; else it was undone)
     state = "committed" if bucket.landed_id(settled) else "undone"
     return Recovered(settled, url, 0, state)
+
+
+def in_flight(ws: Workspace, url: str) -> list[Any]:
+    """verify's problems for commits to ``url`` left in flight by a machine that is gone."""
+    from journal.targets import checked_url
+    from journal.targets.bucket import Bucket
+    from journal.verify import Problem
+
+    url = checked_url(url)
+    return [Problem("interrupted", tx_id, None, why) for tx_id, why in Bucket(ws.context, "/", url).in_flight()]

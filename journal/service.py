@@ -383,11 +383,13 @@ class Service:
 
         self.allow("verify")
         ws = self.workspace()
-        if target is not None:
-            from journal.bucketlog import import_target
+        if target is None:
+            return verify(ws, live=live)
+        from journal.bucketlog import import_target, in_flight
 
-            import_target(ws, target)
-        return verify(ws, live=live)
+        import_target(ws, target)
+        report = verify(ws, live=live)
+        return report._replace(problems=report.problems + in_flight(ws, target))
 
     def audit(self, tx: str | None = None, since_ns: int | None = None) -> AuditTrail:
         """The audit events (of ``tx``; at or after ``since_ns``), oldest first, and the trail's head."""

@@ -101,10 +101,13 @@ def test_a_commit_killed_on_one_machine_is_undone_by_another_after_its_lease_exp
     assert contents(bucket) != before  # half of it landed
     assert f".roscoe/projects/tx/{tx}/intent.json" in journal_keys(bucket)
     shutil.rmtree(tmp_path / "home-a")  # and A is gone for good
+    time.sleep(3.2)  # (its lease expires)
+    checked = b("verify", "--target", bucket.url, "--json")
+    assert checked.returncode == 1, checked.stdout
+    assert [(p["kind"], p["tx"]) for p in json.loads(checked.stdout)["problems"]] == [("interrupted", tx)]
     started = time.monotonic()
     done = b("recover", "--target", bucket.url, env={"ROSCOE_GCS_LEASE_WAIT": "30"})
     assert done.returncode == 6, done.stderr
-    assert time.monotonic() - started >= 1.0  # it waited for the lease to expire
     assert f"recovered the interrupted commit of tx {tx}" in done.stderr.decode()
     assert contents(bucket) == before
     assert journal_keys(bucket) == []  # intent, images and lease gone: nothing in flight

@@ -29,6 +29,7 @@ generation seen, so recovery never clobbers a writer it did not see.
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import os
 import time
@@ -205,6 +206,7 @@ class Lease(Holding):
         self.generation = 0
         self.taken_at = 0.0
         self.clean = True  # nothing of this commit left in flight in the bucket: the lease may go
+        self.with_release: list[Any] = []  # requests to make in the same round as the release
 
     def holder(self) -> dict[str, Any]:
         return {"owner": f"{os.uname().nodename}.{os.getpid()}", "tx": self.tx.id if self.tx else None,
@@ -272,10 +274,12 @@ class Lease(Holding):
     def release(self) -> None:
         if not self.clean:
             return  # an intent is still in flight: the lease expires, and whoever takes it settles the intent
-        try:
-            self.target.run(self.target.delete(self.key, if_generation=self.generation))
-        except (GcsError, PreconditionFailed):
-            return  # it expires on its own
+        target = self.target
+        try:  # (with whatever else can go in the same round: a superseded intent)
+            target.run(target.gather([lambda: target.delete(self.key, if_generation=self.generation)]
+                                     + self.with_release))
+        except (GcsError, PreconditionFailed, OSError):
+            return  # it expires on its own (and whoever takes it over drops the intent)
         self.journal.log_event(self.audit_tx, "gcs-lease-release", {"target": self.target.url, "generation": self.generation})
 
 
@@ -294,6 +298,7 @@ class Bucket(Target):
         self.gcs = GcsTarget(url)
         self.layout = Layout.of(self.gcs.prefix)
         self._lease: Lease | None = None
+        self._intent = 0  # the generation of this commit's intent object
         self._current: dict[str, dict[str, Any] | None] = {}
 
     def base_generations(self, paths: list[str]) -> dict[str, dict[str, int]] | None:
@@ -314,8 +319,16 @@ class Bucket(Target):
 
     def conflicts(self, tx: TxRecord, changes: ChangeSet) -> list[str]:
         keys = {k for c in changes.changes for k in (self.gcs.key(c.path), self.gcs.key(c.path, dir=True))}
+        bases = self.ctx.journal.base_generations(tx.id)
+        recorded = {k: g for paths in bases.values() if paths for k, g in paths.items()}
+        if keys and all(recorded.get(k, -1) == 0 for k in keys):
+            # Only new objects: nothing to read first. Each write is conditional on
+            # there being none (ifGenerationMatch=0), so one that appeared since is
+            # still a conflict, found by the write itself and undone.
+            self._current = dict.fromkeys(keys)
+            return []
         self._current = self.gcs.stat_many(keys)
-        return moved_objects(changes, self.gcs, self.ctx.journal.base_generations(tx.id), self._current)
+        return moved_objects(changes, self.gcs, bases, self._current)
 
     def unreadable_conflicts(self, tx: TxRecord) -> list[str]:
         return objects_moved(self.ctx.journal, tx)
@@ -385,12 +398,16 @@ class Bucket(Target):
 
         if self._lease is not None:
             self._lease.clean = False
+        # One round: the intent goes with the copies (it names each image at
+        # generation 0: written once per attempt, an image is whatever generation
+        # holds the old bytes; the manifest names the generations).
+        intent = json.loads(json.dumps(manifests.document(tx, rows, diff_hash)))
+
+        async def write_intent() -> None:
+            self._intent = await target.write_json(layout.intent(tx.id), intent, if_generation=0)
+
         try:
-            target.run(target.gather([lambda r=r, op=op: copy(r, op) for r, op in copies]))
-            # (the intent names the images, so it follows them: one more round, but an undo
-            # finds every image it names)
-            target.run(target.write_json(
-                layout.intent(tx.id), manifests.document(tx, rows, diff_hash), if_generation=0))
+            target.run(target.gather([write_intent] + [lambda r=r, op=op: copy(r, op) for r, op in copies]))
         except BaseException:
             if self.drop_intent(tx.id) is None and self._lease is not None:
                 self._lease.clean = True
@@ -487,7 +504,8 @@ class Bucket(Target):
                                         content_type=state["content_type"], metadata=state["metadata"])
             return int(done["generation"])
         if state["kind"] == "file":
-            assert blob is not None
+            if blob is None:
+                raise GcsError(url=target.url, reason=f"no image of the bytes {key} should hold is kept")
             return int(await target.upload_file(
                 key, self.ctx.blobs.path(blob), if_generation=if_generation, content_type=state["content_type"],
                 metadata=state["metadata"], md5=state.get("md5")))
@@ -514,8 +532,10 @@ class Bucket(Target):
                                          metadata=manifests.listing_metadata(doc)))
         journal.log_event(tx.id, "gcs-manifest", {"target": self.gcs.url, "manifest": self.layout.manifest(tx.id),
                                                    "sha256": manifests.digest(doc)})
-        if self.drop_intent(tx.id, images=False) is None and lease is not None:
+        # The intent is superseded: dropped in the same round as the lease's release.
+        if lease is not None:
             lease.clean = True
+            lease.with_release = [lambda: self.gcs.delete(self.layout.intent(tx.id), if_generation=self._intent)]
 
     def recover(self) -> str | None:
         """Settle what a commit from another machine left in flight, once its
@@ -528,6 +548,20 @@ class Bucket(Target):
         lease.acquire()  # (waits for the expiry, then takes over and settles)
         lease.release()
         return lease.settled
+
+    def in_flight(self) -> list[tuple[str, str]]:
+        """Commits to this target left in flight by a machine that is gone: an
+        intent whose transaction does not hold an unexpired lease. (id, why)."""
+        target, layout = self.gcs, self.layout
+        found = target.run(target.list_prefix(f"{layout.base}/tx/"))
+        intents = sorted(k.split("/")[-2] for k in found if k.endswith("/intent.json"))
+        if not intents:
+            return []
+        held, generation = Lease(self, None).read()
+        live = generation != 0 and int(held.get("expires_ns") or 0) >= time.time_ns()
+        return [(tx_id, f"a commit of {tx_id} to {target.url} was interrupted on another machine"
+                        f" (its intent is in the bucket): run `roscoe recover --target {target.url}`")
+                for tx_id in intents if not (live and held.get("tx") == tx_id)]
 
     def landed(self, tx: TxRecord) -> bool:
         """Whether ``tx``'s manifest is in the bucket: its commit point was
@@ -591,7 +625,7 @@ class Bucket(Target):
         target = self.gcs
         restored: dict[str, int] = {}
 
-        async def one(op: dict[str, Any]) -> str | None:
+        async def one(r: ChangeRow, op: dict[str, Any]) -> str | None:
             key, old, new = op["key"], op["old"], op["new"]
             now = await target.stat(key)
             if same_object(now, old):
@@ -601,19 +635,19 @@ class Bucket(Target):
             if now is None:
                 if new is not None:
                     return key  # ours was to write it; someone deleted it since
-                restored[key] = await self.put(key, old, op.get("image"), None, if_generation=0)
+                restored[key] = await self.put(key, old, op.get("image"), r.old_blob, if_generation=0)
                 return None
             if new is None or not same_object(now, new):
                 return key
             if old is None:
                 await target.delete(key, if_generation=now["generation"])
             else:
-                restored[key] = await self.put(key, old, op.get("image"), None, if_generation=now["generation"])
+                restored[key] = await self.put(key, old, op.get("image"), r.old_blob, if_generation=now["generation"])
             return None
 
-        ops = [op for r in rows for op in r.objects or []]
-        left = target.run(target.gather([lambda op=op: one(op) for op in ops if op["old"] is not None]))
-        left += target.run(target.gather([lambda op=op: one(op) for op in ops if op["old"] is None]))
+        ops = [(r, op) for r in rows for op in r.objects or []]
+        left = target.run(target.gather([lambda r=r, op=op: one(r, op) for r, op in ops if op["old"] is not None]))
+        left += target.run(target.gather([lambda r=r, op=op: one(r, op) for r, op in ops if op["old"] is None]))
         return restored, sorted(k for k in left if k)
 
     def settle_intent(self, tx_id: str) -> str | None:
@@ -666,7 +700,8 @@ class Bucket(Target):
             if not ops:
                 continue
             status = classify(r.new, r.old) or "modified"
-            rows.append(ChangeRow(len(rows), r.path, status, r.new, r.old, None, None, ops, {}))
+            # (a commit journaled before images were kept in the bucket has them in the blob store)
+            rows.append(ChangeRow(len(rows), r.path, status, r.new, r.old, None, r.old_blob, ops, {}))
         diff_hash = ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows)).diff_hash
         self.keep_images(tx, rows, diff_hash)
         yield rows, diff_hash
