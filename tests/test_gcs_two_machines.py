@@ -198,3 +198,21 @@ def test_moves_land_server_side_and_another_machine_rolls_them_back(
     assert done.returncode == 0, done.stderr
     after = contents(bucket)
     assert after == before
+
+
+def test_a_manifest_that_cannot_be_written_leaves_nothing_half_committed(
+    bucket: Bucket, tmp_path: Path, gcs_env: dict[str, str],
+) -> None:
+    a = Roscoe(tmp_path / "home-a", gcs_env)
+    before = contents(bucket)
+    tx = begin_and_run(a, bucket, SCRIPT)
+    # Someone else's object where the manifest goes: its write (ifGenerationMatch=0) fails.
+    bucket.server.put(bucket.name, f".roscoe/projects/log/{tx}.json", b"{}", {}, "application/json")
+    done = a("tx", "commit", tx, "--yes", "--json")
+    assert done.returncode == 3, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert (error["kind"], error["paths"]) == ("conflict", [f".roscoe/projects/log/{tx}.json"])
+    assert contents(bucket) == before  # every object put back
+    assert json.loads(a("tx", "show", tx, "--json").stdout)["state"] == "open"
+    assert journal_keys(bucket) == [f".roscoe/projects/log/{tx}.json"]  # intent and images dropped, lease released
+    assert a("verify").returncode == 0
