@@ -68,6 +68,7 @@ TxId = Annotated[str, typer.Argument(metavar="ID", help="Transaction id (or a un
 TxOpt = Annotated[Optional[str], option((grammar.TX,), "tx")]
 RootOpt = Annotated[Optional[str], option((grammar.ROOT,), "root")]
 JsonOpt = Annotated[bool, option((grammar.JSON,), "json_")]
+TargetOpt = Annotated[Optional[str], typer.Option("--target", metavar="URL", help="Also what other machines committed to gs://BUCKET/PREFIX, read from the journal in its bucket.")]
 # Every command but tx run and tx shell takes --json (cli.errors.NO_JSON): its
 # result as one JSON object on stdout; a failure prints the error object
 # (cli.errors.fail does that for every command, from the command line).
@@ -363,10 +364,10 @@ def tx_rollback(
 
 
 @tx_app.command("log")
-def tx_log(ctx: typer.Context, json_: JsonOpt = False) -> int:
+def tx_log(ctx: typer.Context, json_: JsonOpt = False, target: TargetOpt = None) -> int:
     """Committed history of every root, newest first (rollbacks included)."""
     with service(ctx) as roscoe:
-        entries = roscoe.log()
+        entries = roscoe.log(target)
     if json_:
         render.json_out([e.to_json() for e in entries])
     else:
@@ -396,7 +397,7 @@ def audit_cmd(
 
 
 @app.command("recover")
-def recover_cmd(ctx: typer.Context, json_: JsonResultOpt = False) -> int:
+def recover_cmd(ctx: typer.Context, json_: JsonResultOpt = False, target: TargetOpt = None) -> int:
     """Undo any commit a crash interrupted (every command does this first);
     exit 6 when there was one, 0 when there was none."""
     from cli.errors import print_error_json
@@ -404,7 +405,7 @@ def recover_cmd(ctx: typer.Context, json_: JsonResultOpt = False) -> int:
     from cowfs.errors import error_json
 
     with service(ctx) as roscoe:
-        done = roscoe.recover()
+        done = roscoe.recover(target)
     found, cleaned = done.recovered, done.staging_removed
     for tx_id in cleaned:
         say(f"removed the leftover staging dir of finished tx {tx_id}")
@@ -425,12 +426,13 @@ def verify_cmd(
     ctx: typer.Context,
     json_: JsonOpt = False,
     integrity: Annotated[bool, typer.Option("--integrity", help="Check only the journal, the blobs and the audit trail; do not read the live tree.")] = False,
+    target: TargetOpt = None,
 ) -> int:
     """Check the journal, the blob store, the audit trail and the live tree
     against each other; exit 1 when roscoe's own state is damaged, 3 when
     only the live tree drifted from what was committed."""
     with service(ctx) as roscoe:
-        report = roscoe.verify(live=not integrity)
+        report = roscoe.verify(live=not integrity, target=target)
     if json_:
         render.json_out(report.to_json())
     else:

@@ -24,6 +24,9 @@ def service(settings):  # type: ignore[no-untyped-def]
 
 def recovered_line(r) -> str:  # type: ignore[no-untyped-def]
     """What recovery did to one interrupted commit (a journal.protocol.Recovered)."""
+    if r.state == "committed":
+        return (f"recovered the interrupted commit of tx {r.tx}: it had reached its commit point on {r.root},"
+                " so it was finished; the transaction is committed")
     return (f"recovered the interrupted commit of tx {r.tx}: its {r.paths} paths under {r.root}"
             f" are as they were before it; the transaction is {r.state}")
 

@@ -35,6 +35,7 @@ STEPS = (
     "after-intent",    # the changes journaled, state committing
     "apply",           # after each change to the live tree (use apply#N)
     "before-record",   # the live tree is all new and synced
+    "before-journal-record",  # the target's own commit point passed (a bucket's manifest); not yet journaled here
     "after-record",    # committed; staging not yet removed
     "recover-start",   # recovery found an interrupted commit, nothing undone yet
     "undo",            # after each change put back, by recovery or a failed apply

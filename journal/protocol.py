@@ -139,8 +139,14 @@ def land(
     except target.failures as e:
         problem = undo(faults, target, tx, journal.changes(tx.id))
         raise target.failure(tx, e, problem) from e
-    # 7. the commit record
+    # 7. the commit record: on the target (a bucket's manifest), then in the journal
     faults.checkpoint("before-record")
+    try:
+        target.record(tx, diff_hash)
+    except target.failures as e:
+        problem = undo(faults, target, tx, journal.changes(tx.id))
+        raise target.failure(tx, e, problem) from e
+    faults.checkpoint("before-journal-record")
     journal.mark_committed(tx.id)
     faults.checkpoint("after-record")
 
@@ -247,7 +253,12 @@ def recover(ws: Workspace) -> list[Recovered]:
             target = target_of(ws.context, current)
             try:
                 with target.held(current):  # (a bucket's lease, taken over from the crashed commit)
-                    problem = undo(ws.faults, target, current, rows)
+                    if target.landed(current):  # (its commit point was reached on the target: finish it)
+                        ws.journal.mark_committed(current.id)
+                        ws.journal.log_event(tx.id, "recover-forward", {"paths": len(rows)})
+                        problem = None
+                    else:
+                        problem = undo(ws.faults, target, current, rows)
             except RoscoeError as e:
                 problem = e.message
             if problem is not None:

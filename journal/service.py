@@ -313,15 +313,23 @@ class Service:
         """Roll back the committed transaction ``ref``; the rollback transaction, committed."""
         from journal.protocol import rollback
 
+        from journal.bucketlog import or_imported
+
         self.allow("tx rollback", tx=ref)
-        return rollback(self.workspace(), ref, force=force, progress=progress)
+        ws = self.workspace()
+        or_imported(ws, ref)  # (committed by another machine to a bucket this one knows)
+        return rollback(ws, ref, force=force, progress=progress)
 
     def rollback_dry_run(self, ref: str) -> RollbackDryRun:
         """What a rollback of ``ref`` would apply now; nothing is staged or written."""
         from journal.rollback import dry_run
 
+        from journal.bucketlog import or_imported
+
         self.allow("tx rollback --dry-run", tx=ref)
-        return dry_run(self.workspace(), ref)
+        ws = self.workspace()
+        or_imported(ws, ref)
+        return dry_run(ws, ref)
 
     # -- history and upkeep -----------------------------------------------------------
 
@@ -332,27 +340,56 @@ class Service:
         record = ws.get(ref)
         return LogEntry(record, ws.journal.change_count(record.id), ws.journal.rolled_back_by().get(record.id))
 
-    def log(self) -> list[LogEntry]:
-        """The committed history, newest first (rollbacks included)."""
+    def log(self, target: str | None = None) -> list[LogEntry]:
+        """The committed history, newest first (rollbacks included); with
+        ``target`` (gs://BUCKET/PREFIX), that target's, read from the journal
+        in its bucket (whichever machine committed it)."""
         self.allow("tx log")
         ws = self.workspace()
         records = ws.journal.committed()
+        if target is not None:
+            from journal.bucketlog import import_target
+
+            import_target(ws, target)
+            from journal.targets.bucket import canonical
+
+            url = canonical(target)
+            records = [r for r in ws.journal.committed() if r.target == url]
         counts = {r.id: ws.journal.change_count(r.id) for r in records}
         undone = ws.journal.rolled_back_by()
         return [LogEntry(r, counts[r.id], undone.get(r.id)) for r in records]
 
-    def recover(self) -> Recovery:
+    def recover(self, target: str | None = None) -> Recovery:
         """Undo any commit a crash interrupted (opening does: ``journal.protocol.recover``)
-        and remove the staging dirs of finished transactions."""
+        and remove the staging dirs of finished transactions; with ``target``,
+        also settle a commit to that bucket that another machine left in flight."""
         self.allow("recover")
         ws = self.workspace()
-        return Recovery(list(ws.recovered), ws.clean_finished())  # type: ignore[arg-type]
+        found = list(ws.recovered)
+        if target is not None:
+            from journal.bucketlog import recover_target
 
-    def verify(self, *, live: bool = True) -> Report:
+            settled = recover_target(ws, target)
+            if settled is not None:
+                found.append(settled)
+                if self.on_recovered is not None:
+                    self.on_recovered(settled)
+        return Recovery(found, ws.clean_finished())  # type: ignore[arg-type]
+
+    def verify(self, *, live: bool = True, target: str | None = None) -> Report:
+        """Every check; with ``target``, first read what other machines
+        committed to it from its bucket, so their commits are checked too."""
         from journal.verify import verify
 
         self.allow("verify")
-        return verify(self.workspace(), live=live)
+        ws = self.workspace()
+        if target is None:
+            return verify(ws, live=live)
+        from journal.bucketlog import import_target, in_flight
+
+        import_target(ws, target)
+        report = verify(ws, live=live)
+        return report._replace(problems=report.problems + in_flight(ws, target))
 
     def audit(self, tx: str | None = None, since_ns: int | None = None) -> AuditTrail:
         """The audit events (of ``tx``; at or after ``since_ns``), oldest first, and the trail's head."""

@@ -532,6 +532,26 @@ class Journal:
                 "root": _text(root), "diff_hash": diff_hash, "changes": changes, "rolls_back": rolls_back,
                 "approved_by": approved[0] if approved else None})
 
+    def import_committed(self, tx: TxRecord, rows: list[ChangeRow], source: dict[str, Any]) -> None:
+        """Journal a transaction another machine committed (read from its
+        manifest, ``source`` saying where and its hash), as committed here,
+        with begin and commit events that name where it came from."""
+        with self.write():
+            self._insert_tx(tx._replace(state="open"))
+            self.db.executemany(
+                "INSERT INTO changes (tx, seq, path, status, old, new, old_blob, new_blob, generation,"
+                " new_generation) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(tx.id, r.seq, _blob(r.path), r.status, _record(r.old), _record(r.new), None, None,
+                  None if r.objects is None else json.dumps(r.objects, ensure_ascii=True),
+                  None if r.results is None else json.dumps(r.results, ensure_ascii=True))
+                 for r in rows])
+            self.db.execute(
+                "UPDATE transactions SET state = 'committed', diff_hash = ?, committed_ns = ?, updated_ns = ?"
+                " WHERE id = ?", (tx.diff_hash, tx.committed_ns, now_ns(), tx.id))
+            self.event(tx.id, "rollback" if tx.rolls_back else "commit", {
+                "root": tx.root, "diff_hash": tx.diff_hash, "changes": len(rows), "rolls_back": tx.rolls_back,
+                "imported_from": source})
+
     def reopen(self, tx_id: str, state: str = "open") -> None:
         """Back from ``committing`` after the live tree was put back as it was."""
         with self.write():

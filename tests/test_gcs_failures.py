@@ -223,14 +223,16 @@ def test_two_machines_commit_overlapping_transactions_exactly_one_wins(
     got = bucket.contents()
     assert got["projects/case1/notes.md"][0] == b"# notes\n" + winner.upper().encode() + b"\n"
     assert f"projects/case1/{winner}.txt" in got and f"projects/case1/{loser}.txt" not in got
-    assert [k for k in server.objects(bucket.name) if k.startswith(".roscoe/")] == []  # the lease is released
+    # The lease is released, the loser's intent and images are gone; the winner left its manifest
+    # and the pre-image of the object it replaced, beside the prefix.
+    tx_won = tx_a if winner == "a" else tx_b
+    assert sorted(k for k in server.objects(bucket.name) if k.startswith(".roscoe/")) == [
+        f".roscoe/projects/log/{tx_won}.json", f".roscoe/projects/tx/{tx_won}/pre/1.0"]  # (case1/notes.md, the second change)
 
 
 def test_a_stale_lease_is_taken_over_only_after_it_expires(groscoe: Roscoe, bucket: Bucket) -> None:
     tx = begin_and_run(groscoe, bucket, "printf 'x\\n' > case1/x.txt")
-    from cowfs.gcs import GcsTarget
-
-    lease_key = GcsTarget(bucket.url).lease_key()
+    lease_key = ".roscoe/projects/lease"
     holder = {"owner": "other-vm.42", "tx": "0000", "expires_ns": time.time_ns() + 3_000_000_000}
     bucket.server.put(bucket.name, lease_key, json.dumps(holder).encode(), {"roscoe_lease": "1"}, "application/json")
     done = groscoe("tx", "commit", tx, "--yes", env={"ROSCOE_GCS_LEASE_WAIT": "0.5"})

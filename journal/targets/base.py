@@ -147,6 +147,15 @@ class Target(abc.ABC):
         """Step 6: make every path of ``rows`` its new state (new bytes from
         ``stager``, or from the blob store when there is none)."""
 
+    def record(self, tx: TxRecord, diff_hash: str) -> None:
+        """Step 7 on the target, just before the journal's commit record: the
+        commit point where other machines can see it (a bucket's manifest)."""
+
+    def landed(self, tx: TxRecord) -> bool:
+        """Whether an interrupted commit of ``tx`` reached its commit point on
+        the target (then recovery finishes it instead of undoing it)."""
+        return False
+
     failures: tuple[type[BaseException], ...] = (OSError, RoscoeError)
 
     @abc.abstractmethod

@@ -29,6 +29,7 @@ generation seen, so recovery never clobbers a writer it did not see.
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import os
 import time
@@ -43,11 +44,12 @@ from cowfs.gcs import (
     DEFAULT_TYPE, MTIME_KEYS, SYMLINK_KEY, GcsError, GcsTarget, PreconditionFailed, md5_b64, parse_url,
     rfc3339, same_object,
 )
-from journal.blobs import BlobStore
-from journal.errors import BlobCorrupt, CommitFailed, Conflict, LeaseBusy, LeaseLost
+from journal.errors import CommitFailed, Conflict, LeaseBusy, LeaseLost
 from journal.images import images_linked, store_new
 from journal.store import ChangeRow, Journal, TxRecord
-from journal.targets.base import BucketSettings, Context, Holding, Progress, Seen, Target
+from journal.targets import manifests
+from journal.targets.base import Context, Holding, Progress, Seen, Target
+from journal.targets.manifests import Layout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,12 +63,19 @@ EMPTY_MD5 = md5_b64(b"")
 
 
 
+def canonical(url: str) -> str:
+    """``url`` as roscoe writes it (no trailing slash), refused unless it has a
+    prefix beside which its journal can live."""
+    bucket, prefix = parse_url(url)
+    Layout.of(prefix)
+    return f"gs://{bucket}/{prefix}"
+
+
 def check_target(url: str) -> str:
     """``url`` in canonical form, once its bucket answers."""
-    bucket, prefix = parse_url(url)
-    canonical = f"gs://{bucket}/{prefix}" if prefix else f"gs://{bucket}"
-    GcsTarget(canonical).check()
-    return canonical
+    url = canonical(url)
+    GcsTarget(url).check()
+    return url
 
 
 def base_generations(url: str, paths: list[str]) -> dict[str, dict[str, int]]:
@@ -131,6 +140,22 @@ def plan(target: GcsTarget, c: Change, current: dict[str, dict[str, Any] | None]
     return ops
 
 
+def moves_in(
+    target: GcsTarget, changes: ChangeSet, current: dict[str, dict[str, Any] | None],
+) -> dict[str, dict[str, Any]]:
+    """The moves of ``changes`` that can land server side: by added path, its
+    source's key and object state (a file object there now)."""
+    found = {}
+    for m in changes.moves():
+        if m.added.new is None or m.added.new.type != FILE:
+            continue
+        key = target.key(m.deleted.path)
+        old = current.get(key)
+        if old is not None and old["kind"] == "file" and old.get("md5"):
+            found[m.added.path] = {"key": key, "old": old, "op": {}}
+    return found
+
+
 def moved_objects(
     changes: ChangeSet, target: GcsTarget, bases: dict[str, dict[str, int] | None],
     current: dict[str, dict[str, Any] | None],
@@ -165,38 +190,54 @@ def objects_moved(journal: Journal, tx: TxRecord) -> list[str]:
 
 
 class Lease(Holding):
-    """The root's lease object in the bucket, held by one commit at a time."""
+    """The root's lease object in the bucket (``Layout.lease``), held by one
+    commit at a time. Taking over from a holder that is gone (its lease
+    expired, or it was this transaction's own crashed commit) first settles
+    what that holder left in flight (``settle_intent``)."""
 
-    def __init__(self, target: GcsTarget, journal: Journal, tx: TxRecord, settings: BucketSettings) -> None:
-        self.target, self.journal, self.tx = target, journal, tx
+    def __init__(self, bucket: Bucket, tx: TxRecord | None) -> None:
+        self.bucket, self.target, self.journal, self.tx = bucket, bucket.gcs, bucket.ctx.journal, tx
+        self.key = bucket.layout.lease
         # A rollback's own record exists only from its intent on: audit under the one it undoes.
-        self.audit_tx = tx.rolls_back if tx.state == "committing" and tx.rolls_back else tx.id
+        # (No transaction: `roscoe recover --target`, which only settles what another left.)
+        self.audit_tx = None if tx is None else tx.rolls_back if tx.state == "committing" and tx.rolls_back else tx.id
+        settings = bucket.ctx.bucket
         self.ttl, self.wait = settings.lease_seconds, settings.lease_wait
         self.generation = 0
         self.taken_at = 0.0
+        self.clean = True  # nothing of this commit left in flight in the bucket: the lease may go
+        self.with_release: list[Any] = []  # requests to make in the same round as the release
 
     def holder(self) -> dict[str, Any]:
-        return {"owner": f"{os.uname().nodename}.{os.getpid()}", "tx": self.tx.id, "root": self.tx.root,
-                "expires_ns": time.time_ns() + int(self.ttl * 1e9)}
+        return {"owner": f"{os.uname().nodename}.{os.getpid()}", "tx": self.tx.id if self.tx else None,
+                "root": self.tx.root if self.tx else None,
+                "url": self.target.url, "expires_ns": time.time_ns() + int(self.ttl * 1e9)}
+
+    def _write(self, if_generation: int) -> int:
+        return int(self.target.run(self.target.write_json(
+            self.key, self.holder(), if_generation=if_generation, metadata={"roscoe_lease": "1"})))
+
+    def read(self) -> tuple[dict[str, Any], int]:
+        held, generation = self.target.run(self.target.read_json(self.key))
+        return (held if isinstance(held, dict) else {}), generation
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self.wait
         takeover = None
         while True:
             try:
-                self.generation = self.target.run(self.target.lease_write(self.holder(), 0))
+                self.generation = self._write(0)
                 break
             except PreconditionFailed:
                 pass
-            held, generation = self.target.run(self.target.lease_read())
+            held, generation = self.read()
             if generation == 0:
                 continue
-            held = held or {}
             expired = int(held.get("expires_ns") or 0) < time.time_ns()
             # Our own crashed commit (recovery), or a holder past its expiry: take over.
-            if held.get("tx") == self.tx.id or expired:
+            if (self.tx is not None and held.get("tx") == self.tx.id) or expired:
                 try:
-                    self.generation = self.target.run(self.target.lease_write(self.holder(), generation))
+                    self.generation = self._write(generation)
                     takeover = held
                     break
                 except PreconditionFailed:
@@ -207,43 +248,47 @@ class Lease(Holding):
             time.sleep(0.2)
         self.taken_at = time.monotonic()
         self.journal.log_event(self.audit_tx, "gcs-lease-acquire", {
-            "target": self.target.url, "lease": self.target.lease_key(), "generation": self.generation,
-            "took_over": takeover})
+            "target": self.target.url, "lease": self.key, "generation": self.generation, "took_over": takeover})
+        gone = (takeover or {}).get("tx")
+        self.settled = None
+        if isinstance(gone, str) and (self.tx is None or gone != self.tx.id):
+            problem = self.bucket.settle_intent(gone)
+            self.settled = gone
+            if problem is not None:
+                self.clean = False
+                raise CommitFailed(tx=self.tx.id if self.tx else gone, path=self.target.url, reason=(
+                    f"the commit of {gone} that held the lease was interrupted and cannot be settled yet"
+                    f" ({problem})"), outcome="nothing of this transaction was written: run `roscoe recover`")
 
     def renew(self) -> None:
         """Extend the lease when a third of it is gone; lost to another holder: LeaseLost."""
         if time.monotonic() - self.taken_at < self.ttl / 3:
             return
         try:
-            self.generation = self.target.run(self.target.lease_write(self.holder(), self.generation))
+            self.generation = self._write(self.generation)
         except PreconditionFailed:
-            held, _ = self.target.run(self.target.lease_read())
-            raise LeaseLost(url=self.target.url, owner=(held or {}).get("owner", "another roscoe")) from None
+            held, _ = self.read()
+            raise LeaseLost(url=self.target.url, owner=held.get("owner", "another roscoe")) from None
         self.taken_at = time.monotonic()
 
     def release(self) -> None:
-        try:
-            self.target.run(self.target.delete(self.target.lease_key(), if_generation=self.generation))
-        except (GcsError, PreconditionFailed):
-            return  # it expires on its own
+        if not self.clean:
+            return  # an intent is still in flight: the lease expires, and whoever takes it settles the intent
+        target = self.target
+        try:  # (with whatever else can go in the same round: a superseded intent)
+            target.run(target.gather([lambda: target.delete(self.key, if_generation=self.generation)]
+                                     + self.with_release))
+        except (GcsError, PreconditionFailed, OSError):
+            return  # it expires on its own (and whoever takes it over drops the intent)
         self.journal.log_event(self.audit_tx, "gcs-lease-release", {"target": self.target.url, "generation": self.generation})
-
-
-@contextmanager
-def leased(target: GcsTarget, journal: Journal, tx: TxRecord, settings: BucketSettings) -> Iterator[Lease]:
-    lease = Lease(target, journal, tx, settings)
-    lease.acquire()
-    try:
-        yield lease
-    finally:
-        lease.release()
 
 
 # -- the target --------------------------------------------------------------------
 
 
 class Bucket(Target):
-    """The objects under gs://BUCKET/PREFIX, mounted at the root."""
+    """The objects under gs://BUCKET/PREFIX, mounted at the root; the journal
+    of their commits in the bucket beside them (``journal.targets.manifests``)."""
 
     failures = (PreconditionFailed, LeaseLost, GcsError, OSError)
 
@@ -251,6 +296,10 @@ class Bucket(Target):
         super().__init__(ctx, root, url)
         assert url is not None
         self.gcs = GcsTarget(url)
+        self.layout = Layout.of(self.gcs.prefix)
+        self._lease: Lease | None = None
+        self._intent = 0  # the generation of this commit's intent object
+        self._current: dict[str, dict[str, Any] | None] = {}
 
     def base_generations(self, paths: list[str]) -> dict[str, dict[str, int]] | None:
         return base_generations(self.gcs.url, paths)
@@ -259,13 +308,27 @@ class Bucket(Target):
 
     @contextmanager
     def held(self, tx: TxRecord) -> Iterator[Holding]:
-        with leased(self.gcs, self.ctx.journal, tx, self.ctx.bucket) as lease:
+        lease = Lease(self, tx)
+        lease.acquire()
+        self._lease = lease
+        try:
             yield lease
+        finally:
+            self._lease = None
+            lease.release()
 
     def conflicts(self, tx: TxRecord, changes: ChangeSet) -> list[str]:
         keys = {k for c in changes.changes for k in (self.gcs.key(c.path), self.gcs.key(c.path, dir=True))}
+        bases = self.ctx.journal.base_generations(tx.id)
+        recorded = {k: g for paths in bases.values() if paths for k, g in paths.items()}
+        if keys and all(recorded.get(k, -1) == 0 for k in keys):
+            # Only new objects: nothing to read first. Each write is conditional on
+            # there being none (ifGenerationMatch=0), so one that appeared since is
+            # still a conflict, found by the write itself and undone.
+            self._current = dict.fromkeys(keys)
+            return []
         self._current = self.gcs.stat_many(keys)
-        return moved_objects(changes, self.gcs, self.ctx.journal.base_generations(tx.id), self._current)
+        return moved_objects(changes, self.gcs, bases, self._current)
 
     def unreadable_conflicts(self, tx: TxRecord) -> list[str]:
         return objects_moved(self.ctx.journal, tx)
@@ -274,57 +337,102 @@ class Bucket(Target):
     def images(
         self, tx: TxRecord, stager: Stager | None, changes: ChangeSet, hashes: HashCache,
     ) -> Iterator[list[ChangeRow]]:
-        """Every pre-image read from the bucket at the generation checked (its
-        bytes must hash to what the diff saw), every post-image from staging."""
+        """Post-images from staging into the blob store; pre-images copied in the
+        bucket, server side, from the generations checked; the intent beside them."""
         blobs = self.ctx.blobs
         self.ctx.faults.checkpoint("before-images")
         with images_linked(blobs, self.ctx.home.linked_images(tx.id), stager, changes):
-            try:
-                rows = self._store_images(blobs, tx, stager, changes, self._current)
-            except Conflict as e:
-                raise self.logged(e) from None
+            rows: list[ChangeRow] = []
+            moved = moves_in(self.gcs, changes, self._current)
+            for seq, c in enumerate(changes.changes):
+                ops = plan(self.gcs, c, self._current)
+                new_blob = None
+                if c.path in moved:  # (a move: server side from its source, which serves as its own image)
+                    source = moved[c.path]
+                    for op in ops:
+                        op["new"] = new_state(c.path, c.new, source["old"]) if op["new"] else None
+                        op["new"]["md5"] = source["old"]["md5"]
+                        op["source"] = {"key": source["key"], "generation": source["old"]["generation"]}
+                        source["dest"] = op["key"]
+                elif c.new is not None and c.new.type == FILE:
+                    new_blob = store_new(blobs, stager, c.path, c.new)
+                    for op in ops:
+                        if op["new"] is not None and op["new"]["kind"] == "file":
+                            op["new"]["md5"] = md5_file(blobs.path(new_blob))
+                for op in ops:
+                    if op["old"] is not None and op["old"]["kind"] == "file" and (
+                            c.old is None or c.old.type != FILE or c.old.hash is None):
+                        raise self.logged(Conflict(what="commit refused", tx=tx.id, paths=[c.path]))
+                    for m in moved.values():
+                        if m["key"] == op["key"] and op["new"] is None:
+                            m["op"] = op  # (its image is the object it is moved to)
+                rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, None, new_blob, ops, {}))
+            for m in moved.values():  # (the source's image is the object it is moved to)
+                m["op"]["image"] = {"key": m["dest"], "generation": 0}
+            blobs.sync()
+            self.keep_images(tx, rows, changes.diff_hash)
             yield rows
 
-    def _store_images(
-        self, blobs: BlobStore, tx: TxRecord, stager: Stager | None, changes: ChangeSet,
-        current: dict[str, dict[str, Any] | None],
-    ) -> list[ChangeRow]:
-        target = self.gcs
-        rows: list[ChangeRow] = []
-        reads: list[tuple[str, int, str, str]] = []
-        for seq, c in enumerate(changes.changes):
-            ops = plan(target, c, current)
-            new_blob = None
-            if c.new is not None and c.new.type == FILE:
-                new_blob = store_new(blobs, stager, c.path, c.new)
-                for op in ops:
-                    if op["new"] is not None and op["new"]["kind"] == "file":
-                        op["new"]["md5"] = md5_file(blobs.path(new_blob))
-            old_blob = None
-            for op in ops:
+    def keep_images(self, tx: TxRecord, rows: list[ChangeRow], diff_hash: str) -> None:
+        """Step 4 in the bucket, in one round: every object a commit replaces or
+        deletes copied server side to ``tx/ID/pre/`` (at the generation the
+        op is conditional on; gone since: a conflict), and the intent. Until
+        the intent is settled the lease is not released."""
+        target, layout = self.gcs, self.layout
+        copies = []
+        for r in rows:
+            for n, op in enumerate(r.objects or []):
                 old = op["old"]
-                if old is not None and old["kind"] == "file":
-                    if c.old is None or c.old.type != FILE or c.old.hash is None:
-                        raise Conflict(what="commit refused", tx=tx.id, paths=[c.path])
-                    old_blob = c.old.hash
-                    reads.append((c.path, old["generation"], op["key"], old_blob))
-            rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, old_blob, new_blob, ops, {}))
+                if old is not None and old["kind"] == "file" and "image" not in op:
+                    op["image"] = {"key": layout.image(tx.id, r.seq, n), "generation": 0}
+                    copies.append((r, op))
 
-        async def fetch(path: str, generation: int, key: str, digest: str) -> None:
-            if blobs.has(digest):
-                return
+        async def copy(r: ChangeRow, op: dict[str, Any]) -> None:
             try:
-                data = await target.read(key, generation)
-            except PreconditionFailed:
-                raise Conflict(what="commit refused", tx=tx.id, paths=[path]) from None
-            try:
-                blobs.put_stream(iter([data]), digest)
-            except BlobCorrupt:
-                raise Conflict(what="commit refused", tx=tx.id, paths=[path]) from None
+                kept = await target.rewrite(op["key"], op["old"]["generation"], op["image"]["key"], if_generation=0)
+            except PreconditionFailed as e:
+                if e.key == op["key"]:
+                    raise Conflict(what="commit refused", tx=tx.id, paths=[r.path]) from None
+                raise
+            op["image"]["generation"] = kept["generation"]
 
-        target.run(target.gather([lambda r=r: fetch(*r) for r in reads]))
-        blobs.sync()
-        return rows
+        if self._lease is not None:
+            self._lease.clean = False
+        # One round: the intent goes with the copies (it names each image at
+        # generation 0: written once per attempt, an image is whatever generation
+        # holds the old bytes; the manifest names the generations).
+        intent = json.loads(json.dumps(manifests.document(tx, rows, diff_hash)))
+
+        async def write_intent() -> None:
+            self._intent = await target.write_json(layout.intent(tx.id), intent, if_generation=0)
+
+        try:
+            target.run(target.gather([write_intent] + [lambda r=r, op=op: copy(r, op) for r, op in copies]))
+        except BaseException:
+            if self.drop_intent(tx.id) is None and self._lease is not None:
+                self._lease.clean = True
+            raise
+
+    def drop_intent(self, tx_id: str, *, images: bool = True) -> str | None:
+        """Remove ``tx_id``'s intent (it is settled: undone, or superseded by its
+        manifest), and with ``images`` its pre-images (undone: nothing needs
+        them). None when done, else why not."""
+        target, layout = self.gcs, self.layout
+
+        async def drop() -> None:
+            intent = layout.intent(tx_id)
+            found = await target.list_prefix(f"{layout.base}/tx/{tx_id}/") if images else {
+                intent: await target.stat(intent)}
+            if found.get(intent):
+                await target.delete(intent, if_generation=found[intent]["generation"])
+            await target.gather([lambda k=k, st=st: target.delete(k, if_generation=st["generation"])
+                                 for k, st in found.items() if k != intent and st])
+
+        try:
+            target.run(drop())
+        except (GcsError, PreconditionFailed, OSError) as e:
+            return str(e)
+        return None
 
     def apply(
         self, tx: TxRecord, rows: list[ChangeRow], holding: Holding, *, known: dict[str, Any] | None,
@@ -334,13 +442,15 @@ class Bucket(Target):
         generations journaled before the next batch starts."""
         import asyncio
 
-        target, journal, blobs, faults = self.gcs, self.ctx.journal, self.ctx.blobs, self.ctx.faults
+        target, journal, faults = self.gcs, self.ctx.journal, self.ctx.faults
         faults.pause("after-intent")
         batch = self.ctx.bucket.batch
-        phases: list[list[tuple[ChangeRow, dict[str, Any]]]] = [[], [], []]
+        # Moves (server-side copies from objects this commit deletes) first, then
+        # deletes, directory placeholders, files and symlinks.
+        phases: list[list[tuple[ChangeRow, dict[str, Any]]]] = [[], [], [], []]
         for r in rows:
             for op in r.objects or []:
-                phase = 0 if op["new"] is None else 1 if op["new"]["kind"] == "dir" else 2
+                phase = 1 if op["new"] is None else 0 if op.get("source") else 2 if op["new"]["kind"] == "dir" else 3
                 phases[phase].append((r, op))
         for phase in phases:
             for start in range(0, len(phase), batch):
@@ -351,9 +461,7 @@ class Bucket(Target):
                     if op["new"] is None:
                         await target.delete(op["key"], if_generation=base)
                         return 0
-                    return await target.write(
-                        op["key"], content(blobs, r, op["new"], old=False), if_generation=base,
-                        content_type=op["new"]["content_type"], metadata=op["new"]["metadata"])
+                    return await self.put(op["key"], op["new"], op.get("source"), r.new_blob, if_generation=base)
 
                 async def run_chunk(chunk: list[tuple[ChangeRow, dict[str, Any]]] = chunk) -> list[Any]:
                     limit = asyncio.Semaphore(target.concurrency)
@@ -380,6 +488,93 @@ class Bucket(Target):
                 faults.pause("after-batch")
                 holding.renew()
 
+    async def put(self, key: str, state: dict[str, Any], source: dict[str, Any] | None, blob: str | None, *,
+                  if_generation: int) -> int:
+        """Make ``key`` the object ``state``: server side from ``source`` (a kept
+        image) when there is one, else uploaded (a file from the blob store)."""
+        target = self.gcs
+        if source is not None and state["kind"] == "file":
+            generation = source["generation"]
+            if not generation:  # (a moved object as its source's image: whatever generation holds its bytes)
+                there = await target.stat(source["key"])
+                if there is None or there.get("md5") != state.get("md5"):
+                    raise PreconditionFailed(source["key"], 0)
+                generation = there["generation"]
+            done = await target.rewrite(source["key"], generation, key, if_generation=if_generation,
+                                        content_type=state["content_type"], metadata=state["metadata"])
+            return int(done["generation"])
+        if state["kind"] == "file":
+            if blob is None:
+                raise GcsError(url=target.url, reason=f"no image of the bytes {key} should hold is kept")
+            return int(await target.upload_file(
+                key, self.ctx.blobs.path(blob), if_generation=if_generation, content_type=state["content_type"],
+                metadata=state["metadata"], md5=state.get("md5")))
+        return int(await target.write(key, b"", if_generation=if_generation, content_type=state["content_type"],
+                                      metadata=state["metadata"]))
+
+    def record(self, tx: TxRecord, diff_hash: str) -> None:
+        """The commit point on the bucket: the manifest, written once
+        (ifGenerationMatch=0), while the lease is surely still this commit's."""
+        journal = self.ctx.journal
+        rows = journal.changes(tx.id)
+        written = {k: g for r in rows for k, g in (r.results or {}).items()}
+        for r in rows:  # (a moved object's source: its image is the generation the move wrote)
+            for op in r.objects or []:
+                if op.get("image") and not op["image"]["generation"] and op["image"]["key"] in written:
+                    op["image"]["generation"] = written[op["image"]["key"]]
+        current = journal.get_tx(tx.id) or tx
+        lease = self._lease
+        if lease is not None:
+            lease.renew()
+        doc = manifests.manifest(journal, current, rows, diff_hash, time.time_ns(),
+                                 {"key": self.layout.lease, "generation": lease.generation if lease else 0})
+        self.gcs.run(self.gcs.write_json(self.layout.manifest(tx.id), doc, if_generation=0,
+                                         metadata=manifests.listing_metadata(doc)))
+        journal.log_event(tx.id, "gcs-manifest", {"target": self.gcs.url, "manifest": self.layout.manifest(tx.id),
+                                                   "sha256": manifests.digest(doc)})
+        # The intent is superseded: dropped in the same round as the lease's release.
+        if lease is not None:
+            lease.clean = True
+            lease.with_release = [lambda: self.gcs.delete(self.layout.intent(tx.id), if_generation=self._intent)]
+
+    def recover(self) -> str | None:
+        """Settle what a commit from another machine left in flight, once its
+        lease expired (``roscoe recover --target``): the id of the transaction
+        settled, or None when there was none."""
+        held, generation = Lease(self, None).read()
+        if generation == 0 or not isinstance(held.get("tx"), str):
+            return None
+        lease = Lease(self, None)
+        lease.acquire()  # (waits for the expiry, then takes over and settles)
+        lease.release()
+        return lease.settled
+
+    def in_flight(self) -> list[tuple[str, str]]:
+        """Commits to this target left in flight by a machine that is gone: an
+        intent whose transaction does not hold an unexpired lease. (id, why)."""
+        target, layout = self.gcs, self.layout
+        found = target.run(target.list_prefix(f"{layout.base}/tx/"))
+        intents = sorted(k.split("/")[-2] for k in found if k.endswith("/intent.json"))
+        if not intents:
+            return []
+        held, generation = Lease(self, None).read()
+        live = generation != 0 and int(held.get("expires_ns") or 0) >= time.time_ns()
+        return [(tx_id, f"a commit of {tx_id} to {target.url} was interrupted on another machine"
+                        f" (its intent is in the bucket): run `roscoe recover --target {target.url}`")
+                for tx_id in intents if not (live and held.get("tx") == tx_id)]
+
+    def landed(self, tx: TxRecord) -> bool:
+        """Whether ``tx``'s manifest is in the bucket: its commit point was
+        reached (then its intent, if left, is dropped: the manifest supersedes it)."""
+        if not self.landed_id(tx.id):
+            return False
+        if self.drop_intent(tx.id, images=False) is None and self._lease is not None:
+            self._lease.clean = True
+        return True
+
+    def landed_id(self, tx_id: str) -> bool:
+        return self.gcs.run(self.gcs.stat(self.layout.manifest(tx_id))) is not None
+
     def failure(self, tx: TxRecord, error: BaseException, problem: str | None) -> RoscoeError:
         """A failed precondition or a lost lease, undone, is a conflict; a
         network failure is a failed commit (undone, or left to `roscoe recover`)."""
@@ -396,10 +591,38 @@ class Bucket(Target):
         return CommitFailed(tx=tx.id, path=where, reason=reason, outcome=outcome)
 
     def undo(self, tx: TxRecord, rows: list[ChangeRow]) -> str | None:
-        """Put every object of ``rows`` back to its old state, conditionally. An
-        object that holds neither the old nor this transaction's new state was
+        """Put every object of ``rows`` back to its old state, conditionally,
+        from the images kept in the bucket; then drop the intent. An object
+        that holds neither the old nor this transaction's new state was
         written by someone else: it is left alone (and named in the audit trail)."""
-        target, journal, blobs = self.gcs, self.ctx.journal, self.ctx.blobs
+        journal = self.ctx.journal
+        try:
+            restored, foreign = self.restore(rows)
+        except PreconditionFailed as e:
+            return f"{e.key} changed while it was being put back"
+        except RoscoeError as e:
+            return e.message
+        except OSError as e:
+            return str(e)
+        self.ctx.faults.checkpoint("undo")
+        problem = self.drop_intent(tx.id)
+        if problem is not None:
+            return problem
+        if self._lease is not None:
+            self._lease.clean = True
+        with journal.write():
+            journal.rebase_generations(tx.id, restored)
+            if tx.rolls_back:  # (the objects are again what the rolled-back transaction wrote)
+                journal.rebase_results(tx.rolls_back, restored)
+            journal.event(tx.id, "gcs-undo", {"target": self.gcs.url, "objects": sum(len(r.objects or []) for r in rows),
+                                              "left_alone": foreign})
+        return None
+
+    def restore(self, rows: list[ChangeRow]) -> tuple[dict[str, int], list[str]]:
+        """The state-based undo of ``rows``: objects put back first (a moved
+        object's source from the object it was moved to), added ones removed
+        after. The generations restored, and the keys left alone."""
+        target = self.gcs
         restored: dict[str, int] = {}
 
         async def one(r: ChangeRow, op: dict[str, Any]) -> str | None:
@@ -412,37 +635,43 @@ class Bucket(Target):
             if now is None:
                 if new is not None:
                     return key  # ours was to write it; someone deleted it since
-                assert old is not None
-                restored[key] = await target.write(key, content(blobs, r, old, old=True), if_generation=0,
-                                                   content_type=old["content_type"], metadata=old["metadata"])
+                restored[key] = await self.put(key, old, op.get("image"), r.old_blob, if_generation=0)
                 return None
             if new is None or not same_object(now, new):
                 return key
             if old is None:
                 await target.delete(key, if_generation=now["generation"])
             else:
-                restored[key] = await target.write(
-                    key, content(blobs, r, old, old=True), if_generation=now["generation"],
-                    content_type=old["content_type"], metadata=old["metadata"])
+                restored[key] = await self.put(key, old, op.get("image"), r.old_blob, if_generation=now["generation"])
             return None
 
-        pairs = [(r, op) for r in rows for op in r.objects or []]
+        ops = [(r, op) for r in rows for op in r.objects or []]
+        left = target.run(target.gather([lambda r=r, op=op: one(r, op) for r, op in ops if op["old"] is not None]))
+        left += target.run(target.gather([lambda r=r, op=op: one(r, op) for r, op in ops if op["old"] is None]))
+        return restored, sorted(k for k in left if k)
+
+    def settle_intent(self, tx_id: str) -> str | None:
+        """Another commit (``tx_id``) held the lease and is gone: if its manifest
+        is there it landed (its intent is dropped), else it is undone from its
+        intent and images alone. None when settled, else why not yet."""
+        target, layout, journal = self.gcs, self.layout, self.ctx.journal
+        doc, generation = target.run(target.read_json(layout.intent(tx_id)))
+        if generation == 0:
+            return None
+        _, landed = target.run(target.read_json(layout.manifest(tx_id)))
+        if landed:
+            return self.drop_intent(tx_id, images=False)
         try:
-            left = target.run(target.gather([lambda r=r, op=op: one(r, op) for r, op in pairs]))
-        except PreconditionFailed as e:
-            return f"{e.key} changed while it was being put back"
-        except RoscoeError as e:
-            return e.message
-        except OSError as e:
+            rows = manifests.rows_of(doc, target, layout)
+            restored, foreign = self.restore(rows)
+        except (RoscoeError, PreconditionFailed, OSError) as e:
             return str(e)
-        self.ctx.faults.checkpoint("undo")
-        foreign = sorted(k for k in left if k)
-        with journal.write():
-            journal.rebase_generations(tx.id, restored)
-            if tx.rolls_back:  # (the objects are again what the rolled-back transaction wrote)
-                journal.rebase_results(tx.rolls_back, restored)
-            journal.event(tx.id, "gcs-undo", {"target": target.url, "objects": len(pairs), "left_alone": foreign})
-        return None
+        problem = self.drop_intent(tx_id)
+        if problem is None:
+            journal.log_event(None, "gcs-recover", {
+                "target": target.url, "tx": tx_id, "objects": sum(len(r.objects or []) for r in rows),
+                "left_alone": foreign, "restored": len(restored)})
+        return problem
 
     # -- rollback -----------------------------------------------------------------
 
@@ -456,41 +685,40 @@ class Bucket(Target):
     def rollback_images(
         self, tx: TxRecord, written: list[ChangeRow], seen: Seen,
     ) -> Iterator[tuple[list[ChangeRow], str]]:
-        """Ops that put back the old objects, conditional on the generations
-        there now; where --force goes over a later write, its bytes are kept
-        so that this rollback can be undone too."""
-        from cowfs.hashing import hash_bytes
-
-        blobs, current = self.ctx.blobs, seen.live
+        """Ops that put back the old objects, server side from the images the
+        commit kept, conditional on the generations there now; what they
+        replace is kept as this rollback's own images, so it can be undone too."""
+        current = seen.live
         rows: list[ChangeRow] = []
         for r in written:
             ops = []
-            old_blob = r.new_blob
             for op in r.objects or []:
                 now = current[op["key"]]
                 if same_object(now, op["old"]):
                     continue
-                if now is not None and now["kind"] == "file" and not same_object(now, op["new"]):
-                    data = self.gcs.run(self.gcs.read(op["key"], now["generation"]))
-                    old_blob = hash_bytes(data)
-                    blobs.put_stream(iter([data]), old_blob)
-                ops.append({"key": op["key"], "old": now, "new": op["old"]})
+                ops.append({"key": op["key"], "old": now, "new": op["old"], "source": op.get("image")})
             if not ops:
                 continue
             status = classify(r.new, r.old) or "modified"
-            rows.append(ChangeRow(len(rows), r.path, status, r.new, r.old, old_blob, r.old_blob, ops, {}))
-        blobs.sync()
-        yield rows, ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows)).diff_hash
+            # (a commit journaled before images were kept in the bucket has them in the blob store)
+            rows.append(ChangeRow(len(rows), r.path, status, r.new, r.old, None, r.old_blob, ops, {}))
+        diff_hash = ChangeSet(tx.root, tuple(Change(r.path, r.status, r.old, r.new) for r in rows)).diff_hash
+        self.keep_images(tx, rows, diff_hash)
+        yield rows, diff_hash
 
     # -- verify -------------------------------------------------------------------
 
     def verify(self, tx: TxRecord, wrote: dict[str, Entry | None]) -> list[tuple[str | None, str]]:
-        """Each object is still at the generation ``tx`` journaled (read through
-        the API, not the mount, whose cache may lag)."""
-        rows = [r for r in self.ctx.journal.changes(tx.id) if r.path in wrote]
+        """Each object is still at the generation ``tx`` journaled, and every
+        image a rollback of it needs is in the bucket (read through the API,
+        not the mount, whose cache may lag)."""
+        all_rows = self.ctx.journal.changes(tx.id)
+        rows = [r for r in all_rows if r.path in wrote]
         expect = {(r.path, op["key"]): (r.results or {}).get(op["key"]) for r in rows for op in r.objects or []}
+        images = {(r.path, op["image"]["key"]): op["image"]["generation"]
+                  for r in all_rows for op in r.objects or [] if op.get("image") and op["image"]["generation"]}
         try:
-            now = self.gcs.stat_many(k for _, k in expect)
+            now = self.gcs.stat_many([k for _, k in expect] + [k for _, k in images])
         except RoscoeError as e:
             return [(None, e.message)]
         problems: list[tuple[str | None, str]] = []
@@ -499,6 +727,11 @@ class Bucket(Target):
             if have != generation:
                 problems.append((path, f"{self.gcs.url}: object {key} is at generation {have}, "
                                        f"tx {tx.id} wrote {generation}"))
+        for (path, key), generation in sorted(images.items()):
+            have = now[key]["generation"] if now.get(key) else 0
+            if have != generation:
+                problems.append((path, f"gs://{self.gcs.bucket}/{key}: the image of {path} that a rollback of"
+                                       f" tx {tx.id} needs is {'gone' if not have else f'at generation {have}'}"))
         return problems
 
 
@@ -511,13 +744,6 @@ def md5_file(path: str) -> str:
         for chunk in iter(lambda: f.read(durable.CHUNK), b""):
             h.update(chunk)
     return base64.b64encode(h.digest()).decode()
-
-
-def content(blobs: BlobStore, row: ChangeRow, state: dict[str, Any], *, old: bool) -> bytes:
-    if state["kind"] != "file":
-        return b""
-    digest = row.old_blob if old else row.new_blob
-    return b"".join(blobs.read(digest or ""))
 
 
 def rollback_changes(root: str, written: list[ChangeRow], current: dict[str, dict[str, Any] | None]) -> ChangeSet:
