@@ -436,15 +436,17 @@ class GcsTarget:
                     f.write(block)
 
     async def read_json(self, key: str) -> tuple[Any, int]:
-        """The JSON value of ``key`` and its generation; (None, 0) when absent."""
-        now = await self.stat(key)
-        if now is None:
+        """The JSON value of ``key`` and its generation; (None, 0) when absent.
+        One request: a download names the generation it served."""
+        data, generation = await self._read_current(key)
+        return (None, 0) if data is None else (json.loads(data), generation)
+
+    async def _read_current(self, key: str) -> tuple[bytes | None, int]:
+        """The bytes of ``key`` now and their generation (``X-Goog-Generation``); (None, 0) when absent."""
+        reply = await self.api.request("GET", self.api.object_url(key), params={"alt": "media"}, ok=(404,))
+        if reply.status == 404:
             return None, 0
-        try:
-            data = await self.read(key, now["generation"])
-        except PreconditionFailed:  # replaced or deleted between the two calls: read it again
-            return await self.read_json(key)
-        return json.loads(data), int(now["generation"])
+        return reply.body, int(reply.headers["X-Goog-Generation"])
 
     async def write_json(
         self, key: str, obj: Any, *, if_generation: int, metadata: dict[str, str] | None = None,
@@ -491,18 +493,13 @@ class GcsTarget:
     # -- the lease ------------------------------------------------------------------
 
     async def lease_read(self) -> tuple[dict[str, Any] | None, int]:
-        key = self.lease_key()
-        now = await self.stat(key)
-        if now is None:
-            return None, 0
-        status, body = await self.request(
-            "GET", self._object_path(key), params={"alt": "media", "generation": now["generation"]}, ok404=True)
-        if status != 200:
+        data, generation = await self._read_current(self.lease_key())
+        if data is None:
             return None, 0
         try:
-            return json.loads(body), int(now["generation"])
+            return json.loads(data), generation
         except ValueError:
-            return {}, int(now["generation"])
+            return {}, generation
 
     async def lease_write(self, holder: dict[str, Any], if_generation: int) -> int:
         return await self.write(

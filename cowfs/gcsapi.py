@@ -221,12 +221,12 @@ class JsonApi:
                     failure = None
                 if reply is not None and reply.status in (200, 201, 412):
                     return reply
-                if reply is not None and reply.status == 308:
+                if reply is not None and reply.status == 308 and _committed(reply.headers) > offset:
                     offset, tries = _committed(reply.headers), 0
                     continue
-                if reply is not None and reply.status not in TRANSIENT:
+                if reply is not None and reply.status not in (308, *TRANSIENT):
                     raise self.error(reply.status, reply.body)
-                tries += 1
+                tries += 1  # a failure, or a 308 that took none of the chunk
                 if tries >= self.settings.retries:
                     raise (self.unreachable(failure) if failure else self.error(reply.status, reply.body))  # type: ignore[union-attr]
                 await asyncio.sleep(0.2 * 2.5 ** (tries - 1))

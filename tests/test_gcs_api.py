@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import tracemalloc
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -159,9 +160,13 @@ def test_a_large_upload_survives_a_dropped_connection(through: tuple[FakeGcs, Pr
     # makes by itself: the failure reaches upload_file's own resume.
     proxy.drop_after(10 * MiB, 1 * MiB)
 
+    tracemalloc.start()
     generation = target.run(target.upload_file("scan.pdf", str(path), if_generation=0,
                                                content_type="application/pdf", metadata={"mtime": "m"}))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
 
+    assert peak < size // 2, peak  # a few 4 MiB chunks in memory (13 MiB seen), never the 40 MiB file
     # Only the cut chunk went again (the 3 MiB cut off), not the whole file.
     assert size + 3 * MiB < proxy.up < size + 3 * MiB + 64 * 1024, proxy.up
     obj = server.objects(name)["scan.pdf"]
