@@ -1,6 +1,7 @@
 """The GCS target: a root whose commits go to ``gs://BUCKET/PREFIX`` through
-the JSON API (gcsfs's session, credentials and event loop), while runs keep
-reading the tree through its mount (gcsfuse in production, rclone in tests).
+the JSON API (``cowfs.gcsapi``: gcsfs's credentials, endpoint and event loop,
+our own requests), while runs keep reading the tree through its mount
+(gcsfuse in production, rclone in tests).
 
 How the tree maps to objects, the way gcsfuse lays it out:
 
@@ -35,7 +36,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from urllib.parse import quote
 
-from cowfs.errors import GcsError, GcsUnreachable, NoCredentials, NoSuchBucket, UsageError
+from cowfs.errors import GcsError, NoCredentials, NoSuchBucket, UsageError
+from cowfs.gcsapi import GcsSettings, JsonApi, fault
+
+__all__ = [
+    "DEFAULT_TYPE", "MTIME_KEYS", "SYMLINK_KEY", "GcsSettings", "GcsTarget", "PreconditionFailed",
+    "connect", "md5_b64", "md5_file", "parse_rfc3339", "parse_url", "rfc3339", "same_object", "state_of",
+]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,7 +52,6 @@ URL = re.compile(r"gs://([a-z0-9][-a-z0-9_.]{1,221}[a-z0-9])(?:/(.*))?")
 SYMLINK_KEY = "gcsfuse_symlink_target"
 MTIME_KEYS = ("gcsfuse_mtime", "mtime")
 DEFAULT_TYPE = "application/octet-stream"
-LEASE_DIR = ".roscoe/leases"
 LIST_OVER = 8  # keys in one directory from which one listing beats a GET each
 
 
@@ -78,6 +84,15 @@ def md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
+def md5_file(path: str) -> str:
+    """md5_b64 of a file's bytes, read a block at a time."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return base64.b64encode(h.digest()).decode()
+
+
 def state_of(obj: dict[str, Any] | None) -> dict[str, Any] | None:
     """What roscoe keeps of an object resource: enough to restore it exactly and
     to recognise it again (generation, md5, content type, metadata)."""
@@ -101,35 +116,27 @@ def same_object(current: dict[str, Any] | None, wanted: dict[str, Any] | None) -
         wanted.get("md5"), wanted.get("content_type"), wanted.get("metadata") or {})
 
 
-def _fault(kind: str) -> None:
-    """Test hook: ``ROSCOE_GCS_FAULT=KIND@N`` makes the Nth API call of that kind
-    in the process (``request``: any; ``write``: an upload or delete of a tree
-    object) and every call after it fail as an unreachable network would."""
-    want = os.environ.get("ROSCOE_GCS_FAULT", "")
-    name, _, nth = want.partition("@")
-    if not nth:
-        return
-    if _COUNT[0] >= int(nth):
-        raise ConnectionError(f"injected network failure ({want})")
-    if name == kind:
-        _COUNT[0] += 1
-        if _COUNT[0] >= int(nth):
-            raise ConnectionError(f"injected network failure ({want})")
-
-
-_COUNT = [0]
-
-
 class GcsTarget:
-    """One ``gs://BUCKET/PREFIX`` target, talked to through gcsfs's session."""
+    """One ``gs://BUCKET/PREFIX`` target, talked to through ``cowfs.gcsapi``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, settings: GcsSettings | None = None) -> None:
         self.url = url
         self.bucket, self.prefix = parse_url(url)
+        self.settings = settings if settings is not None else GcsSettings.from_env(os.environ)
         self._fs: Any = None
-        self.concurrency = int(os.environ.get("ROSCOE_GCS_CONCURRENCY", "32"))
-        self.retries = max(1, int(os.environ.get("ROSCOE_GCS_RETRIES", "4")))  # attempts per call
-        self.timeout = float(os.environ.get("ROSCOE_GCS_TIMEOUT", "60"))
+        self._api: JsonApi | None = None
+
+    @property
+    def concurrency(self) -> int:
+        return self.settings.concurrency
+
+    @property
+    def retries(self) -> int:
+        return self.settings.retries
+
+    @property
+    def timeout(self) -> float:
+        return self.settings.timeout
 
     # -- connection ---------------------------------------------------------------
 
@@ -140,18 +147,18 @@ class GcsTarget:
         return self._fs
 
     @property
+    def api(self) -> JsonApi:
+        if self._api is None:
+            self._api = JsonApi(self.fs, self.settings, self.url, self.bucket)
+        return self._api
+
+    @property
     def endpoint(self) -> str:
-        return os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+        return self.api.location
 
     def key(self, rel: str, *, dir: bool = False) -> str:
         name = f"{self.prefix}/{rel}" if self.prefix else rel
         return name + "/" if dir else name
-
-    def lease_key(self) -> str:
-        """The lease object of this target's root: outside the prefix, so a mount
-        of the prefix never shows it."""
-        tag = hashlib.sha256(self.prefix.encode()).hexdigest()[:16]
-        return f"{LEASE_DIR}/{tag}"
 
     def run(self, coro: Awaitable[Any]) -> Any:
         """Run ``coro`` in gcsfs's event loop and return its result."""
@@ -163,49 +170,17 @@ class GcsTarget:
         self, method: str, path: str, *, params: dict[str, Any] | None = None, data: bytes | None = None,
         headers: dict[str, str] | None = None, ok404: bool = False, kind: str = "request",
     ) -> tuple[int, bytes]:
-        """One API call with bounded retries of transient failures. Returns
-        (status, body); 412 raises PreconditionFailed's caller-side marker (status
-        412 is returned), 404 is returned when ``ok404``; other errors raise."""
-        import aiohttp
-
-        fs = self.fs
-        url = path if path.startswith("http") else f"{fs._location}/storage/v1/{path}"
-        delay = 0.2
-        for attempt in range(self.retries):
-            try:
-                _fault(kind)
-                await fs._set_session()
-                async with fs.session.request(
-                    method, url, params={k: str(v) for k, v in (params or {}).items()}, data=data,
-                    headers=fs._get_headers(headers), timeout=aiohttp.ClientTimeout(total=self.timeout),
-                ) as r:
-                    body = await r.read()
-                    status = r.status
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as e:
-                if attempt + 1 == self.retries:
-                    raise GcsUnreachable(url=self.url, endpoint=self.endpoint, reason=str(e) or type(e).__name__) from e
-                await asyncio.sleep(delay)
-                delay *= 2.5
-                continue
-            if status in (429, 500, 502, 503, 504) and attempt + 1 < self.retries:
-                await asyncio.sleep(delay)
-                delay *= 2.5
-                continue
-            if status < 300 or status == 412 or (status == 404 and ok404):
-                return status, body
-            raise self._error(status, body)
-        raise AssertionError("unreachable")
+        """One API call (``path``: a URL, or relative to ``/storage/v1/``) with
+        bounded retries of transient failures. Returns (status, body); 412 is
+        returned (the caller raises PreconditionFailed), 404 is returned when
+        ``ok404``; other errors raise."""
+        url = path if path.startswith("http") else f"{self.api.location}/storage/v1/{path}"
+        reply = await self.api.request(method, url, params=params, data=data, headers=headers,
+                                       ok=(412, 404) if ok404 else (412,), kind=kind)
+        return reply.status, reply.body
 
     def _error(self, status: int, body: bytes) -> GcsError:
-        try:
-            message = json.loads(body)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = body.decode(errors="replace")[:200]
-        if status in (401, 403):
-            return NoCredentials(url=self.url, reason=f"HTTP {status}: {message}")
-        if status == 404:
-            return NoSuchBucket(url=self.url, bucket=self.bucket)
-        return GcsError(url=self.url, reason=f"HTTP {status}: {message}")
+        return self.api.error(status, body)
 
     def check(self) -> None:
         """Fail with a clear error unless the bucket exists and answers."""
@@ -303,11 +278,11 @@ class GcsTarget:
             + b"\r\n--==roscoe==\r\nContent-Type: " + content_type.encode() + b"\r\n\r\n" + data
             + b"\r\n--==roscoe==--"
         )
-        url = f"{self.fs._location}/upload/storage/v1/b/{quote(self.bucket, safe='')}/o"
+        url = self.api.object_url(upload=True)
         status, reply = await self.request(
             "POST", url, params={"uploadType": "multipart", "ifGenerationMatch": if_generation},
             data=body, headers={"Content-Type": 'multipart/related; boundary="==roscoe=="'},
-            kind="request" if "/.roscoe/" in "/" + key else "write",
+            kind=self._kind(key),
         )
         if status == 412:
             now = await self.stat(key)
@@ -322,67 +297,178 @@ class GcsTarget:
         preconditions on delete; real GCS answers 412.) Already gone is done."""
         status, _ = await self.request(
             "DELETE", self._object_path(key), params={"ifGenerationMatch": if_generation}, ok404=True,
-            kind="request" if "/.roscoe/" in "/" + key else "write")
+            kind=self._kind(key))
         if status == 412:
             raise PreconditionFailed(key, if_generation)
 
-    async def rewrite(self, src_key: str, src_generation: int, dst_key: str, *, if_generation: int,
-                      content_type: str | None = None, metadata: dict[str, str] | None = None) -> dict[str, Any]:
-        """Server-side copy of ``src_key`` at ``src_generation`` to ``dst_key`` (lead's stand-in)."""
-        resource: dict[str, Any] = {}
-        if content_type is not None:
-            resource["contentType"] = content_type
-        if metadata is not None:
-            resource["metadata"] = metadata
-        params: dict[str, Any] = {"sourceGeneration": src_generation, "ifGenerationMatch": if_generation}
-        path = f"{self._object_path(src_key)}/rewriteTo/{self._object_path(dst_key)}"
-        while True:
-            status, body = await self.request(
-                "POST", path, params=params, data=json.dumps(resource).encode(),
-                headers={"Content-Type": "application/json"}, ok404=True,
-                kind="request" if "/.roscoe/" in "/" + dst_key else "write")
-            if status == 404:
-                raise PreconditionFailed(src_key, src_generation)
-            if status == 412:
-                raise PreconditionFailed(dst_key, if_generation)
-            reply = json.loads(body)
-            if reply.get("done", True):
-                return state_of(reply["resource"])  # type: ignore[return-value]
-            params["rewriteToken"] = reply["rewriteToken"]
+    async def rewrite(
+        self, src_key: str, src_generation: int, dst_key: str, *, if_generation: int,
+        content_type: str | None = None, metadata: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Copy ``src_key`` at exactly ``src_generation`` to ``dst_key`` inside
+        the bucket (``rewriteTo``, following ``rewriteToken`` until done): no
+        object bytes through this machine. With ``content_type`` or ``metadata``
+        the destination gets exactly those (a missing one: DEFAULT_TYPE, no
+        metadata), else the source's. Returns state_of the new object.
 
-    async def upload_file(self, key: str, path: str, *, if_generation: int, content_type: str,
-                          metadata: dict[str, str], md5: str | None = None) -> int:
-        """(lead's stand-in) The bytes of a local file."""
-        with open(path, "rb") as f:
-            data = f.read()
-        return await self.write(key, data, if_generation=if_generation, content_type=content_type, metadata=metadata)
+        The source gone from that generation raises PreconditionFailed(src_key,
+        src_generation); ``dst_key`` not at ``if_generation`` (0: absent) raises
+        PreconditionFailed(dst_key, if_generation), unless it already holds the
+        source's bytes and the wanted metadata (a retry whose first attempt
+        landed). fake-gcs-server honours ``sourceGeneration`` but ignores
+        ``ifGenerationMatch`` on a rewrite (it overwrites); real GCS answers 412."""
+        custom = content_type is not None or metadata is not None
+        resource = {"contentType": content_type or DEFAULT_TYPE, "metadata": metadata or {}} if custom else {}
+        url = f"{self.api.object_url(src_key)}/rewriteTo/b/{quote(self.bucket, safe='')}/o/{quote(dst_key, safe='')}"
+        params: dict[str, Any] = {"sourceGeneration": src_generation, "ifGenerationMatch": if_generation}
+        while True:
+            reply = await self.api.request(
+                "POST", url, params=params, data=json.dumps(resource).encode(), ok=(404, 412),
+                headers={"Content-Type": "application/json; charset=UTF-8"}, kind=self._kind(dst_key))
+            if reply.status == 404:
+                raise PreconditionFailed(src_key, src_generation)
+            if reply.status == 412:
+                return await self._landed_copy(src_key, src_generation, dst_key, if_generation, resource)
+            answer = json.loads(reply.body)
+            if answer.get("done"):
+                return state_of(answer["resource"])  # type: ignore[return-value]
+            params["rewriteToken"] = answer["rewriteToken"]
+
+    async def _landed_copy(
+        self, src_key: str, src_generation: int, dst_key: str, if_generation: int, resource: dict[str, Any],
+    ) -> dict[str, Any]:
+        """After a 412 on a rewrite: the destination's state if it already is the copy."""
+        reply = await self.api.request("GET", self.api.object_url(src_key), params={"generation": src_generation},
+                                       ok=(404,))
+        if reply.status == 404:
+            raise PreconditionFailed(src_key, src_generation)
+        src = state_of(json.loads(reply.body))
+        assert src is not None
+        wanted = {"md5": src["md5"], "content_type": resource.get("contentType", src["content_type"]),
+                  "metadata": resource.get("metadata", src["metadata"])}
+        now = await self.stat(dst_key)
+        if now is not None and same_object(now, wanted):
+            return now
+        raise PreconditionFailed(dst_key, if_generation)
+
+    async def upload_file(
+        self, key: str, path: str, *, if_generation: int, content_type: str, metadata: dict[str, str],
+        md5: str | None = None,
+    ) -> int:
+        """Upload the file ``path`` as ``key`` if it is at ``if_generation``
+        (0: absent); its new generation. Up to ``settings.resumable_over`` bytes
+        go in one multipart request; more in a resumable session, chunk by
+        chunk (``settings.chunk`` in memory at a time), resumed after a dropped
+        connection or a 5xx from what the session holds. ``md5`` (base64, as
+        GCS gives it) saves hashing the file when it is known. A retry whose
+        first attempt landed succeeds; an object that lands with other bytes
+        than the file's raises GcsError. fake-gcs-server ignores
+        ``ifGenerationMatch`` on a resumable upload (real GCS answers 412)."""
+        size = os.path.getsize(path)
+        if size <= self.settings.resumable_over:
+            with open(path, "rb") as f:
+                data = f.read()
+            generation = await self.write(key, data, if_generation=if_generation, content_type=content_type,
+                                          metadata=metadata)
+            return generation
+        resource = {"name": key, "contentType": content_type, "metadata": metadata}
+        reply = await self.api.resumable(resource, {"ifGenerationMatch": if_generation}, path, size,
+                                         kind=self._kind(key))
+        wanted = {"md5": md5 or await asyncio.to_thread(md5_file, path), "content_type": content_type,
+                  "metadata": metadata}
+        if reply.status == 412:
+            now = await self.stat(key)
+            if now is not None and same_object(now, wanted):
+                return int(now["generation"])
+            raise PreconditionFailed(key, if_generation)
+        landed = state_of(json.loads(reply.body))
+        assert landed is not None
+        if landed["md5"] and landed["md5"] != wanted["md5"]:
+            raise GcsError(url=self.url, reason=f"{key}: the upload of {path} landed with other bytes "
+                                                f"(md5 {landed['md5']}, the file's {wanted['md5']})")
+        return int(landed["generation"])
+
+    async def download_file(self, key: str, generation: int, path: str) -> None:
+        """Stream the bytes of ``key`` at exactly ``generation`` into the file
+        ``path`` (created or truncated); PreconditionFailed if that generation
+        is gone. A failed attempt leaves no file at ``path``."""
+        import aiohttp
+
+        params = {"alt": "media", "generation": generation}
+        delay = 0.2
+        for attempt in range(self.settings.retries):
+            try:
+                await self._download(key, params, path)
+                return
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+                if os.path.exists(path):
+                    os.unlink(path)
+                if isinstance(e, FileNotFoundError) and e.filename == key:
+                    raise PreconditionFailed(key, generation) from None
+                if attempt + 1 == self.settings.retries:
+                    raise self.api.unreachable(e) from e
+            await asyncio.sleep(delay)
+            delay *= 2.5
+
+    async def _download(self, key: str, params: dict[str, Any], path: str) -> None:
+        import aiohttp
+
+        fault(self.settings.fault, "request")
+        headers: dict[str, str] = {}
+        self.fs.credentials.apply(headers)
+        session = await self.api.session()
+        async with session.get(self.api.object_url(key), params={k: str(v) for k, v in params.items()},
+                               headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=self.timeout),
+                               ) as r:
+            if r.status in (404, 412):
+                raise FileNotFoundError(2, "no such generation", key)
+            if r.status >= 300:
+                raise self.api.error(r.status, await r.read())
+            with open(path, "wb") as f:
+                async for block in r.content.iter_chunked(1 << 20):
+                    f.write(block)
 
     async def read_json(self, key: str) -> tuple[Any, int]:
-        status, body = await self.request("GET", self._object_path(key), params={"alt": "media"}, ok404=True)
-        if status == 404:
-            return None, 0
-        now = await self.stat(key)
-        return json.loads(body), (now["generation"] if now else 0)
+        """The JSON value of ``key`` and its generation; (None, 0) when absent.
+        One request: a download names the generation it served."""
+        data, generation = await self._read_current(key)
+        return (None, 0) if data is None else (json.loads(data), generation)
 
-    async def write_json(self, key: str, obj: Any, *, if_generation: int, metadata: dict[str, str] | None = None) -> int:
-        data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    async def _read_current(self, key: str) -> tuple[bytes | None, int]:
+        """The bytes of ``key`` now and their generation (``X-Goog-Generation``); (None, 0) when absent."""
+        reply = await self.api.request("GET", self.api.object_url(key), params={"alt": "media"}, ok=(404,))
+        if reply.status == 404:
+            return None, 0
+        return reply.body, int(reply.headers["X-Goog-Generation"])
+
+    async def write_json(
+        self, key: str, obj: Any, *, if_generation: int, metadata: dict[str, str] | None = None,
+    ) -> int:
+        """Write ``obj`` as canonical JSON (sorted keys, no spaces, UTF-8) to
+        ``key`` if it is at ``if_generation`` (0: absent); its new generation."""
+        data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         return await self.write(key, data, if_generation=if_generation, content_type="application/json",
                                 metadata=metadata or {})
 
-    async def list_prefix(self, prefix: str) -> dict[str, dict[str, Any]]:
-        items: dict[str, dict[str, Any]] = {}
-        token = None
+    async def list_prefix(self, prefix: str, *, page_size: int = 1000) -> dict[str, dict[str, Any]]:
+        """Every object whose name starts with ``prefix`` (all pages, no
+        delimiter), as {name: state_of}."""
+        found: dict[str, dict[str, Any]] = {}
+        params: dict[str, Any] = {"prefix": prefix, "maxResults": page_size}
         while True:
-            params: dict[str, Any] = {"prefix": prefix, "maxResults": 1000}
-            if token:
-                params["pageToken"] = token
-            _, body = await self.request("GET", f"b/{quote(self.bucket, safe='')}/o", params=params)
-            page = json.loads(body)
+            reply = await self.api.request("GET", self.api.object_url(), params=params)
+            page = json.loads(reply.body)
             for obj in page.get("items", []):
-                items[obj["name"]] = state_of(obj)  # type: ignore[assignment]
-            token = page.get("nextPageToken")
-            if not token:
-                return items
+                found[obj["name"]] = state_of(obj)  # type: ignore[assignment]
+            if not page.get("nextPageToken"):
+                return found
+            params["pageToken"] = page["nextPageToken"]
+
+    def _kind(self, key: str) -> str:
+        """The fault hook's kind of a change to ``key``: one to roscoe's own
+        journal beside the tree (``.roscoe/``: the lease, intents, images,
+        manifests) is a plain request, one to the tree a ``write``."""
+        return "request" if "/.roscoe/" in "/" + key else "write"
 
     async def gather(self, jobs: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
         """Run ``jobs`` with at most ``concurrency`` in flight; results in order.
@@ -398,27 +484,6 @@ class GcsTarget:
             if isinstance(r, BaseException):
                 raise r
         return results
-
-    # -- the lease ------------------------------------------------------------------
-
-    async def lease_read(self) -> tuple[dict[str, Any] | None, int]:
-        key = self.lease_key()
-        now = await self.stat(key)
-        if now is None:
-            return None, 0
-        status, body = await self.request(
-            "GET", self._object_path(key), params={"alt": "media", "generation": now["generation"]}, ok404=True)
-        if status != 200:
-            return None, 0
-        try:
-            return json.loads(body), int(now["generation"])
-        except ValueError:
-            return {}, int(now["generation"])
-
-    async def lease_write(self, holder: dict[str, Any], if_generation: int) -> int:
-        return await self.write(
-            self.lease_key(), json.dumps(holder, sort_keys=True).encode(), if_generation=if_generation,
-            content_type="application/json", metadata={"roscoe_lease": "1"})
 
 
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")

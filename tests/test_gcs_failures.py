@@ -233,7 +233,8 @@ def test_two_machines_commit_overlapping_transactions_exactly_one_wins(
 def test_a_stale_lease_is_taken_over_only_after_it_expires(groscoe: Roscoe, bucket: Bucket) -> None:
     tx = begin_and_run(groscoe, bucket, "printf 'x\\n' > case1/x.txt")
     lease_key = ".roscoe/projects/lease"
-    holder = {"owner": "other-vm.42", "tx": "0000", "expires_ns": time.time_ns() + 3_000_000_000}
+    # (10 s: time for the first commit to start and give up under a loaded CI machine)
+    holder = {"owner": "other-vm.42", "tx": "0000", "expires_ns": time.time_ns() + 10_000_000_000}
     bucket.server.put(bucket.name, lease_key, json.dumps(holder).encode(), {"roscoe_lease": "1"}, "application/json")
     done = groscoe("tx", "commit", tx, "--yes", env={"ROSCOE_GCS_LEASE_WAIT": "0.5"})
     assert done.returncode == 1, done.stderr
@@ -242,7 +243,7 @@ def test_a_stale_lease_is_taken_over_only_after_it_expires(groscoe: Roscoe, buck
     done = groscoe("tx", "commit", tx, "--yes")  # waits for the expiry, then takes it over
     assert done.returncode == 0, done.stderr
     assert bucket.contents()["projects/case1/x.txt"][0] == b"x\n"
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 40
 
 
 def test_rollback_restores_objects_and_metadata_exactly(groscoe: Roscoe, bucket: Bucket) -> None:

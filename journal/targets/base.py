@@ -44,16 +44,26 @@ Progress = Callable[[int, int], None]
 SameBytes = Callable[..., bool]
 
 
-class BucketSettings(namedtuple("_BucketSettings", "lease_seconds lease_wait batch", defaults=(60.0, 60.0, 256))):
+class BucketSettings(namedtuple("_BucketSettings", "lease_seconds lease_wait batch api", defaults=(60.0, 60.0, 256, ()))):
     """How a bucket commit holds its lease (seconds it lasts, seconds to wait
-    for another holder) and how many object ops it journals per batch."""
+    for another holder), how many object ops it journals per batch, and how
+    it talks to the API (``api``: the ROSCOE_GCS_* settings, read into a
+    ``cowfs.gcsapi.GcsSettings`` on first use, so that a run of a local root
+    never imports the GCS client)."""
 
     __slots__ = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BucketSettings:
         return cls(float(env.get("ROSCOE_GCS_LEASE_SECONDS") or 60), float(env.get("ROSCOE_GCS_LEASE_WAIT") or 60),
-                   int(env.get("ROSCOE_GCS_BATCH") or 256))
+                   int(env.get("ROSCOE_GCS_BATCH") or 256),
+                   tuple(sorted((k, v) for k, v in env.items() if k.startswith("ROSCOE_GCS_"))))
+
+    @property
+    def gcs(self) -> Any:
+        from cowfs.gcsapi import GcsSettings
+
+        return GcsSettings.from_env(dict(self.api))
 
 
 class Context(namedtuple("_Context", "home journal faults bucket", defaults=(BucketSettings(),))):

@@ -41,7 +41,7 @@ from cowfs.changeset import Change, ChangeSet, classify
 from cowfs.entry import DIR, FILE, SYMLINK, Entry
 from cowfs.errors import RoscoeError
 from cowfs.gcs import (
-    DEFAULT_TYPE, MTIME_KEYS, SYMLINK_KEY, GcsError, GcsTarget, PreconditionFailed, md5_b64, parse_url,
+    DEFAULT_TYPE, MTIME_KEYS, SYMLINK_KEY, GcsError, GcsSettings, GcsTarget, PreconditionFailed, md5_b64, parse_url,
     rfc3339, same_object,
 )
 from journal.errors import CommitFailed, Conflict, LeaseBusy, LeaseLost
@@ -78,11 +78,11 @@ def check_target(url: str) -> str:
     return url
 
 
-def base_generations(url: str, paths: list[str]) -> dict[str, dict[str, int]]:
+def base_generations(url: str, paths: list[str], settings: GcsSettings | None = None) -> dict[str, dict[str, int]]:
     """For each path, the generations of the objects it can map to (the file
     or symlink object and the directory placeholder), 0 for absent. Empty when
     the bucket cannot be reached: a commit then refuses (no base) instead of guessing."""
-    target = GcsTarget(url)
+    target = GcsTarget(url, settings)
     keys = {p: (target.key(p), target.key(p, dir=True)) for p in paths}
     try:
         found = target.generations(k for pair in keys.values() for k in pair)
@@ -295,14 +295,14 @@ class Bucket(Target):
     def __init__(self, ctx: Context, root: str, url: str | None = None) -> None:
         super().__init__(ctx, root, url)
         assert url is not None
-        self.gcs = GcsTarget(url)
+        self.gcs = GcsTarget(url, ctx.bucket.gcs)
         self.layout = Layout.of(self.gcs.prefix)
         self._lease: Lease | None = None
         self._intent = 0  # the generation of this commit's intent object
         self._current: dict[str, dict[str, Any] | None] = {}
 
     def base_generations(self, paths: list[str]) -> dict[str, dict[str, int]] | None:
-        return base_generations(self.gcs.url, paths)
+        return base_generations(self.gcs.url, paths, self.gcs.settings)
 
     # -- commit -------------------------------------------------------------------
 

