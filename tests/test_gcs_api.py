@@ -167,8 +167,9 @@ def test_a_large_upload_survives_a_dropped_connection(through: tuple[FakeGcs, Pr
     tracemalloc.stop()
 
     assert peak < size // 2, peak  # a few 4 MiB chunks in memory (13 MiB seen), never the 40 MiB file
-    # Only the cut chunk went again (the 3 MiB cut off), not the whole file.
-    assert size + 3 * MiB < proxy.up < size + 3 * MiB + 64 * 1024, proxy.up
+    # Only the cut chunk went again (the 3 MiB cut off), not the whole file;
+    # each cut lands up to one 64 KiB read late, and headers add a few KiB.
+    assert size + 3 * MiB < proxy.up < size + 3 * MiB + 256 * 1024, proxy.up
     obj = server.objects(name)["scan.pdf"]
     assert obj["data"] == data
     assert (int(obj["generation"]), obj["metadata"], obj["contentType"]) == (  # type: ignore[call-overload]
