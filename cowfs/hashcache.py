@@ -171,12 +171,17 @@ class HashCache:
 
     def save(self) -> None:
         """Keep what the last comparison used (so the file never grows past
-        the transaction's touched paths)."""
-        if self.path is None or not (self.changed or self.used != self.known):
+        the transaction's touched paths); the objects' entries too when the
+        bucket could not be asked."""
+        used = self.used
+        if self.objects is None or not self.objects.answered:
+            # The bucket was not asked (or did not answer): no entry was tried, none is dropped.
+            used = {**used, OBJECTS: {**self.known[OBJECTS], **used[OBJECTS]}}
+        if self.path is None or not (self.changed or used != self.known):
             return
         from cowfs import durable
 
-        data = json.dumps(self.used, separators=(",", ":")).encode()
+        data = json.dumps(used, separators=(",", ":")).encode()
         try:
             durable.save_new(self.path, iter([data]), mode=0o600, sync=False)
         except OSError:

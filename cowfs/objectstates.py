@@ -40,6 +40,11 @@ class ObjectStates:
         self._listed: set[str] = set()
 
     @property
+    def answered(self) -> bool:
+        """Whether the bucket was asked and answered."""
+        return self.asked and self.unreachable is None
+
+    @property
     def target(self) -> GcsTarget:
         if self._target is None:
             from cowfs.gcs import GcsTarget

@@ -185,6 +185,10 @@ def test_without_the_api_the_mount_is_read_as_before(home: Path, roscoe: Roscoe,
     down, again = read_down(bucket, lambda: diff(cut_off, tx))
     assert again == changes
     assert down >= 10 * BIG
+    # What the bucket answered before is still remembered once it answers again.
+    down, again = read_down(bucket, lambda: diff(roscoe, tx))
+    assert again == changes
+    assert down < BIG, f"the diff after the outage read {down} bytes through the mount"
 
 
 def test_bytes_that_are_not_the_generation_are_not_filed_under_it(
