@@ -7,7 +7,7 @@ fake-gcs-server (memory backend) on 127.0.0.1, an rclone mount of the bucket
 (``--dir-cache-time 200ms``, as the tests use) and roscoe's API calls each
 through a counting proxy (tests/support/proxy.py; ``--delay`` adds round-trip
 time to both). Each prefix is laid out in directories of 100 objects of 64
-bytes, except the 10 that the run rewrites, ``--size`` bytes each, one in
+bytes (loaded by the server at its start), except the 10 that the run rewrites, ``--size`` bytes each, one in
 each of 10 directories spread over the prefix. Per prefix:
 
   run     ``roscoe tx run`` rewriting the 10 objects (its end hashes the old ones)
@@ -34,12 +34,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tests.support.gcs import FakeGcs
 
 PER_DIR = 100
 CHANGES = 10
@@ -54,6 +62,30 @@ def layout(n: int) -> tuple[list[str], list[str]]:
     return paths, touched
 
 
+@contextmanager
+def seeded_server(data: str) -> Iterator[FakeGcs]:
+    """fake-gcs-server (memory backend) loaded with ``data`` (a directory per bucket)."""
+    from tests.support.gcs import FakeGcs
+
+    server = FakeGcs()
+    server.proc = subprocess.Popen(
+        [server.binary, "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1", "-port", str(server.port),
+         "-external-url", server.url, "-log-level", "error", "-data", data],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                urllib.request.urlopen(f"{server.url}/storage/v1/b", timeout=5).read()
+                break
+            except (urllib.error.URLError, OSError):  # (it answers once it has loaded the data)
+                assert time.monotonic() < deadline, "fake-gcs-server did not come up"
+                time.sleep(0.2)
+        yield server
+    finally:
+        server.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,100000", help="objects in each prefix (comma-separated)")
@@ -63,29 +95,33 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE", help="write the results here too")
     args = parser.parse_args()
 
-    from tests.support.gcs import MTIME, fake_gcs, free_port, rclone_mount
+    from tests.support.gcs import MTIME, free_port, rclone_mount
     from tests.support.proxy import proxied
 
     work = tempfile.mkdtemp(prefix="roscoe-bench-diff-gcs-")
     report: dict[str, object] = {"size": args.size, "rounds": args.rounds, "delay": args.delay, "cases": {}}
     meta = {"gcsfuse_mtime": MTIME, "mtime": MTIME}
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    sizes = [int(s) for s in args.sizes.split(",")]
+    touched_of = {}
+    t = time.perf_counter()
+    for n in sizes:  # the small objects are loaded by the server at its start (-data): 100,000 uploads take minutes
+        paths, touched_of[n] = layout(n)
+        for p in paths:
+            path = os.path.join(work, "data", bucket, f"p{n}", p)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(p.encode().ljust(64, b"."))
+    print(f"laid out {sum(sizes)} objects in {time.perf_counter() - t:.1f} s", flush=True)
     try:
-        with fake_gcs() as server, proxied(server.port, delay=args.delay) as mount_proxy, \
+        with seeded_server(os.path.join(work, "data")) as server, \
+                proxied(server.port, delay=args.delay) as mount_proxy, \
                 proxied(server.port, delay=args.delay) as api_proxy:
-            bucket = f"bench-{uuid.uuid4().hex[:8]}"
-            server.make_bucket(bucket)
-            sizes = [int(s) for s in args.sizes.split(",")]
-            touched_of = {}
-            for n in sizes:
-                paths, touched = layout(n)
-                touched_of[n] = touched
-                big = set(touched)
-                t = time.perf_counter()
-                with ThreadPoolExecutor(32) as pool:
+            for n in sizes:  # the ones the run rewrites, with the metadata a mount writes
+                with ThreadPoolExecutor(8) as pool:
                     list(pool.map(lambda p, n=n: server.put(
-                        bucket, f"p{n}/{p}", (p.encode() * (args.size // len(p) + 1))[:args.size]
-                        if p in big else p.encode().ljust(64, b"."), meta), paths))
-                print(f"seeded p{n}: {n} objects in {time.perf_counter() - t:.1f} s", flush=True)
+                        bucket, f"p{n}/{p}", (p.encode() * (args.size // len(p) + 1))[:args.size], meta),
+                        touched_of[n]))
             env = dict(os.environ, PYTHONPATH=REPO, ROSCOE_SOCKET="", ROSCOE_GCS_RETRIES="2",
                        STORAGE_EMULATOR_HOST=api_proxy.url)
             env.pop("ROSCOE_ROOT", None)
