@@ -9,7 +9,9 @@ show it once its cache expires (its size and bytes, its mtime from the
 metadata the mount reads, else the object's update time), with the mode and
 owner the mount gives every file (a bucket keeps none). ``cowfs.gcs`` (and
 gcsfs) are imported only when a read has failed: a diff the mount can read
-costs nothing more.
+costs nothing more. With ``hashes`` (the comparison's ``cowfs.hashcache``),
+an object whose generation's hash is remembered is not read again, and one
+read is remembered by its generation.
 """
 
 from __future__ import annotations
@@ -26,14 +28,16 @@ if TYPE_CHECKING:
     from typing import Any
 
     from cowfs.gcs import GcsTarget
+    from cowfs.hashcache import HashCache
 
 
 class BucketReads:
     """The bucket behind the root ``root`` mounted from ``url``; bytes read are
     kept, for the diff's text patches."""
 
-    def __init__(self, url: str, root: str) -> None:
+    def __init__(self, url: str, root: str, hashes: HashCache | None = None) -> None:
         self.url, self.root = url, root
+        self.hashes = hashes
         self._target: GcsTarget | None = None
         self.data: dict[str, bytes] = {}
 
@@ -51,16 +55,15 @@ class BucketReads:
         when it is something else now."""
         from cowfs.gcs import MTIME_KEYS, parse_rfc3339
 
-        found = self._object(rel)
+        found = self._object(rel, remembered=True)
         if found is None:
             return None
-        resource, data = found
+        resource, size, digest = found
         metadata = resource.get("metadata") or {}
         mtime = next((parse_rfc3339(metadata[k]) for k in MTIME_KEYS if k in metadata), None)
         if mtime is None:
             mtime = parse_rfc3339(str(resource.get("updated", ""))) or st.st_mtime_ns
-        return Entry(FILE, len(data), stat.S_IMODE(st.st_mode), mtime, hash_bytes(data), None,
-                     uid=st.st_uid, gid=st.st_gid)
+        return Entry(FILE, size, stat.S_IMODE(st.st_mode), mtime, digest, None, uid=st.st_uid, gid=st.st_gid)
 
     def read(self, rel: str, limit: int) -> bytes | None:
         """Up to ``limit`` bytes of the file ``rel`` in the bucket (None: no such file)."""
@@ -68,8 +71,10 @@ class BucketReads:
             return None
         return self.data[rel][:limit]
 
-    def _object(self, rel: str) -> tuple[dict[str, Any], bytes] | None:
-        """The resource and bytes of ``rel``'s object, read at one generation."""
+    def _object(self, rel: str, *, remembered: bool = False) -> tuple[dict[str, Any], int, str] | None:
+        """The resource, size and hash of ``rel``'s object, read at one
+        generation (its bytes kept in ``data``); with ``remembered``, a hash
+        ``hashes`` knows for that generation is taken instead of reading."""
         import json
 
         from cowfs.errors import GcsError
@@ -93,12 +98,21 @@ class BucketReads:
                 resource = json.loads(body)
                 if SYMLINK_KEY in (resource.get("metadata") or {}):
                     raise fail(f"and {where} is a symlink now")
+                generation = int(resource["generation"])
+                if remembered and self.hashes is not None:
+                    size = int(resource.get("size", 0))
+                    digest = self.hashes.object_digest(key, generation, size)
+                    if digest is not None:
+                        return resource, size, digest
                 try:
-                    data = target.run(target.read(key, int(resource["generation"])))
+                    data = target.run(target.read(key, generation))
                 except PreconditionFailed:
                     continue
                 self.data[rel] = data
-                return resource, data
+                digest = hash_bytes(data)
+                if self.hashes is not None:
+                    self.hashes.remember_object(key, generation, len(data), digest)
+                return resource, len(data), digest
         except GcsError as e:
             raise fail(f"nor can the bucket be read: {e.message}") from e
         raise fail(f"and {where} kept changing while it was read")

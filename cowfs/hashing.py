@@ -8,15 +8,23 @@ import xxhash
 
 from cowfs.durable import chunks_of
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def hash_bytes(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def hash_fd(fd: int) -> str:
+def hash_fd(fd: int, also: Any = None) -> str:
+    """The hash of ``fd``'s bytes; ``also`` (a hashlib object), when given, is
+    fed the same bytes in the same pass."""
     h = xxhash.xxh3_128()
     for chunk in chunks_of(fd):
         h.update(chunk)
+        if also is not None:
+            also.update(chunk)
     return h.hexdigest()
 
 

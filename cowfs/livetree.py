@@ -25,7 +25,7 @@ from cowfs.hashing import hash_bytes, hash_fd
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (typing stays off the start-up path of `tx run`)
-    from typing import TypeVar
+    from typing import Any, TypeVar
 
     from cowfs.hashcache import HashCache
 
@@ -92,10 +92,10 @@ def _entry_at(
     common = dict(uid=st.st_uid, gid=st.st_gid)
     if kind == "file":
 
-        def read() -> str:
+        def read(also: Any = None) -> str:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             try:
-                return hash_fd(fd)
+                return hash_fd(fd) if also is None else hash_fd(fd, also)
             finally:
                 os.close(fd)
 

@@ -562,7 +562,16 @@ class Workspace:
         if bucket is None and tx.target:
             bucket = bucket_reads(tx)
         try:
-            changes = compare(tx.root, stager.touches(), hashes, None if bucket is None else bucket.entry)
+            touches = stager.touches()
+            if tx.target:
+                # On a mount, a live file's hash is remembered by its object's generation (cowfs.hashcache).
+                from cowfs.objectstates import ObjectStates
+
+                touches = list(touches)
+                hashes.objects = ObjectStates(tx.target, [t.rel for t in touches])
+                if bucket is not None and bucket.hashes is None:
+                    bucket.hashes = hashes
+            changes = compare(tx.root, touches, hashes, None if bucket is None else bucket.entry)
         except (UnsupportedUpper, OSError) as e:
             raise StagingCorrupt(tx=tx.id, detail=str(e)) from e
         hashes.save()

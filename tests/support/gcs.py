@@ -122,13 +122,17 @@ def fake_gcs() -> Iterator[FakeGcs]:
 
 
 @contextmanager
-def rclone_mount(server: FakeGcs, bucket: str, mnt: Path, dir_cache: str = "200ms") -> Iterator[Path]:
+def rclone_mount(
+    server: FakeGcs, bucket: str, mnt: Path, dir_cache: str = "200ms", endpoint: str | None = None,
+) -> Iterator[Path]:
     """``rclone mount :gcs:BUCKET`` over the emulator, with short caches so a
     commit through the API shows in the mount within a second. With a long
     ``dir_cache`` (as gcsfuse's stat cache, 60 s by default, or rclone's own
     default, 5 min), an object replaced behind the mount stays listed with its
-    old size, and reading it fails (EIO) until the cache expires."""
-    with rclone_mounted(f":gcs:{bucket}", mnt, "--gcs-endpoint", f"{server.url}/storage/v1/", "--gcs-anonymous",
+    old size, and reading it fails (EIO) until the cache expires. ``endpoint``
+    (a proxy's URL, say) instead of the server's own."""
+    url = endpoint or server.url
+    with rclone_mounted(f":gcs:{bucket}", mnt, "--gcs-endpoint", f"{url}/storage/v1/", "--gcs-anonymous",
                         "--vfs-cache-mode", "writes", "--dir-cache-time", dir_cache) as mounted:
         yield mounted
 
