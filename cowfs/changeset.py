@@ -12,7 +12,8 @@ list keeps both entries, so the commit and ``diff_hash`` never see a pairing.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from collections import namedtuple
 
 import xxhash
@@ -309,8 +310,17 @@ def _compare(
             else:
                 unsupported.append(Unsupported(child, old.type))
 
+    # One read of each live path per comparison: a move's source is both a
+    # deleted path and the bytes of the metacopy file at its destination.
+    seen: dict[str, Entry | None] = {}
+
+    def live_entry(rel: str) -> Entry | None:
+        if rel not in seen:
+            seen[rel] = livetree.entry(root, rel, hashes, dirs, unreadable)
+        return seen[rel]
+
     for t in touches:
-        old = livetree.entry(root, t.rel, hashes, dirs, unreadable)
+        old = live_entry(t.rel)
         if t.staged is None:
             if old is None:
                 continue
@@ -321,8 +331,11 @@ def _compare(
             if old.type == DIR:
                 delete_below(t.rel)
             continue
-        new = read_entry(t.staged, t.st, digest_of=None if hashes is None else (
-            lambda st, read, rel=t.rel: hashes.digest("staged", rel, st, read)))
+        if t.lower is not None:
+            new = _lower_entry(root, t, live_entry)
+        else:
+            new = read_entry(t.staged, t.st, digest_of=None if hashes is None else (
+                lambda st, read, rel=t.rel: hashes.digest("staged", rel, st, read)))
         if new.type not in SUPPORTED:
             unsupported.append(Unsupported(t.rel, new.type))
             if old is not None and old.type == DIR:
@@ -343,3 +356,19 @@ def _compare(
     ordered = tuple(sorted(changes.values(), key=lambda c: path_key(c.path)))
     odd = tuple(sorted({u.path: u for u in unsupported}.values(), key=lambda u: path_key(u.path)))
     return ChangeSet(root, ordered, odd)
+
+
+def _lower_entry(root: str, t: Touch, live_entry: Callable[[str], Entry | None]) -> Entry:
+    """The staged entry of a touch whose content is the live entry at
+    ``t.lower`` (cowfs.upper.Touch): its bytes, hash and size are that
+    entry's, read from the live tree (the upper file has no data); a
+    metacopy file's mode, mtime and owner are its own."""
+    base = live_entry(t.lower)
+    if base is None:
+        raise FileNotFoundError(f"{t.rel}: its bytes were those of {t.lower}, which is no longer in {root}")
+    if t.st is None:
+        return base
+    st = t.st
+    if base.type != FILE or not stat.S_ISREG(st.st_mode):
+        raise FileNotFoundError(f"{t.rel}: its bytes were those of the file {t.lower}, which is now a {base.type}")
+    return Entry(FILE, base.size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, base.hash, None, st.st_uid, st.st_gid)
