@@ -142,8 +142,13 @@ class Stager(ABC):
         os.makedirs(self.work, mode=0o700, exist_ok=True)
 
     def staged_path(self, rel: str) -> str:
-        """Where the staged copy of ``rel`` lives."""
+        """Where the staged copy of ``rel`` lives (where its bytes are read)."""
         return os.path.join(self.upper, rel)
+
+    def bytes_from(self, rel: str) -> str | None:
+        """The live path (root-relative) whose bytes the staged file ``rel``
+        has when staging holds none of its own; None when it holds them."""
+        return None
 
     @abstractmethod
     def mount_args(self) -> list[str]:
@@ -292,13 +297,16 @@ class MetacopyOverlay(Stager):
     def touches(self) -> Iterator[Touch]:
         return upperlayer.touches(str(self.upper), self.root, wh_files=False)
 
+    def bytes_from(self, rel: str) -> str | None:
+        try:
+            return upperlayer.lower_of(self.upper, rel)
+        except OSError:  # nothing staged there: the callers find that out themselves
+            return None
+
     def staged_path(self, rel: str) -> str:
         """Where the staged bytes of ``rel`` are: the upper file, or for a
         file whose data was never copied up, the live file holding them."""
-        try:
-            lower = upperlayer.lower_of(self.upper, rel)
-        except OSError:  # nothing staged there: the callers find that out themselves
-            lower = None
+        lower = self.bytes_from(rel)
         return os.path.join(self.upper, rel) if lower is None else os.path.join(self.root, lower)
 
 

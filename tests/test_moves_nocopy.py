@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from cowfs.changeset import compare
+from cowfs.changeset import compare, pair_moves
 from cowfs.stagers import MetacopyOverlay, candidates
 from tests.support.gcs import MTIME, Bucket
 from tests.support.roscoe import Roscoe
@@ -153,6 +153,9 @@ def test_over_a_lower_that_answers_xattrs_the_overlay_is_mounted_on_it(tmp_path:
     data = os.urandom(2 * MIB)
     (root / "d" / "a.bin").write_bytes(data)
     (root / "d" / "b.bin").write_bytes(b"b")
+    for name in ("a", "b"):  # same name and bytes: only the layer tells which went where
+        (root / name).mkdir()
+        (root / name / "t.bin").write_bytes(b"twin")
     tx_dir.mkdir()
     stager = MetacopyOverlay(str(tx_dir), str(root))
     stager.prepare()
@@ -161,16 +164,29 @@ def test_over_a_lower_that_answers_xattrs_the_overlay_is_mounted_on_it(tmp_path:
         assert not os.path.ismount(tx_dir / "lower")
         subprocess.run(["mv", f"{stager.mnt}/d/a.bin", f"{stager.mnt}/moved.bin"], check=True)
         subprocess.run(["mv", f"{stager.mnt}/d", f"{stager.mnt}/e"], check=True)
+        os.mkdir(f"{stager.mnt}/c")
+        subprocess.run(["mv", f"{stager.mnt}/b/t.bin", f"{stager.mnt}/c/t.bin"], check=True)
+        subprocess.run(["mv", f"{stager.mnt}/a/t.bin", f"{stager.mnt}/c/u.bin"], check=True)
     finally:
         stager.after_run()
     assert not os.path.ismount(stager.mnt)
     assert staged_bytes(Path(stager.upper)) < 64 * 1024
     assert stager.staged_path("moved.bin") == str(root / "d" / "a.bin")
     assert stager.staged_path("e") == os.path.join(stager.upper, "e")
+    assert stager.staged_path("e/b.bin") == str(root / "d" / "b.bin")  # shown from the lower, not in the upper
+    assert (stager.bytes_from("moved.bin"), stager.bytes_from("e"), stager.bytes_from("c/t.bin")) == (
+        "d/a.bin", None, "b/t.bin")
     changes = compare(str(root), stager.touches())
     assert [(c.path, c.status, c.new.hash if c.new else None) for c in changes] == [
+        ("a/t.bin", "deleted", None), ("b/t.bin", "deleted", None), ("c", "added", None),
+        ("c/t.bin", "added", h(b"twin")), ("c/u.bin", "added", h(b"twin")),
         ("d", "deleted", None), ("d/a.bin", "deleted", None), ("d/b.bin", "deleted", None),
         ("e", "added", None), ("e/b.bin", "added", h(b"b")), ("moved.bin", "added", h(data)),
     ]
+    assert changes.sources == {"c/t.bin": "b/t.bin", "c/u.bin": "a/t.bin", "e/b.bin": "d/b.bin",
+                               "moved.bin": "d/a.bin"}
     assert [m.to_json() for m in changes.moves()] == [
+        {"from": "b/t.bin", "to": "c/t.bin"}, {"from": "a/t.bin", "to": "c/u.bin"},
         {"from": "d/b.bin", "to": "e/b.bin"}, {"from": "d/a.bin", "to": "moved.bin"}]
+    # By name and hash alone, a/t.bin would have gone to c/t.bin.
+    assert pair_moves(changes.changes)[0].to_json() == {"from": "a/t.bin", "to": "c/t.bin"}
