@@ -81,6 +81,16 @@ def _is_metacopy(path: str) -> bool:
     return any(_xattr(path, name) is not None for name in METACOPY_XATTRS)
 
 
+def _xattr_names(path: str) -> frozenset[str]:
+    """The xattr names of ``path``: one call tells most upper files have no overlay mark."""
+    try:
+        return frozenset(os.listxattr(path, follow_symlinks=False))
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.ENOENT, errno.EPERM, errno.EACCES):
+            return frozenset()
+        raise
+
+
 def _redirected(path: str, rel: str, parent_lower: str | None) -> str | None:
     """The lower path an upper entry's redirect xattr names, or None if it has none."""
     for xname in REDIRECT_XATTRS:
@@ -179,11 +189,12 @@ def _walk(
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             yield Touch(child, d.path, st)
             continue
-        redirect = _redirected(d.path, child, lower)
+        marks = _xattr_names(d.path)
+        redirect = _redirected(d.path, child, lower) if not marks.isdisjoint(REDIRECT_XATTRS) else None
         child_lower = redirect if redirect is not None else None if lower is None else _join(lower, name)
         if stat.S_ISREG(st.st_mode):
             data_at = None
-            if _is_metacopy(d.path):
+            if not marks.isdisjoint(METACOPY_XATTRS):
                 if child_lower is None:
                     raise UnsupportedUpper(f"{child}: a metacopy file with no lower file")
                 data_at = child_lower

@@ -190,3 +190,13 @@ def test_over_a_lower_that_answers_xattrs_the_overlay_is_mounted_on_it(tmp_path:
         {"from": "d/b.bin", "to": "e/b.bin"}, {"from": "d/a.bin", "to": "moved.bin"}]
     # By name and hash alone, a/t.bin would have gone to c/t.bin.
     assert pair_moves(changes.changes)[0].to_json() == {"from": "a/t.bin", "to": "c/t.bin"}
+
+
+def test_a_hidden_path_under_a_renamed_directory_stays_hidden(groscoe: Roscoe, scans: Bucket) -> None:
+    """cowfs.hide reads the renamed directory's lower: what shows at
+    archive/s0.pdf is scans/s0.pdf's, and ``--hide`` covers it."""
+    tx = run(groscoe, scans, "mv scans archive")
+    done = groscoe("tx", "run", "--tx", tx, "--hide", "archive/s0.pdf", "--", "sh", "-c",
+                   "wc -c < archive/s0.pdf; wc -c < archive/s1.pdf", cwd=scans.root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [b"0", str(3 * MIB + 1024).encode()]
