@@ -91,9 +91,14 @@ def test_moves_in_a_bucket_run_copy_no_bytes_and_commit_exactly(groscoe: Roscoe,
 
 
 def test_a_file_written_after_its_move_commits_its_new_bytes(groscoe: Roscoe, scans: Bucket) -> None:
-    tx = run(groscoe, scans, "mv scans/s0.pdf scans/moved.pdf && mv scans/s1.pdf scans/kept.pdf")
+    """And a file whose mtime alone changed (utimensat, no open for writing:
+    its metadata copied up, not its data) keeps its bytes."""
+    tx = run(groscoe, scans, "mv scans/s0.pdf scans/moved.pdf && mv scans/s1.pdf scans/kept.pdf"
+                             " && touch -h -d @1700000100.25 scans/s2.pdf")
     upper = groscoe.home / "tx" / tx / "upper"
     assert os.getxattr(upper / "scans" / "moved.pdf", "trusted.overlay.metacopy") == b""
+    assert os.getxattr(upper / "scans" / "s2.pdf", "trusted.overlay.metacopy") == b""
+    assert staged_bytes(upper) < MIB
     run(groscoe, scans, "printf 'appended' >> scans/moved.pdf", tx)
     with pytest.raises(OSError):  # the data was copied up: no longer a metacopy file
         os.getxattr(upper / "scans" / "moved.pdf", "trusted.overlay.metacopy")
@@ -103,11 +108,16 @@ def test_a_file_written_after_its_move_commits_its_new_bytes(groscoe: Roscoe, sc
     assert (entries["scans/moved.pdf"]["new"]["hash"], entries["scans/moved.pdf"]["new"]["size"]) == (h(new), len(new))
     assert "moved_from" not in entries["scans/moved.pdf"]
     assert entries["scans/kept.pdf"]["moved_from"] == "scans/s1.pdf"
+    assert (entries["scans/s2.pdf"]["status"], entries["scans/s2.pdf"]["new"]["hash"],
+            entries["scans/s2.pdf"]["new"]["mtime_ns"]) == ("meta_changed", h(FILES["scans/s2.pdf"]),
+                                                           1_700_000_100_250_000_000)
     done = groscoe("tx", "commit", tx, "--yes")
     assert done.returncode == 0, done.stderr
     got = scans.contents()
     assert got["projects/scans/moved.pdf"][0] == new
     assert got["projects/scans/kept.pdf"][0] == FILES["scans/s1.pdf"]
+    assert got["projects/scans/s2.pdf"] == (FILES["scans/s2.pdf"], {"gcsfuse_mtime": "2023-11-14T22:15:00.25Z",
+                                                                   "mtime": "2023-11-14T22:15:00.25Z"})
     assert "projects/scans/s0.pdf" not in got and "projects/scans/s1.pdf" not in got
 
 
