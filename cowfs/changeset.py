@@ -91,8 +91,9 @@ def pair_moves(changes: Iterable[Change], sources: Mapping[str, str] | None = No
 
     An added file whose ``sources`` entry (``ChangeSet.sources``) names a
     deleted file of the same size and hash is moved from there: the staging
-    layer says so, no guess needed. Among the rest, candidates are deleted and added files and symlinks (directories have no
-    hash: never a move), grouped by (type, size, hash). Within a group the
+    layer says so, no guess needed. Among the rest, candidates are deleted
+    and added files and symlinks (directories have no hash: never a move),
+    grouped by (type, size, hash). Within a group the
     pairs are one-to-one and do not depend on input order: first a deleted
     and an added path with the same file name, in path order within each
     name; then the rest of the group, in path order. Modes, owners and mtimes

@@ -72,8 +72,9 @@ def test_moves_in_a_bucket_run_copy_no_bytes_and_commit_exactly(groscoe: Roscoe,
     diff = json.loads(groscoe("tx", "diff", tx, "--json").stdout)
     moved = {(c.get("moved_from"), c["path"], c["new"]["hash"], c["new"]["size"])
              for c in diff["changes"] if c["status"] == "added" and c["new"]["type"] == "file"}
-    assert moved == {(f"scans/s{i}.pdf", f"filed/case-{i}.pdf", h(FILES[f"scans/s{i}.pdf"]), 3 * MIB + 1024)
-                     for i in range(3)} | {("scans/s3.pdf", "scans/renamed.pdf", h(FILES["scans/s3.pdf"]), 3 * MIB + 1024)}
+    size = 3 * MIB + 1024
+    assert moved == {(f"scans/s{i}.pdf", f"filed/case-{i}.pdf", h(FILES[f"scans/s{i}.pdf"]), size)
+                     for i in range(3)} | {("scans/s3.pdf", "scans/renamed.pdf", h(FILES["scans/s3.pdf"]), size)}
     assert {(c["path"], c.get("moved_to")) for c in diff["changes"] if c["status"] == "deleted"} == {
         (f"scans/s{i}.pdf", f"filed/case-{i}.pdf") for i in range(3)} | {("scans/s3.pdf", "scans/renamed.pdf")}
     assert diff["summary"]["moved"] == 4
