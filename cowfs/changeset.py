@@ -12,7 +12,8 @@ list keeps both entries, so the commit and ``diff_hash`` never see a pairing.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections import namedtuple
 
 import xxhash
@@ -85,23 +86,36 @@ class Move(namedtuple("_Move", "deleted added")):
         return {"from": self.source, "to": self.dest}
 
 
-def pair_moves(changes: Iterable[Change]) -> tuple[Move, ...]:
+def pair_moves(changes: Iterable[Change], sources: Mapping[str, str] | None = None) -> tuple[Move, ...]:
     """The moves among ``changes``, in the order of their new paths.
 
-    Candidates are deleted and added files and symlinks (directories have no
-    hash: never a move), grouped by (type, size, hash). Within a group the
+    An added file whose ``sources`` entry (``ChangeSet.sources``) names a
+    deleted file of the same size and hash is moved from there: the staging
+    layer says so, no guess needed. Among the rest, candidates are deleted
+    and added files and symlinks (directories have no hash: never a move),
+    grouped by (type, size, hash). Within a group the
     pairs are one-to-one and do not depend on input order: first a deleted
     and an added path with the same file name, in path order within each
     name; then the rest of the group, in path order. Modes, owners and mtimes
     may differ: a move that changes them is still a move.
     """
+    changes = list(changes)
+    moves: list[Move] = []
+    if sources:
+        deleted_at = {c.path: c for c in changes if c.status == DELETED}
+        exact = set()
+        for c in changes:
+            d = deleted_at.get(sources.get(c.path, "")) if c.status == ADDED else None
+            if d is not None and d.path not in exact and _same_bytes(d.old, c.new):
+                moves.append(Move(d, c))
+                exact |= {d.path, c.path}
+        changes = [c for c in changes if c.path not in exact]
     groups: dict[tuple[str, int, str], tuple[list[Change], list[Change]]] = {}
     for c in changes:
         entry, side = (c.old, 0) if c.status == DELETED else (c.new, 1) if c.status == ADDED else (None, 0)
         if entry is None or entry.type not in (FILE, SYMLINK) or entry.hash is None:
             continue
         groups.setdefault((entry.type, entry.size, entry.hash), ([], []))[side].append(c)
-    moves: list[Move] = []
     for deleted, added in groups.values():
         if not (deleted and added):
             continue
@@ -129,6 +143,11 @@ def _name(path: str) -> str:
     return path.rpartition("/")[2]
 
 
+def _same_bytes(old: Entry | None, new: Entry | None) -> bool:
+    return (old is not None and new is not None and old.type == new.type == FILE and old.hash is not None
+            and (old.size, old.hash) == (new.size, new.hash))
+
+
 class Unsupported(namedtuple("_Unsupported", "path type")):
     """A fifo, socket or device node a run created: reported, never committed."""
 
@@ -143,15 +162,26 @@ class Unsupported(namedtuple("_Unsupported", "path type")):
 class ChangeSet:
     """Every change a transaction stages against the live tree, sorted by path
     bytes. Iterating it yields its changes (``for change in diff``), and its
-    length is their number."""
+    length is their number.
 
-    __slots__ = ("root", "changes", "unsupported")
+    ``sources``: for a changed file whose staged bytes were never copied
+    (cowfs.stagers.MetacopyOverlay: a move, or a chmod or touch, of a live
+    file), the live path (root-relative) whose bytes it has, as the staging
+    layer says; a commit can land it from that object without its bytes.
+    Not part of ``diff_hash`` or equality: the changes are what they are."""
+
+    __slots__ = ("root", "changes", "unsupported", "sources")
     root: str
     changes: tuple[Change, ...]
     unsupported: tuple[Unsupported, ...]
+    sources: dict[str, str]
 
-    def __init__(self, root: str, changes: tuple[Change, ...], unsupported: tuple[Unsupported, ...] = ()) -> None:
+    def __init__(
+        self, root: str, changes: tuple[Change, ...], unsupported: tuple[Unsupported, ...] = (),
+        sources: dict[str, str] | None = None,
+    ) -> None:
         self.root, self.changes, self.unsupported = root, changes, unsupported
+        self.sources = sources or {}
 
     def __iter__(self) -> Iterator[Change]:
         return iter(self.changes)
@@ -169,7 +199,8 @@ class ChangeSet:
         return f"ChangeSet(root={self.root!r}, changes={self.changes!r}, unsupported={self.unsupported!r})"
 
     def _replace(self, **fields: Any) -> ChangeSet:
-        return ChangeSet(**{"root": self.root, "changes": self.changes, "unsupported": self.unsupported, **fields})
+        return ChangeSet(**{"root": self.root, "changes": self.changes, "unsupported": self.unsupported,
+                            "sources": self.sources, **fields})
 
     @property
     def diff_hash(self) -> str:
@@ -199,7 +230,7 @@ class ChangeSet:
 
     def moves(self) -> tuple[Move, ...]:
         """The moves of this change set (``pair_moves``): a view, not part of ``diff_hash``."""
-        return pair_moves(self.changes)
+        return pair_moves(self.changes, self.sources)
 
     @property
     def summary(self) -> dict[str, int]:
@@ -301,6 +332,7 @@ def _compare(
 ) -> ChangeSet:
     changes: dict[str, Change] = {}
     unsupported: list[Unsupported] = []
+    sources: dict[str, str] = {}
 
     def delete_below(rel: str) -> None:
         for child, old in livetree.descendants(root, rel, hashes, unreadable):
@@ -309,8 +341,17 @@ def _compare(
             else:
                 unsupported.append(Unsupported(child, old.type))
 
+    # One read of each live path per comparison: a move's source is both a
+    # deleted path and the bytes of the metacopy file at its destination.
+    seen: dict[str, Entry | None] = {}
+
+    def live_entry(rel: str) -> Entry | None:
+        if rel not in seen:
+            seen[rel] = livetree.entry(root, rel, hashes, dirs, unreadable)
+        return seen[rel]
+
     for t in touches:
-        old = livetree.entry(root, t.rel, hashes, dirs, unreadable)
+        old = live_entry(t.rel)
         if t.staged is None:
             if old is None:
                 continue
@@ -321,8 +362,13 @@ def _compare(
             if old.type == DIR:
                 delete_below(t.rel)
             continue
-        new = read_entry(t.staged, t.st, digest_of=None if hashes is None else (
-            lambda st, read, rel=t.rel: hashes.digest("staged", rel, st, read)))
+        if t.lower is not None:
+            new = _lower_entry(root, t, live_entry)
+            if new.type == FILE:
+                sources[t.rel] = t.lower
+        else:
+            new = read_entry(t.staged, t.st, digest_of=None if hashes is None else (
+                lambda st, read, rel=t.rel: hashes.digest("staged", rel, st, read)))
         if new.type not in SUPPORTED:
             unsupported.append(Unsupported(t.rel, new.type))
             if old is not None and old.type == DIR:
@@ -342,4 +388,20 @@ def _compare(
             changes[t.rel] = Change(t.rel, META_CHANGED, old, new)
     ordered = tuple(sorted(changes.values(), key=lambda c: path_key(c.path)))
     odd = tuple(sorted({u.path: u for u in unsupported}.values(), key=lambda u: path_key(u.path)))
-    return ChangeSet(root, ordered, odd)
+    return ChangeSet(root, ordered, odd, {p: s for p, s in sources.items() if p in changes})
+
+
+def _lower_entry(root: str, t: Touch, live_entry: Callable[[str], Entry | None]) -> Entry:
+    """The staged entry of a touch whose content is the live entry at
+    ``t.lower`` (cowfs.upper.Touch): its bytes, hash and size are that
+    entry's, read from the live tree (the upper file has no data); a
+    metacopy file's mode, mtime and owner are its own."""
+    base = live_entry(t.lower)
+    if base is None:
+        raise FileNotFoundError(f"{t.rel}: its bytes were those of {t.lower}, which is no longer in {root}")
+    if t.st is None:
+        return base
+    st = t.st
+    if base.type != FILE or not stat.S_ISREG(st.st_mode):
+        raise FileNotFoundError(f"{t.rel}: its bytes were those of the file {t.lower}, which is now a {base.type}")
+    return Entry(FILE, base.size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, base.hash, None, st.st_uid, st.st_gid)

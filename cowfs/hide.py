@@ -139,6 +139,12 @@ def _opaque(path: str, wh_files: bool) -> bool:
     return wh_files and any(os.path.lexists(os.path.join(path, n)) for n in WH_OPAQUE)
 
 
+def _xattr_of(path: str, name: str) -> bool:
+    from cowfs.upper import _xattr
+
+    return _xattr(path, name) is not None
+
+
 def _kind(st: os.stat_result) -> str | None:
     if stat.S_ISDIR(st.st_mode):
         return DIR
@@ -158,7 +164,9 @@ def shown(layout: Layout, rel: str) -> str | None:
                 return None
         st = _lstat(os.path.join(layout.tree, rel))
         return None if st is None else _kind(st)
-    lower = True  # the live tree still shows at this depth
+    from cowfs.upper import REDIRECT_XATTRS, _redirected
+
+    lower: str | None = ""  # the live path that shows below at this depth (a renamed dir's is elsewhere)
     kind: str | None = None
     for i, name in enumerate(parts):
         prefix = "/".join(parts[:i + 1])
@@ -168,14 +176,20 @@ def shown(layout: Layout, rel: str) -> str | None:
         st = _lstat(up)
         if st is not None and _whiteout(up, st):
             return None
+        below = None if lower is None else f"{lower}/{name}" if lower else name
         if st is None:
-            if not lower:
+            if below is None:
                 return None
-            st = _lstat(os.path.join(layout.root, prefix))
+            st = _lstat(os.path.join(layout.root, below))
             if st is None:
                 return None
+            lower = below
         elif stat.S_ISDIR(st.st_mode) and _opaque(up, layout.wh_files):
-            lower = False
+            lower = None
+        elif stat.S_ISDIR(st.st_mode) and any(_xattr_of(up, x) for x in REDIRECT_XATTRS):
+            lower = _redirected(up, prefix, lower)
+        else:
+            lower = below
         kind = _kind(st)
         if kind != DIR and i < len(parts) - 1:
             return None

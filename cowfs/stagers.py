@@ -8,6 +8,11 @@ up before and tear down after a run, and which paths a run touched.
 - ``kernel-bindfs``: kernel overlayfs over a bindfs view of the root without
   xattrs, for lowers the kernel refuses (FUSE filesystems whose xattr lookups
   answer EIO).
+- ``kernel-metacopy``: kernel overlayfs that roscoe mounts itself on ``mnt/``
+  (bwrap's ``--overlay`` takes no options) with ``metacopy=on,redirect_dir=on``,
+  and binds at the root, for a bucket target as root: renaming a file
+  copies up its metadata only, never its bytes, over the live root or a
+  bindfs view of it as above.
 - ``fuse``: fuse-overlayfs mounted on ``mnt/`` and bound at the root; only when
   forced, for its known rename bugs (see ``FuseOverlay``).
 - ``copy``: a full copy of the root bound at the root; the last resort.
@@ -15,6 +20,7 @@ up before and tear down after a run, and which paths a run touched.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -27,6 +33,16 @@ from cowfs.upper import Touch
 
 # Tried in this order on a transaction's first run; "fuse" only when forced.
 ORDER = ("kernel", "kernel-bindfs", "copy")
+
+
+def candidates(*, bucket: bool) -> tuple[str, ...]:
+    """The backends a transaction's first run tries, in order: for a bucket
+    target, as root, first the overlay whose renames copy no bytes (its
+    commit reads a moved file's bytes from the live tree, which only a
+    bucket commit, keeping every new byte before it writes any, can do)."""
+    if bucket and os.geteuid() == 0:
+        return ("kernel-metacopy", *ORDER)
+    return ORDER
 
 
 def remove_tree(path: str) -> None:
@@ -56,8 +72,9 @@ def remove_tree(path: str) -> None:
 DISCARDED = "discarded"
 
 
-# Where backends mount inside a staging dir: bindfs's view of the root, fuse-overlayfs.
-MOUNTS = ("lower", "mnt")
+# Where backends mount inside a staging dir: an overlay (kernel or fuse-overlayfs),
+# then bindfs's view of the root that may be its lower (so unmounted after it).
+MOUNTS = ("mnt", "lower")
 
 
 def discarded(tx_dir: str) -> bool:
@@ -125,8 +142,13 @@ class Stager(ABC):
         os.makedirs(self.work, mode=0o700, exist_ok=True)
 
     def staged_path(self, rel: str) -> str:
-        """Where the staged copy of ``rel`` lives."""
+        """Where the staged copy of ``rel`` lives (where its bytes are read)."""
         return os.path.join(self.upper, rel)
+
+    def bytes_from(self, rel: str) -> str | None:
+        """The live path (root-relative) whose bytes the staged file ``rel``
+        has when staging holds none of its own; None when it holds them."""
+        return None
 
     @abstractmethod
     def mount_args(self) -> list[str]:
@@ -214,6 +236,114 @@ class BindfsKernelOverlay(KernelOverlay):
 
     def after_run(self) -> None:
         _fuse_unmount(self.lower)
+
+
+class MetacopyOverlay(Stager):
+    """Kernel overlayfs with ``metacopy=on,redirect_dir=on``, mounted by
+    roscoe on ``mnt/`` and bound at the root (bwrap's ``--overlay`` cannot
+    take mount options). A rename of a live file, or a chmod or touch of
+    one, copies up its metadata only: the upper file has no data
+    (``*.overlay.metacopy``) and names where its bytes are
+    (``*.overlay.redirect``). ``staged_path`` answers that live path for
+    such a file, so whatever reads a staged file's bytes reads the live
+    file's, never the empty upper one. A lower whose xattr lookups answer
+    EIO (rclone) is seen through bindfs --xattr-none, as ``kernel-bindfs``
+    does; one answering ENOTSUP or ENOSYS (gcsfuse) is taken as it is.
+    Root only: a user namespace mount of overlayfs has no redirect_dir."""
+
+    name = "kernel-metacopy"
+    OPTIONS = "metacopy=on,redirect_dir=on,index=off,xino=off"
+
+    @property
+    def mnt(self) -> str:
+        return os.path.join(self.tx_dir, "mnt")
+
+    @property
+    def bindfs(self) -> str:
+        return os.path.join(self.tx_dir, "lower")
+
+    def prepare(self) -> None:
+        super().prepare()
+        os.makedirs(self.mnt, mode=0o700, exist_ok=True)
+
+    def mount_args(self) -> list[str]:
+        return ["--bind", self.mnt, self.root]
+
+    def before_run(self) -> None:
+        import subprocess
+
+        if os.geteuid() != 0:
+            raise NoBackend(root=self.root, detail="metacopy overlays need root")
+        if any(ch in self.root + self.tx_dir for ch in ",:\\"):
+            raise NoBackend(root=self.root, detail="overlay options cannot take a path with ',' ':' or '\\'")
+        self.prepare()
+        _fuse_unmount(self.mnt)  # a run killed before its teardown may have left the mounts
+        lower = self.root
+        if _xattrs_fail(self.root):
+            os.makedirs(self.bindfs, mode=0o700, exist_ok=True)
+            _fuse_mount(["bindfs", "--xattr-none", "-o", "ro", self.root, self.bindfs], self.bindfs, self.root)
+            lower = self.bindfs
+        opts = f"lowerdir={lower},upperdir={self.upper},workdir={self.work},{self.OPTIONS}"
+        done = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, self.mnt],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            _fuse_unmount(self.bindfs)
+            raise NoBackend(root=self.root, detail=f"overlay with {self.OPTIONS}: {done.stderr.strip()}")
+
+    def after_run(self) -> None:
+        _fuse_unmount(self.mnt)
+        _fuse_unmount(self.bindfs)
+
+    def touches(self) -> Iterator[Touch]:
+        return upperlayer.touches(str(self.upper), self.root, wh_files=False)
+
+    def bytes_from(self, rel: str) -> str | None:
+        try:
+            return upperlayer.lower_of(self.upper, rel)
+        except OSError:  # nothing staged there: the callers find that out themselves
+            return None
+
+    def staged_path(self, rel: str) -> str:
+        """Where the staged bytes of ``rel`` are: the upper file, or for a
+        file whose data was never copied up, the live file holding them."""
+        lower = self.bytes_from(rel)
+        return os.path.join(self.upper, rel) if lower is None else os.path.join(self.root, lower)
+
+
+def _xattrs_fail(root: str) -> bool:
+    """Whether the lower ``root`` answers the overlay's xattr lookups with
+    an error the kernel refuses (rclone's EIO, on files only) rather than
+    none, ENOTSUP or ENOSYS (gcsfuse). The first file found within three
+    levels tells; with none found, any FUSE lower is taken to fail."""
+    from cowfs import durable
+
+    found = _first_file(root, 3)
+    if found is None:
+        return durable.is_fuse(root)
+    try:
+        os.getxattr(found, "trusted.overlay.metacopy", follow_symlinks=False)
+    except OSError as e:
+        return e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.ENOSYS)
+    return False
+
+
+def _first_file(path: str, depth: int) -> str | None:
+    dirs = []
+    try:
+        with os.scandir(path) as it:
+            for d in it:
+                if d.is_file(follow_symlinks=False):
+                    return d.path
+                if d.is_dir(follow_symlinks=False):
+                    dirs.append(d.path)
+    except OSError:
+        return None
+    if depth > 1:
+        for sub in dirs:
+            found = _first_file(sub, depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 class FuseOverlay(Stager):
@@ -330,7 +460,8 @@ class CopyStager(Stager):
 
 
 STAGERS: dict[str, type[Stager]] = {
-    "kernel": KernelOverlay, "kernel-bindfs": BindfsKernelOverlay, "fuse": FuseOverlay, "copy": CopyStager,
+    "kernel": KernelOverlay, "kernel-bindfs": BindfsKernelOverlay, "kernel-metacopy": MetacopyOverlay,
+    "fuse": FuseOverlay, "copy": CopyStager,
 }
 
 

@@ -16,7 +16,7 @@ from cowfs import durable, livetree
 from cowfs.changeset import Change, ChangeSet, Move, compare
 from cowfs.errors import LiveUnreadable, NoBackend, SandboxError, StateDirError, UsageError
 from cowfs.paths import under
-from cowfs.stagers import ORDER, STAGERS, Stager, discard_staging, discarded, stager_for
+from cowfs.stagers import STAGERS, MetacopyOverlay, Stager, candidates, discard_staging, discarded, stager_for
 from cowfs.upper import UnsupportedUpper
 from journal.errors import (
     AbortNotJournaled, AmbiguousTransaction, NoSuchTransaction, RootError, StagingCorrupt, StagingDiscarded,
@@ -537,8 +537,10 @@ class Workspace:
         if forced:
             if forced not in STAGERS:
                 raise UsageError(detail=f"ROSCOE_BACKEND={forced}: expected one of {', '.join(STAGERS)}")
+            if forced == MetacopyOverlay.name and not tx.target:
+                raise UsageError(detail=f"ROSCOE_BACKEND={forced}: only for a bucket target (--target gs://...)")
             return [forced]
-        return list(ORDER)
+        return list(candidates(bucket=bool(tx.target)))
 
     def hash_cache(self, tx: TxRecord) -> HashCache:
         """The hashes this transaction's comparisons remember (``cowfs.hashcache``)."""

@@ -130,7 +130,7 @@ def test_unknown_forced_backend(roscoe: Roscoe, root: Path) -> None:
     done = roscoe("tx", "run", "--root", root, "--", "true", env={"ROSCOE_BACKEND": "zfs"})
     assert done.returncode == 125
     assert done.stderr.decode().splitlines()[-1] == (
-        "roscoe: error: ROSCOE_BACKEND=zfs: expected one of kernel, kernel-bindfs, fuse, copy")
+        "roscoe: error: ROSCOE_BACKEND=zfs: expected one of kernel, kernel-bindfs, kernel-metacopy, fuse, copy")
 
 
 def test_user_namespace_with_mounts_under_tmp_falls_back_to_an_empty_tmp(

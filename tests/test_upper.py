@@ -85,10 +85,25 @@ def test_opaque_value_x_only_marks_xattr_whiteouts_inside(tmp_path: Path) -> Non
     assert diff(live, upper) == [("d/new.txt", "added")]
 
 
-def test_redirect_dir_is_refused_not_misread(tmp_path: Path) -> None:
+def test_a_redirected_dir_shows_its_lower_at_its_new_path(tmp_path: Path) -> None:
+    """redirect_dir=on: ``mv d moved`` is an upper dir naming its lower; what
+    is under d shows under moved, and d is a whiteout."""
     live, upper = layers(tmp_path)
     (upper / "moved").mkdir()
     os.setxattr(upper / "moved", "user.overlay.redirect", b"/d")
+    whiteout_device(upper / "d")
+    assert diff(live, upper) == [
+        ("d", "deleted"), ("d/a.txt", "deleted"), ("d/sub", "deleted"), ("d/sub/b.txt", "deleted"),
+        ("moved", "added"), ("moved/a.txt", "added"), ("moved/sub", "added"), ("moved/sub/b.txt", "added"),
+    ]
+
+
+def test_a_relative_redirect_needs_a_lower_dir_to_be_relative_to(tmp_path: Path) -> None:
+    live, upper = layers(tmp_path)
+    (upper / "new").mkdir()
+    os.setxattr(upper / "new", "user.overlay.opaque", b"y")
+    (upper / "new" / "moved").mkdir()
+    os.setxattr(upper / "new" / "moved", "user.overlay.redirect", b"d")
     with pytest.raises(UnsupportedUpper):
         diff(live, upper)
 
