@@ -216,3 +216,49 @@ def test_a_manifest_that_cannot_be_written_leaves_nothing_half_committed(
     assert json.loads(a("tx", "show", tx, "--json").stdout)["state"] == "open"
     assert journal_keys(bucket) == [f".roscoe/projects/log/{tx}.json"]  # intent and images dropped, lease released
     assert a("verify").returncode == 0
+
+
+def test_a_file_whose_mtime_alone_changed_is_rewritten_in_place_server_side(
+    server: FakeGcs, bucket: Bucket, tmp_path: Path, gcs_env: dict[str, str],
+) -> None:
+    size = 1024 * 1024
+    bucket.put("projects/scans/big.pdf", b"%PDF" * (size // 4))
+    bucket.settle("scans/big.pdf", b"%PDF" * (size // 4))
+    a = Roscoe(tmp_path / "home-a", gcs_env)
+    before = contents(bucket)
+    tx = begin_and_run(a, bucket, "touch -d @1700000000.75 scans/big.pdf")
+    with proxied(server.port) as proxy:
+        done = a("tx", "commit", tx, "--yes", env={"STORAGE_EMULATOR_HOST": proxy.url})
+        assert done.returncode == 0, done.stderr
+        down, up = proxy.down, proxy.up
+    assert (down < size, up < size) == (True, True), (down, up)
+    data, metadata, content_type = contents(bucket)["projects/scans/big.pdf"]
+    assert (data, content_type) == before["projects/scans/big.pdf"][::2]
+    assert metadata["mtime"] == metadata["gcsfuse_mtime"] == "2023-11-14T22:13:20.75Z"
+    assert a("tx", "rollback", tx, "--yes").returncode == 0
+    assert contents(bucket) == before
+
+
+def test_another_machine_s_rollback_is_held_to_its_policy_and_approval(
+    bucket: Bucket, tmp_path: Path, gcs_env: dict[str, str],
+) -> None:
+    a, b = Roscoe(tmp_path / "home-a", gcs_env), Roscoe(tmp_path / "home-b", gcs_env)
+    before = contents(bucket)
+    tx = begin_and_run(a, bucket, "printf 'new\\n' > case1/new.txt")
+    assert a("tx", "commit", tx, "--yes").returncode == 0
+    after = contents(bucket)
+    shutil.rmtree(tmp_path / "home-a")
+    (tmp_path / "home-b").mkdir(mode=0o700)
+    (tmp_path / "home-b" / "config.toml").write_text("[approval]\nwhen_deleting = true\n")
+    assert b("tx", "log", "--target", bucket.url).returncode == 0
+    done = b("tx", "rollback", tx, "--yes", "--json")
+    assert done.returncode == 4, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert error["kind"] == "approval_needed"
+    assert contents(bucket) == after  # nothing written before the approval
+    rb = error["tx"] if "tx" in error else json.loads(b("tx", "list", "--state", "open", "--json").stdout)[0]["tx"]
+    diff_hash = json.loads(b("tx", "diff", rb, "--json").stdout)["diff_hash"]
+    assert b("tx", "approve", rb, "--hash", diff_hash, "--by", "Jane Partner").returncode == 0
+    done = b("tx", "rollback", tx, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert contents(bucket) == before

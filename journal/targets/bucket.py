@@ -1,30 +1,39 @@
 """A GCS bucket as a commit target: the change set lands in the bucket
-through conditional API calls, all of it or none of it.
+through conditional API calls, all of it or none of it, and the journal of
+every commit lives in the bucket too (``journal.targets.manifests``), so any
+machine can list, verify, recover and roll it back.
 
-The bucket has no multi-object transaction, so the journal is the atomicity
-(the steps are ``journal.protocol``'s):
+The bucket has no multi-object transaction; the steps (``journal.protocol``'s):
 
-1. after the root's lock here, the root's lease object in the bucket
+1. after the root's lock here, the lease object beside the prefix
    (generation-matched create; a lease past its expiry is taken over by a
-   generation-matched rewrite), so commits of one root from many machines
-   run one at a time;
+   generation-matched rewrite, after settling what its holder left in
+   flight), so commits of one prefix from many machines run one at a time;
 3. conflict check under the lease: every object a change rewrites is still
-   at the generation recorded when the last run ended (else exit 3);
-4. images: pre-images read from the bucket *by generation* (and checked
-   against the hash the diff saw) and post-images from staging, into the
-   blob store, fsynced; with each object's content type and metadata;
-6. conditional ops, many at a time in gcsfs's event loop: deletes
-   (``ifGenerationMatch`` = base), then directory placeholders, then files
-   and symlinks (``ifGenerationMatch`` = base, 0 for must-not-exist); each
+   at the generation recorded when the last run ended (else exit 3); a
+   commit of only new objects reads nothing (each write is conditional);
+4. images, in one round: every object a change replaces or deletes copied
+   server side (``rewrite`` at exactly that generation: no bytes through the
+   machine) to ``tx/ID/pre/``, and the intent object; post-images from
+   staging into the blob store. A move (bytes unchanged) needs neither: it
+   lands as a server-side rewrite from its source, and the moved object is
+   the source's image; a file whose bytes stay (its mtime changed) is
+   rewritten in place;
+6. conditional ops, many at a time in gcsfs's event loop: moves, then
+   deletes (``ifGenerationMatch`` = base), then placeholders, files and
+   symlinks (``ifGenerationMatch`` = base, 0 for must-not-exist); each
    batch's resulting generations journaled as it completes (audit
-   ``gcs-apply``); no ``fs.mv``: a move is a create plus a conditional delete.
-   After the commit record the lease is released.
+   ``gcs-apply``);
+7. the manifest (``ifGenerationMatch=0``), the commit point on the bucket,
+   then the journal's commit record; the lease is released and the intent
+   dropped in one round.
 
 A failed precondition (someone else wrote an object) undoes what was done
 and is a conflict (exit 3). Undo is state based and conditional too: an
-object is put back only while it holds exactly what this transaction wrote
-(or is absent where it deleted it), with ``ifGenerationMatch`` on the
-generation seen, so recovery never clobbers a writer it did not see.
+object is put back (server side, from its image) only while it holds
+exactly what this transaction wrote (or is absent where it deleted it),
+with ``ifGenerationMatch`` on the generation seen, so recovery never
+clobbers a writer it did not see.
 """
 
 from __future__ import annotations
@@ -138,6 +147,20 @@ def plan(target: GcsTarget, c: Change, current: dict[str, dict[str, Any] | None]
         assert c.new is not None
         ops.append({"key": new_key, "old": current[new_key], "new": new_state(c.path, c.new, None)})
     return ops
+
+
+def same_bytes_kept(
+    target: GcsTarget, c: Change, current: dict[str, dict[str, Any] | None],
+) -> dict[str, Any] | None:
+    """For a file whose bytes a change keeps (its mtime, say, changed): its key
+    and object state now, so it can be rewritten in place server side."""
+    if c.old is None or c.new is None or c.old.type != FILE or c.new.type != FILE or c.old.hash != c.new.hash:
+        return None
+    key = target.key(c.path)
+    old = current.get(key)
+    if old is None or old["kind"] != "file" or not old.get("md5") or old["size"] != c.new.size:
+        return None
+    return {"key": key, "old": old}
 
 
 def moves_in(
@@ -347,13 +370,20 @@ class Bucket(Target):
             for seq, c in enumerate(changes.changes):
                 ops = plan(self.gcs, c, self._current)
                 new_blob = None
+                same = same_bytes_kept(self.gcs, c, self._current)
                 if c.path in moved:  # (a move: server side from its source, which serves as its own image)
                     source = moved[c.path]
                     for op in ops:
-                        op["new"] = new_state(c.path, c.new, source["old"]) if op["new"] else None
-                        op["new"]["md5"] = source["old"]["md5"]
-                        op["source"] = {"key": source["key"], "generation": source["old"]["generation"]}
-                        source["dest"] = op["key"]
+                        if op["new"] is not None and op["new"]["kind"] == "file":
+                            op["new"] = new_state(c.path, c.new, source["old"])
+                            op["new"]["md5"] = source["old"]["md5"]
+                            op["source"] = {"key": source["key"], "generation": source["old"]["generation"]}
+                            source["dest"] = op["key"]
+                elif same is not None:  # (its bytes unchanged, its metadata not: server side, in place)
+                    for op in ops:
+                        if op["key"] == same["key"] and op["new"] is not None:
+                            op["new"]["md5"] = same["old"]["md5"]
+                            op["source"] = {"key": same["key"], "generation": same["old"]["generation"]}
                 elif c.new is not None and c.new.type == FILE:
                     new_blob = store_new(blobs, stager, c.path, c.new)
                     for op in ops:
@@ -368,7 +398,8 @@ class Bucket(Target):
                             m["op"] = op  # (its image is the object it is moved to)
                 rows.append(ChangeRow(seq, c.path, c.status, c.old, c.new, None, new_blob, ops, {}))
             for m in moved.values():  # (the source's image is the object it is moved to)
-                m["op"]["image"] = {"key": m["dest"], "generation": 0}
+                if m["op"] and "dest" in m:
+                    m["op"]["image"] = {"key": m["dest"], "generation": 0}
             blobs.sync()
             self.keep_images(tx, rows, changes.diff_hash)
             yield rows
@@ -391,8 +422,8 @@ class Bucket(Target):
             try:
                 kept = await target.rewrite(op["key"], op["old"]["generation"], op["image"]["key"], if_generation=0)
             except PreconditionFailed as e:
-                if e.key == op["key"]:
-                    raise Conflict(what="commit refused", tx=tx.id, paths=[r.path]) from None
+                if e.key == op["key"]:  # (the generation the op is conditional on is gone)
+                    raise self.logged(Conflict(what="commit refused", tx=tx.id, paths=[r.path])) from None
                 raise
             op["image"]["generation"] = kept["generation"]
 
@@ -438,19 +469,20 @@ class Bucket(Target):
         self, tx: TxRecord, rows: list[ChangeRow], holding: Holding, *, known: dict[str, Any] | None,
         stager: Stager | None, progress: Progress | None,
     ) -> None:
-        """Deletes, then directory placeholders, then files and symlinks; each batch's
-        generations journaled before the next batch starts."""
+        """Moves, then deletes, then placeholders, files and symlinks; each
+        batch's generations journaled before the next batch starts."""
         import asyncio
 
         target, journal, faults = self.gcs, self.ctx.journal, self.ctx.faults
         faults.pause("after-intent")
         batch = self.ctx.bucket.batch
         # Moves (server-side copies from objects this commit deletes) first, then
-        # deletes, directory placeholders, files and symlinks.
-        phases: list[list[tuple[ChangeRow, dict[str, Any]]]] = [[], [], [], []]
+        # deletes, then directory placeholders, files and symlinks together (a
+        # bucket needs no placeholder before the objects under it).
+        phases: list[list[tuple[ChangeRow, dict[str, Any]]]] = [[], [], []]
         for r in rows:
             for op in r.objects or []:
-                phase = 1 if op["new"] is None else 0 if op.get("source") else 2 if op["new"]["kind"] == "dir" else 3
+                phase = 1 if op["new"] is None else 0 if op.get("source") else 2
                 phases[phase].append((r, op))
         for phase in phases:
             for start in range(0, len(phase), batch):
