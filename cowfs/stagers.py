@@ -238,7 +238,23 @@ class BindfsKernelOverlay(KernelOverlay):
         _fuse_unmount(self.lower)
 
 
-class MetacopyOverlay(Stager):
+class MountedOverlay(Stager):
+    """An overlay roscoe mounts itself on ``mnt/`` (with options bwrap's
+    ``--overlay`` cannot pass), bound at the root for the run."""
+
+    @property
+    def mnt(self) -> str:
+        return os.path.join(self.tx_dir, "mnt")
+
+    def prepare(self) -> None:
+        super().prepare()
+        os.makedirs(self.mnt, mode=0o700, exist_ok=True)
+
+    def mount_args(self) -> list[str]:
+        return ["--bind", self.mnt, self.root]
+
+
+class MetacopyOverlay(MountedOverlay):
     """Kernel overlayfs with ``metacopy=on,redirect_dir=on``, mounted by
     roscoe on ``mnt/`` and bound at the root (bwrap's ``--overlay`` cannot
     take mount options). A rename of a live file, or a chmod or touch of
@@ -255,19 +271,8 @@ class MetacopyOverlay(Stager):
     OPTIONS = "metacopy=on,redirect_dir=on,index=off,xino=off"
 
     @property
-    def mnt(self) -> str:
-        return os.path.join(self.tx_dir, "mnt")
-
-    @property
     def bindfs(self) -> str:
         return os.path.join(self.tx_dir, "lower")
-
-    def prepare(self) -> None:
-        super().prepare()
-        os.makedirs(self.mnt, mode=0o700, exist_ok=True)
-
-    def mount_args(self) -> list[str]:
-        return ["--bind", self.mnt, self.root]
 
     def before_run(self) -> None:
         import subprocess
@@ -346,24 +351,13 @@ def _first_file(path: str, depth: int) -> str | None:
     return None
 
 
-class FuseOverlay(Stager):
+class FuseOverlay(MountedOverlay):
     """fuse-overlayfs on ``mnt/``, bound at the root. Only when asked for
     (ROSCOE_BACKEND=fuse): Debian's 1.10 loses deletions after some renames
     (a dir made where one was deleted, then renamed; a rename over a lower
     file, then deleted), so it is never chosen automatically."""
 
     name = "fuse"
-
-    @property
-    def mnt(self) -> str:
-        return os.path.join(self.tx_dir, "mnt")
-
-    def prepare(self) -> None:
-        super().prepare()
-        os.makedirs(self.mnt, mode=0o700, exist_ok=True)
-
-    def mount_args(self) -> list[str]:
-        return ["--bind", self.mnt, self.root]
 
     def before_run(self) -> None:
         if any(ch in self.root + self.tx_dir for ch in ",:\\"):

@@ -45,19 +45,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cowfs import durable
 from cowfs.changeset import Change, ChangeSet, classify
 from cowfs.entry import DIR, FILE, SYMLINK, Entry
 from cowfs.errors import RoscoeError
 from cowfs.gcs import (
-    DEFAULT_TYPE, MTIME_KEYS, SYMLINK_KEY, GcsError, GcsSettings, GcsTarget, PreconditionFailed, md5_b64, parse_url,
-    rfc3339, same_object,
+    DEFAULT_TYPE, MTIME_KEYS, SYMLINK_KEY, GcsError, GcsSettings, GcsTarget, PreconditionFailed, md5_b64, md5_file,
+    parse_url, rfc3339, same_object,
 )
-from journal.errors import CommitFailed, Conflict, LeaseBusy, LeaseLost
+from journal.errors import CommitFailed, Conflict, LeaseLost
 from journal.images import images_linked, store_new
 from journal.store import ChangeRow, Journal, TxRecord
 from journal.targets import manifests
 from journal.targets.base import Context, Holding, Progress, Seen, Target
+from journal.targets.lease import Lease
 from journal.targets.manifests import Layout
 
 TYPE_CHECKING = False
@@ -209,103 +209,6 @@ def objects_moved(journal: Journal, tx: TxRecord) -> list[str]:
     ]
 
 
-# -- the lease ---------------------------------------------------------------------
-
-
-class Lease(Holding):
-    """The root's lease object in the bucket (``Layout.lease``), held by one
-    commit at a time. Taking over from a holder that is gone (its lease
-    expired, or it was this transaction's own crashed commit) first settles
-    what that holder left in flight (``settle_intent``)."""
-
-    def __init__(self, bucket: Bucket, tx: TxRecord | None) -> None:
-        self.bucket, self.target, self.journal, self.tx = bucket, bucket.gcs, bucket.ctx.journal, tx
-        self.key = bucket.layout.lease
-        # A rollback's own record exists only from its intent on: audit under the one it undoes.
-        # (No transaction: `roscoe recover --target`, which only settles what another left.)
-        self.audit_tx = None if tx is None else tx.rolls_back if tx.state == "committing" and tx.rolls_back else tx.id
-        settings = bucket.ctx.bucket
-        self.ttl, self.wait = settings.lease_seconds, settings.lease_wait
-        self.generation = 0
-        self.taken_at = 0.0
-        self.clean = True  # nothing of this commit left in flight in the bucket: the lease may go
-        self.with_release: list[Any] = []  # requests to make in the same round as the release
-
-    def holder(self) -> dict[str, Any]:
-        return {"owner": f"{os.uname().nodename}.{os.getpid()}", "tx": self.tx.id if self.tx else None,
-                "root": self.tx.root if self.tx else None,
-                "url": self.target.url, "expires_ns": time.time_ns() + int(self.ttl * 1e9)}
-
-    def _write(self, if_generation: int) -> int:
-        return int(self.target.run(self.target.write_json(
-            self.key, self.holder(), if_generation=if_generation, metadata={"roscoe_lease": "1"})))
-
-    def read(self) -> tuple[dict[str, Any], int]:
-        held, generation = self.target.run(self.target.read_json(self.key))
-        return (held if isinstance(held, dict) else {}), generation
-
-    def acquire(self) -> None:
-        deadline = time.monotonic() + self.wait
-        takeover = None
-        while True:
-            try:
-                self.generation = self._write(0)
-                break
-            except PreconditionFailed:
-                pass
-            held, generation = self.read()
-            if generation == 0:
-                continue
-            expired = int(held.get("expires_ns") or 0) < time.time_ns()
-            # Our own crashed commit (recovery), or a holder past its expiry: take over.
-            if (self.tx is not None and held.get("tx") == self.tx.id) or expired:
-                try:
-                    self.generation = self._write(generation)
-                    takeover = held
-                    break
-                except PreconditionFailed:
-                    continue
-            if time.monotonic() >= deadline:
-                until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(held.get("expires_ns") or 0) / 1e9))
-                raise LeaseBusy(url=self.target.url, owner=held.get("owner", "another roscoe"), until=until)
-            time.sleep(0.2)
-        self.taken_at = time.monotonic()
-        self.journal.log_event(self.audit_tx, "gcs-lease-acquire", {
-            "target": self.target.url, "lease": self.key, "generation": self.generation, "took_over": takeover})
-        gone = (takeover or {}).get("tx")
-        self.settled = None
-        if isinstance(gone, str) and (self.tx is None or gone != self.tx.id):
-            problem = self.bucket.settle_intent(gone)
-            self.settled = gone
-            if problem is not None:
-                self.clean = False
-                raise CommitFailed(tx=self.tx.id if self.tx else gone, path=self.target.url, reason=(
-                    f"the commit of {gone} that held the lease was interrupted and cannot be settled yet"
-                    f" ({problem})"), outcome="nothing of this transaction was written: run `roscoe recover`")
-
-    def renew(self) -> None:
-        """Extend the lease when a third of it is gone; lost to another holder: LeaseLost."""
-        if time.monotonic() - self.taken_at < self.ttl / 3:
-            return
-        try:
-            self.generation = self._write(self.generation)
-        except PreconditionFailed:
-            held, _ = self.read()
-            raise LeaseLost(url=self.target.url, owner=held.get("owner", "another roscoe")) from None
-        self.taken_at = time.monotonic()
-
-    def release(self) -> None:
-        if not self.clean:
-            return  # an intent is still in flight: the lease expires, and whoever takes it settles the intent
-        target = self.target
-        try:  # (with whatever else can go in the same round: a superseded intent)
-            target.run(target.gather([lambda: target.delete(self.key, if_generation=self.generation)]
-                                     + self.with_release))
-        except (GcsError, PreconditionFailed, OSError):
-            return  # it expires on its own (and whoever takes it over drops the intent)
-        self.journal.log_event(self.audit_tx, "gcs-lease-release", {"target": self.target.url, "generation": self.generation})
-
-
 # -- the target --------------------------------------------------------------------
 
 
@@ -329,9 +232,12 @@ class Bucket(Target):
 
     # -- commit -------------------------------------------------------------------
 
+    def lease(self, tx: TxRecord | None) -> Lease:
+        return Lease(self.gcs, self.layout.lease, self.ctx.journal, self.ctx.bucket, tx, self.settle_intent)
+
     @contextmanager
     def held(self, tx: TxRecord) -> Iterator[Holding]:
-        lease = Lease(self, tx)
+        lease = self.lease(tx)
         lease.acquire()
         self._lease = lease
         try:
@@ -573,10 +479,10 @@ class Bucket(Target):
         """Settle what a commit from another machine left in flight, once its
         lease expired (``roscoe recover --target``): the id of the transaction
         settled, or None when there was none."""
-        held, generation = Lease(self, None).read()
+        held, generation = self.lease(None).read()
         if generation == 0 or not isinstance(held.get("tx"), str):
             return None
-        lease = Lease(self, None)
+        lease = self.lease(None)
         lease.acquire()  # (waits for the expiry, then takes over and settles)
         lease.release()
         return lease.settled
@@ -589,7 +495,7 @@ class Bucket(Target):
         intents = sorted(k.split("/")[-2] for k in found if k.endswith("/intent.json"))
         if not intents:
             return []
-        held, generation = Lease(self, None).read()
+        held, generation = self.lease(None).read()
         live = generation != 0 and int(held.get("expires_ns") or 0) >= time.time_ns()
         return [(tx_id, f"a commit of {tx_id} to {target.url} was interrupted on another machine"
                         f" (its intent is in the bucket): run `roscoe recover --target {target.url}`")
@@ -765,17 +671,6 @@ class Bucket(Target):
                 problems.append((path, f"gs://{self.gcs.bucket}/{key}: the image of {path} that a rollback of"
                                        f" tx {tx.id} needs is {'gone' if not have else f'at generation {have}'}"))
         return problems
-
-
-def md5_file(path: str) -> str:
-    import base64
-    import hashlib
-
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(durable.CHUNK), b""):
-            h.update(chunk)
-    return base64.b64encode(h.digest()).decode()
 
 
 def rollback_changes(root: str, written: list[ChangeRow], current: dict[str, dict[str, Any] | None]) -> ChangeSet:
