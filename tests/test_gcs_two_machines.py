@@ -285,3 +285,16 @@ def test_gc_drops_the_images_in_the_bucket_for_every_machine(
             f"transaction {tx} is too old to roll back: `roscoe gc` dropped its images")
     assert contents(bucket) == after
     assert Roscoe(tmp_path / "home-d", gcs_env)("verify", "--target", bucket.url).returncode == 0
+
+
+def test_a_target_without_a_prefix_is_refused_where_its_journal_would_show(
+    bucket: Bucket, tmp_path: Path, gcs_env: dict[str, str],
+) -> None:
+    a = Roscoe(tmp_path / "home-a", gcs_env)
+    for url in (f"gs://{bucket.name}", f"gs://{bucket.name}/", f"gs://{bucket.name}/.roscoe/projects"):
+        done = a("tx", "begin", "--root", str(bucket.root), "--target", url)
+        assert done.returncode == 2, (url, done.stderr)
+        assert done.stderr.decode() == (
+            "roscoe: error: a bucket target needs a prefix that is not .roscoe (gs://BUCKET/PREFIX): roscoe keeps"
+            " its journal beside the prefix, in .roscoe/, where a mount of the prefix does not show it\n")
+        assert a("tx", "log", "--target", url).returncode == 2
