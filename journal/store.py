@@ -546,8 +546,8 @@ class Journal:
                   None if r.results is None else json.dumps(r.results, ensure_ascii=True))
                  for r in rows])
             self.db.execute(
-                "UPDATE transactions SET state = 'committed', diff_hash = ?, committed_ns = ?, updated_ns = ?"
-                " WHERE id = ?", (tx.diff_hash, tx.committed_ns, now_ns(), tx.id))
+                "UPDATE transactions SET state = 'committed', diff_hash = ?, committed_ns = ?, updated_ns = ?,"
+                " images_dropped = ? WHERE id = ?", (tx.diff_hash, tx.committed_ns, now_ns(), tx.images_dropped, tx.id))
             self.event(tx.id, "rollback" if tx.rolls_back else "commit", {
                 "root": tx.root, "diff_hash": tx.diff_hash, "changes": len(rows), "rolls_back": tx.rolls_back,
                 "imported_from": source})

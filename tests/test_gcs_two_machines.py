@@ -262,3 +262,39 @@ def test_another_machine_s_rollback_is_held_to_its_policy_and_approval(
     done = b("tx", "rollback", tx, "--yes")
     assert done.returncode == 0, done.stderr
     assert contents(bucket) == before
+
+
+def test_gc_drops_the_images_in_the_bucket_for_every_machine(
+    bucket: Bucket, tmp_path: Path, gcs_env: dict[str, str],
+) -> None:
+    a, b = Roscoe(tmp_path / "home-a", gcs_env), Roscoe(tmp_path / "home-b", gcs_env)
+    tx = begin_and_run(a, bucket, SCRIPT)
+    assert a("tx", "commit", tx, "--yes").returncode == 0
+    assert b("tx", "log", "--target", bucket.url).returncode == 0  # B knew it while its images were there
+    after = contents(bucket)
+    done = a("gc", "--keep-days", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["removed_bucket_images"] == 2
+    assert journal_keys(bucket) == [f".roscoe/projects/log/{tx}.json"]
+    c = Roscoe(tmp_path / "home-c", gcs_env)  # (a machine that learns of it after the gc)
+    assert c("tx", "log", "--target", bucket.url).returncode == 0
+    for machine in (a, b, c):
+        done = machine("tx", "rollback", tx, "--yes", "--json")
+        assert done.returncode == 1, done.stderr
+        assert json.loads(done.stdout)["error"]["message"] == (
+            f"transaction {tx} is too old to roll back: `roscoe gc` dropped its images")
+    assert contents(bucket) == after
+    assert Roscoe(tmp_path / "home-d", gcs_env)("verify", "--target", bucket.url).returncode == 0
+
+
+def test_a_target_without_a_prefix_is_refused_where_its_journal_would_show(
+    bucket: Bucket, tmp_path: Path, gcs_env: dict[str, str],
+) -> None:
+    a = Roscoe(tmp_path / "home-a", gcs_env)
+    for url in (f"gs://{bucket.name}", f"gs://{bucket.name}/", f"gs://{bucket.name}/.roscoe/projects"):
+        done = a("tx", "begin", "--root", str(bucket.root), "--target", url)
+        assert done.returncode == 2, (url, done.stderr)
+        assert done.stderr.decode() == (
+            "roscoe: error: a bucket target needs a prefix that is not .roscoe (gs://BUCKET/PREFIX): roscoe keeps"
+            " its journal beside the prefix, in .roscoe/, where a mount of the prefix does not show it\n")
+        assert a("tx", "log", "--target", url).returncode == 2

@@ -44,6 +44,11 @@ Progress = Callable[[int, int], None]
 SameBytes = Callable[..., bool]
 
 
+# What cowfs.gcsapi.GcsSettings.from_env reads.
+API_SETTINGS = ("ROSCOE_GCS_CONCURRENCY", "ROSCOE_GCS_RETRIES", "ROSCOE_GCS_TIMEOUT", "ROSCOE_GCS_RESUMABLE_OVER",
+                "ROSCOE_GCS_CHUNK", "ROSCOE_GCS_FAULT")
+
+
 class BucketSettings(namedtuple("_BucketSettings", "lease_seconds lease_wait batch api", defaults=(60.0, 60.0, 256, ()))):
     """How a bucket commit holds its lease (seconds it lasts, seconds to wait
     for another holder), how many object ops it journals per batch, and how
@@ -57,7 +62,7 @@ class BucketSettings(namedtuple("_BucketSettings", "lease_seconds lease_wait bat
     def from_env(cls, env: Mapping[str, str]) -> BucketSettings:
         return cls(float(env.get("ROSCOE_GCS_LEASE_SECONDS") or 60), float(env.get("ROSCOE_GCS_LEASE_WAIT") or 60),
                    int(env.get("ROSCOE_GCS_BATCH") or 256),
-                   tuple(sorted((k, v) for k, v in env.items() if k.startswith("ROSCOE_GCS_"))))
+                   tuple((k, env[k]) for k in API_SETTINGS if k in env))
 
     @property
     def gcs(self) -> Any:

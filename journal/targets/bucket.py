@@ -52,7 +52,7 @@ from cowfs.gcs import (
     DEFAULT_TYPE, MTIME_KEYS, SYMLINK_KEY, GcsError, GcsSettings, GcsTarget, PreconditionFailed, md5_b64, md5_file,
     parse_url, rfc3339, same_object,
 )
-from journal.errors import CommitFailed, Conflict, LeaseLost
+from journal.errors import CommitFailed, Conflict, ImagesDropped, LeaseLost
 from journal.images import images_linked, store_new
 from journal.store import ChangeRow, Journal, TxRecord
 from journal.targets import manifests
@@ -501,6 +501,25 @@ class Bucket(Target):
                         f" (its intent is in the bucket): run `roscoe recover --target {target.url}`")
                 for tx_id in intents if not (live and held.get("tx") == tx_id)]
 
+    def drop_images(self, tx_id: str) -> int:
+        """``roscoe gc``: delete ``tx_id``'s pre-images from the bucket and say so
+        in its manifest (so every machine knows it is past rollback). The
+        number of images deleted."""
+        target, layout = self.gcs, self.layout
+
+        async def drop() -> int:
+            doc, generation = await target.read_json(layout.manifest(tx_id))
+            if isinstance(doc, dict) and not doc.get("images_dropped"):
+                doc["images_dropped"] = True
+                await target.write_json(layout.manifest(tx_id), doc, if_generation=generation,
+                                        metadata=dict(manifests.listing_metadata(doc), roscoe_images_dropped="1"))
+            found = await target.list_prefix(layout.images(tx_id))
+            await target.gather([lambda k=k, st=st: target.delete(k, if_generation=st["generation"])
+                                 for k, st in found.items()])
+            return len(found)
+
+        return int(target.run(drop()))
+
     def landed(self, tx: TxRecord) -> bool:
         """Whether ``tx``'s manifest is in the bucket: its commit point was
         reached (then its intent, if left, is dropped: the manifest supersedes it)."""
@@ -615,8 +634,16 @@ class Bucket(Target):
 
     @contextmanager
     def seen(self, committed: TxRecord, written: list[ChangeRow]) -> Iterator[Seen]:
-        """The objects there now, asked of the bucket (not the mount, whose cache may lag)."""
-        current = self.gcs.stat_many([op["key"] for r in written for op in r.objects or []])
+        """The objects there now, asked of the bucket (not the mount, whose cache
+        may lag), and in the same round the images a rollback restores from:
+        one gone (``roscoe gc`` on some machine dropped it) refuses the rollback."""
+        kept = self.layout.base + "/tx/"  # (a moved object, its source's image, is checked as a conflict)
+        images = [op["image"]["key"] for r in written for op in r.objects or []
+                  if op.get("image") and op["image"]["key"].startswith(kept)]
+        found = self.gcs.stat_many([op["key"] for r in written for op in r.objects or []] + images)
+        if any(found.get(k) is None for k in images):
+            raise ImagesDropped(tx=committed.id)
+        current = {op["key"]: found[op["key"]] for r in written for op in r.objects or []}
         yield Seen(current, moved_since(written, current), [], rollback_changes(committed.root, written, current))
 
     @contextmanager
@@ -654,7 +681,8 @@ class Bucket(Target):
         rows = [r for r in all_rows if r.path in wrote]
         expect = {(r.path, op["key"]): (r.results or {}).get(op["key"]) for r in rows for op in r.objects or []}
         images = {(r.path, op["image"]["key"]): op["image"]["generation"]
-                  for r in all_rows for op in r.objects or [] if op.get("image") and op["image"]["generation"]}
+                  for r in all_rows for op in r.objects or [] if op.get("image") and op["image"]["generation"]
+                  and not tx.images_dropped and op["image"]["key"].startswith(self.layout.base + "/tx/")}
         try:
             now = self.gcs.stat_many([k for _, k in expect] + [k for _, k in images])
         except RoscoeError as e:

@@ -168,7 +168,7 @@ def record_of(doc: dict[str, Any], url: str, root: str) -> TxRecord:
     return TxRecord(
         tx, root, doc.get("message"), "committed", "imported", doc.get("user"), doc.get("host"),
         int(doc["created_ns"]), int(doc["committed_ns"]), rolls_back, int(doc["committed_ns"]),
-        doc["diff_hash"], 0, url, doc.get("rules"))
+        doc["diff_hash"], 1 if doc.get("images_dropped") else 0, url, doc.get("rules"))
 
 
 def digest(doc: dict[str, Any]) -> str:
