@@ -125,8 +125,11 @@ class JsonApi:
         import aiohttp
 
         fault(self.settings.fault, kind)
+        from urllib.parse import urlsplit
+
         out = dict(headers or {})
-        self.fs.credentials.apply(out)
+        if urlsplit(url).netloc == urlsplit(self.location).netloc:  # (never to a session URL elsewhere)
+            self.fs.credentials.apply(out)
         session = await self.session()
         async with session.request(
             method, url, params={k: str(v) for k, v in (params or {}).items()}, data=data, headers=out,

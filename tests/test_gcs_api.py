@@ -310,3 +310,45 @@ def test_nothing_uses_gcsfs_private_request_calls() -> None:
 
     assert found == []
     assert os.path.exists(REPO / "cowfs" / "gcsapi.py")
+
+
+def test_credentials_go_only_to_the_api_s_own_host(
+    through: tuple[FakeGcs, Proxy, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resumable session URL comes from the server's Location header: roscoe
+    sends the bearer token to the endpoint's own host and port only, never to
+    wherever a Location points."""
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    server, proxy, name = through
+    target = GcsTarget(f"gs://{name}/projects")
+    applied: list[str] = []
+
+    def apply(out: dict[str, str]) -> None:
+        applied.append("token")
+        out["Authorization"] = "Bearer secret"
+
+    monkeypatch.setattr(target.fs.credentials, "apply", apply)
+    try:
+        reply = target.run(target.api.send("PUT", f"http://127.0.0.1:{elsewhere.server_address[1]}/upload/x"))
+        assert (reply.status, seen, applied) == (200, [None], [])
+        reply = target.run(target.api.send("GET", target.api.object_url("projects/none")))
+        assert (reply.status, applied) == (404, ["token"])  # (the API's own host gets it)
+    finally:
+        elsewhere.shutdown()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.support.gcs import SCRIPT, Bucket, FakeGcs, begin_and_run
 from tests.support.proxy import proxied
@@ -70,20 +70,31 @@ def test_another_machine_lists_verifies_and_rolls_back_with_an_empty_state_dir(
     assert contents(bucket) == after
 
 
+@pytest.mark.parametrize("field, value, says", [
+    ("key", "elsewhere/secret.txt", "the object 'elsewhere/secret.txt' is not the path 'case1/notes.md''s"),
+    ("image", "projects/case2/intake.txt",
+     "the image 'projects/case2/intake.txt' is neither its own nor one of its objects"),
+    ("image", ".roscoe/projects/tx/0000/pre/0.0",
+     "the image '.roscoe/projects/tx/0000/pre/0.0' is neither its own nor one of its objects"),
+])
 def test_a_manifest_naming_objects_outside_its_paths_is_refused(
-    bucket: Bucket, tmp_path: Path, gcs_env: dict[str, str],
+    bucket: Bucket, tmp_path: Path, gcs_env: dict[str, str], field: str, value: str, says: str,
 ) -> None:
     a, b = Roscoe(tmp_path / "home-a", gcs_env), Roscoe(tmp_path / "home-b", gcs_env)
     tx = begin_and_run(a, bucket, "printf 'x\\n' >> case1/notes.md")
     assert a("tx", "commit", tx, "--yes").returncode == 0
     key = f".roscoe/projects/log/{tx}.json"
     doc = json.loads(bucket.server.objects(bucket.name)[key]["data"])  # type: ignore[arg-type]
-    doc["changes"][0]["objects"][0]["key"] = "elsewhere/secret.txt"
+    op = doc["changes"][0]["objects"][0]
+    if field == "key":
+        op["key"] = value
+    else:
+        op["image"]["key"] = value
     bucket.server.put(bucket.name, key, json.dumps(doc).encode(), {}, "application/json")
     before = contents(bucket)
     done = b("tx", "log", "--target", bucket.url)
     assert done.returncode == 1
-    assert "is not the path 'case1/notes.md''s" in done.stderr.decode()
+    assert says in done.stderr.decode()
     assert b("tx", "rollback", tx, "--yes").returncode == 5  # never imported: no such transaction
     assert contents(bucket) == before
 
@@ -105,7 +116,6 @@ def test_a_commit_killed_on_one_machine_is_undone_by_another_after_its_lease_exp
     checked = b("verify", "--target", bucket.url, "--json")
     assert checked.returncode == 1, checked.stdout
     assert [(p["kind"], p["tx"]) for p in json.loads(checked.stdout)["problems"]] == [("interrupted", tx)]
-    started = time.monotonic()
     done = b("recover", "--target", bucket.url, env={"ROSCOE_GCS_LEASE_WAIT": "30"})
     assert done.returncode == 6, done.stderr
     assert f"recovered the interrupted commit of tx {tx}" in done.stderr.decode()

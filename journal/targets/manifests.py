@@ -133,6 +133,10 @@ def rows_of(doc: dict[str, Any], target: GcsTarget, layout: Layout) -> list[Chan
     where = f"gs://{target.bucket}/{layout.intent(tx) if 'committed_ns' not in doc else layout.manifest(tx)}"
     rows = []
     try:
+        # An image is this transaction's own (tx/ID/pre/), the pre-image of the
+        # transaction it rolls back, or an object of its own paths (a move).
+        keys = {target.key(c["path"], dir=d) for c in doc["changes"] if isinstance(c["path"], str) for d in (False, True)}
+        kept = tuple(layout.images(t) for t in (tx, doc.get("rolls_back")) if isinstance(t, str) and TX_ID.fullmatch(t))
         for c in doc["changes"]:
             path = c["path"]
             if not isinstance(path, str) or not plain(path):
@@ -142,20 +146,14 @@ def rows_of(doc: dict[str, Any], target: GcsTarget, layout: Layout) -> list[Chan
                 if op["key"] not in own:
                     raise ValueError(f"the object {op['key']!r} is not the path {path!r}'s")
                 for ref in (op.get("image"), op.get("source")):
-                    if ref is not None and not (ref["key"].startswith(layout.base + "/tx/") or ref["key"] in own
-                                                or _tree_key(target, ref["key"])):
-                        raise ValueError(f"the image {ref['key']!r} is outside the journal")
+                    if ref is not None and not (ref["key"] in keys or (kept and ref["key"].startswith(kept))):
+                        raise ValueError(f"the image {ref['key']!r} is neither its own nor one of its objects")
             rows.append(ChangeRow(
                 int(c["seq"]), path, c["status"], Entry.from_json(c["old"]) if c["old"] else None,
                 Entry.from_json(c["new"]) if c["new"] else None, None, None, c.get("objects"), c.get("results")))
     except (KeyError, TypeError, ValueError) as e:
         raise JournalCorrupt(path=where, reason=f"it cannot be used: {e}") from None
     return rows
-
-
-def _tree_key(target: GcsTarget, key: str) -> bool:
-    """Whether ``key`` is an object of the tree (a move's source serves as its own pre-image)."""
-    return key.startswith(target.key("")) and "/.roscoe/" not in "/" + key
 
 
 def record_of(doc: dict[str, Any], url: str, root: str) -> TxRecord:
