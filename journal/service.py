@@ -311,9 +311,8 @@ class Service:
 
     def rollback(self, ref: str, *, force: bool = False, progress: Progress | None = None) -> TxRecord:
         """Roll back the committed transaction ``ref``; the rollback transaction, committed."""
-        from journal.protocol import rollback
-
         from journal.bucketlog import or_imported
+        from journal.protocol import rollback
 
         self.allow("tx rollback", tx=ref)
         ws = self.workspace()
@@ -322,9 +321,8 @@ class Service:
 
     def rollback_dry_run(self, ref: str) -> RollbackDryRun:
         """What a rollback of ``ref`` would apply now; nothing is staged or written."""
-        from journal.rollback import dry_run
-
         from journal.bucketlog import or_imported
+        from journal.rollback import dry_run
 
         self.allow("tx rollback --dry-run", tx=ref)
         ws = self.workspace()
@@ -349,10 +347,9 @@ class Service:
         records = ws.journal.committed()
         if target is not None:
             from journal.bucketlog import import_target
-
-            import_target(ws, target)
             from journal.targets.bucket import canonical
 
+            import_target(ws, target)
             url = canonical(target)
             records = [r for r in ws.journal.committed() if r.target == url]
         counts = {r.id: ws.journal.change_count(r.id) for r in records}

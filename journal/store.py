@@ -537,6 +537,8 @@ class Journal:
         manifest, ``source`` saying where and its hash), as committed here,
         with begin and commit events that name where it came from."""
         with self.write():
+            if self.db.execute("SELECT 1 FROM transactions WHERE id = ?", (tx.id,)).fetchone():
+                return  # (another process imported it first)
             self._insert_tx(tx._replace(state="open"))
             self.db.executemany(
                 "INSERT INTO changes (tx, seq, path, status, old, new, old_blob, new_blob, generation,"
