@@ -200,18 +200,6 @@ def rounds(requests: list[dict[str, Any]], bucket: str, t0: float) -> list[dict[
     return out
 
 
-def allocated(path: str) -> int:
-    """Bytes of local disk the files under ``path`` take (allocated blocks)."""
-    total = 0
-    for top, dirs, files in os.walk(path):
-        for name in files + dirs:
-            try:
-                total += os.lstat(os.path.join(top, name)).st_blocks * 512
-            except FileNotFoundError:
-                pass
-    return total
-
-
 def blob_files(home: str) -> dict[str, int]:
     """The state dir's blob store: size by digest."""
     found = {}
@@ -310,6 +298,8 @@ def main() -> int:
 def scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, ws: Any, fs: Any, fs_put: Any,
              api: CountingProxy, mount_proxy: Proxy, mnt: str, bucket: str, work: str, home: str,
              commit: Any, hash_file: Any, direct: str) -> dict[str, Any]:
+    from tests.support.trees import disk_bytes
+
     kind, files, size = spec["kind"], spec["files"], spec["size"]
     names = [f"f{i:04d}.bin" for i in range(files)]
     local = os.path.join(work, name)
@@ -359,7 +349,7 @@ def scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, ws: Any,
         result = ws.run(tx.id, ["sh", "-c", script], cwd=root)
         assert result.exit_code == 0, (result.stdout, result.stderr)
         stager = ws.stager(ws.get(tx.id))
-        local_bytes = allocated(stager.upper) if stager is not None else 0
+        local_bytes = disk_bytes(stager.upper) if stager is not None else 0
         traced = kind == "add" and n == args.runs - 1
         # the baseline: gcsfs's own put of the same bytes, before the commit in odd runs and after it
         # in even ones (the emulator slows down as it holds more objects: neither side always goes last)

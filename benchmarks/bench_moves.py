@@ -40,15 +40,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
-def disk_bytes(path: str) -> int:
-    """Local disk a tree uses: the st_blocks of everything in it, in bytes."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20)
@@ -61,6 +52,7 @@ def main() -> int:
 
     from tests.support.gcs import fake_gcs, rclone_mount
     from tests.support.proxy import proxied
+    from tests.support.trees import disk_bytes
 
     code = os.path.abspath(args.code)
     work = tempfile.mkdtemp(prefix="roscoe-bench-moves-")

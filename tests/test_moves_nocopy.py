@@ -22,6 +22,7 @@ from cowfs.changeset import compare, pair_moves
 from cowfs.stagers import MetacopyOverlay, candidates
 from tests.support.gcs import MTIME, Bucket
 from tests.support.roscoe import Roscoe
+from tests.support.trees import disk_bytes
 
 MIB = 1 << 20
 FILES = {f"scans/s{i}.pdf": bytes([i]) * (3 * MIB) + os.urandom(1024) for i in range(4)}
@@ -29,15 +30,6 @@ FILES = {f"scans/s{i}.pdf": bytes([i]) * (3 * MIB) + os.urandom(1024) for i in r
 
 def h(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
-
-
-def staged_bytes(path: Path) -> int:
-    """What a directory holds on disk: every st_blocks below it, in bytes."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
 
 
 @pytest.fixture
@@ -67,7 +59,7 @@ def test_moves_in_a_bucket_run_copy_no_bytes_and_commit_exactly(groscoe: Roscoe,
     show = json.loads(groscoe("tx", "show", tx, "--json").stdout)
     assert show["backend"] == "kernel-metacopy"
     upper = groscoe.home / "tx" / tx / "upper"
-    assert staged_bytes(upper) < MIB  # 12 MiB moved, metadata staged
+    assert disk_bytes(upper) < MIB  # 12 MiB moved, metadata staged
     assert os.getxattr(upper / "filed" / "case-0.pdf", "trusted.overlay.metacopy") == b""
     diff = json.loads(groscoe("tx", "diff", tx, "--json").stdout)
     moved = {(c.get("moved_from"), c["path"], c["new"]["hash"], c["new"]["size"])
@@ -99,7 +91,7 @@ def test_a_file_written_after_its_move_commits_its_new_bytes(groscoe: Roscoe, sc
     upper = groscoe.home / "tx" / tx / "upper"
     assert os.getxattr(upper / "scans" / "moved.pdf", "trusted.overlay.metacopy") == b""
     assert os.getxattr(upper / "scans" / "s2.pdf", "trusted.overlay.metacopy") == b""
-    assert staged_bytes(upper) < MIB
+    assert disk_bytes(upper) < MIB
     run(groscoe, scans, "printf 'appended' >> scans/moved.pdf", tx)
     with pytest.raises(OSError):  # the data was copied up: no longer a metacopy file
         os.getxattr(upper / "scans" / "moved.pdf", "trusted.overlay.metacopy")
@@ -125,7 +117,7 @@ def test_a_file_written_after_its_move_commits_its_new_bytes(groscoe: Roscoe, sc
 def test_a_moved_directory_shows_its_files_at_the_new_path(groscoe: Roscoe, scans: Bucket) -> None:
     """redirect_dir=on: ``mv scans archive`` copies up one directory."""
     tx = run(groscoe, scans, "mv scans archive")
-    assert staged_bytes(groscoe.home / "tx" / tx / "upper") < MIB
+    assert disk_bytes(groscoe.home / "tx" / tx / "upper") < MIB
     diff = json.loads(groscoe("tx", "diff", tx, "--json").stdout)
     assert {(c["path"], c["status"], c.get("moved_from")) for c in diff["changes"]} == {
         ("scans", "deleted", None), ("archive", "added", None)} | {
@@ -181,7 +173,7 @@ def test_over_a_lower_that_answers_xattrs_the_overlay_is_mounted_on_it(tmp_path:
     finally:
         stager.after_run()
     assert not os.path.ismount(stager.mnt)
-    assert staged_bytes(Path(stager.upper)) < 64 * 1024
+    assert disk_bytes(Path(stager.upper)) < 64 * 1024
     assert stager.staged_path("moved.bin") == str(root / "d" / "a.bin")
     assert stager.staged_path("e") == os.path.join(stager.upper, "e")
     assert stager.staged_path("e/b.bin") == str(root / "d" / "b.bin")  # shown from the lower, not in the upper

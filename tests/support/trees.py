@@ -57,3 +57,16 @@ def chown_tree(path: Path, uid: int, gid: int) -> None:
     for dirpath, dirnames, filenames in os.walk(path):
         for name in dirnames + filenames:
             os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def disk_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of local disk what lies under ``path`` takes (allocated blocks,
+    st_blocks); a file removed while it is walked counts nothing."""
+    total = 0
+    for top, dirs, files in os.walk(path):
+        for name in files + dirs:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
